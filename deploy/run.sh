@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The main job: the real stack, migrations, and the three services, until Ctrl-C.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+bash deploy/venv.sh
+stack_was_up=0
+bash deploy/stack.sh status >/dev/null 2>&1 && stack_was_up=1
+bash deploy/stack.sh up
+set -a
+# shellcheck disable=SC1091
+. .stack/stack.env
+set +a
+export STREAMSEG_LOG_JSON=${STREAMSEG_LOG_JSON:-false}
+.venv/bin/python -m shared.db upgrade
+
+LOGS=$ROOT/.stack/logs
+mkdir -p "$LOGS"
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo "[run] stopping services" >&2
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "$stack_was_up" = 0 ]; then bash deploy/stack.sh down; fi
+  echo "[run] stopped" >&2
+}
+trap cleanup INT TERM EXIT
+
+start() {
+  local name=$1
+  .venv/bin/python -m "services.$name" >"$LOGS/$name.log" 2>&1 &
+  pids+=($!)
+  echo "[run] $name started (pid $!, log $LOGS/$name.log)" >&2
+}
+start ingest
+start segmenter
+start api
+
+wait_healthy() {
+  local name=$1 url=$2 deadline=$((SECONDS + 60))
+  until .venv/bin/python - "$url" <<'PY' 2>/dev/null
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+    sys.exit(0 if r.status == 200 else 1)
+PY
+  do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "[run] ERROR: $name not healthy at $url after 60s; read $LOGS/$name.log:" >&2
+      tail -n 20 "$LOGS/$name.log" >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
+  echo "[run] $name ready: $url" >&2
+}
+wait_healthy ingest http://127.0.0.1:8101/readyz
+wait_healthy segmenter http://127.0.0.1:8102/readyz
+wait_healthy api http://127.0.0.1:8100/readyz
+
+cat <<MSG
+StreamSeg is running. Ctrl-C stops everything.
+  API:      http://127.0.0.1:8100   (docs: http://127.0.0.1:8100/docs)
+  ingest:   http://127.0.0.1:8101/metrics
+  segmenter http://127.0.0.1:8102/metrics
+  logs:     $LOGS
+MSG
+wait -n "${pids[@]}" || true
+echo "[run] a service exited; see $LOGS" >&2

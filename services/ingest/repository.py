@@ -1,0 +1,371 @@
+"""All of ingest's SQL. Every function runs inside the caller's transaction and never commits.
+
+Bulk statements take parallel arrays and `unnest` them, so a batch of thousands of events
+costs a handful of round trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+
+class FencedError(Exception):
+    """Another worker owns the partition now; this batch must not commit."""
+
+    retriable = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    topic: str
+    partition: int
+    next_offset: int
+    epoch: int
+
+
+@dataclass(slots=True)
+class OrderChange:
+    """The net effect of one batch on one order row."""
+
+    customer_id: str
+    order_id: str
+    placed_at: datetime | None = None
+    amount: Decimal | None = None
+    channel: str | None = None
+    refunded: Decimal = Decimal(0)
+    cancelled_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class InteractionChange:
+    """The net effect of one batch on one customer's interaction totals for one type."""
+
+    customer_id: str
+    type: str
+    count: int
+    last_at: datetime
+
+
+async def claim_partitions(
+    conn: asyncpg.Connection, topic_partitions: Sequence[tuple[str, int]], owner: str
+) -> list[Ownership]:
+    """Become the owner of these partitions: bump each epoch and read where to resume.
+
+    The bump waits for the row lock held by a previous owner's batch in flight, so that
+    batch either commits before we read the offset or fails its fence check after.
+    """
+    rows = await conn.fetch(
+        """
+        INSERT INTO ingest_offsets (topic, partition, next_offset, owner_epoch, owner)
+        SELECT t, p, 0, 1, $3 FROM unnest($1::text[], $2::int[]) AS u(t, p)
+        ON CONFLICT (topic, partition) DO UPDATE
+           SET owner_epoch = ingest_offsets.owner_epoch + 1, owner = $3, updated_at = now()
+        RETURNING topic, partition, next_offset, owner_epoch
+        """,
+        [t for t, _ in topic_partitions],
+        [p for _, p in topic_partitions],
+        owner,
+    )
+    return [Ownership(r["topic"], r["partition"], r["next_offset"], r["owner_epoch"]) for r in rows]
+
+
+async def advance_offsets(
+    conn: asyncpg.Connection, advances: Sequence[tuple[Ownership, int]]
+) -> None:
+    """Move each partition's offset, but only while we still hold its epoch.
+
+    Runs first in the batch's transaction so the row locks are taken early; raises
+    FencedError if any partition has a newer owner.
+    """
+    rows = await conn.fetch(
+        """
+        UPDATE ingest_offsets AS o SET next_offset = u.n, updated_at = now()
+        FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS u(t, p, e, n)
+        WHERE o.topic = u.t AND o.partition = u.p AND o.owner_epoch = u.e
+        RETURNING o.topic, o.partition
+        """,
+        [o.topic for o, _ in advances],
+        [o.partition for o, _ in advances],
+        [o.epoch for o, _ in advances],
+        [n for _, n in advances],
+    )
+    if len(rows) != len(advances):
+        kept = {(r["topic"], r["partition"]) for r in rows}
+        lost = [
+            f"{o.topic}[{o.partition}]" for o, _ in advances if (o.topic, o.partition) not in kept
+        ]
+        raise FencedError(f"partitions now owned by another worker: {', '.join(lost)}")
+
+
+async def keep_new_events(
+    conn: asyncpg.Connection, event_ids: Sequence[str], seen_at: datetime
+) -> set[str]:
+    """Record these event ids as processed; return those not seen within the dedup window."""
+    rows = await conn.fetch(
+        """
+        INSERT INTO processed_events (event_id, seen_at)
+        SELECT unnest($1::text[]), $2
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+        """,
+        list(event_ids),
+        seen_at,
+    )
+    return {r["event_id"] for r in rows}
+
+
+async def apply_orders(conn: asyncpg.Connection, changes: Sequence[OrderChange]) -> None:
+    """Merge order changes; each column merges commutatively so arrival order never matters.
+
+    A placement fills placed_at and amount once (a second placement of the same order_id
+    is ignored), refunds add up, and the earliest cancellation wins.
+    """
+    if not changes:
+        return
+    await conn.execute(
+        """
+        INSERT INTO orders AS o (customer_id, order_id, placed_at, amount, channel, refunded,
+                                 cancelled_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::numeric[],
+                             $5::text[], $6::numeric[], $7::timestamptz[])
+        ON CONFLICT (customer_id, order_id) DO UPDATE SET
+            placed_at = COALESCE(o.placed_at, EXCLUDED.placed_at),
+            amount = CASE WHEN o.placed_at IS NULL THEN EXCLUDED.amount ELSE o.amount END,
+            channel = COALESCE(o.channel, EXCLUDED.channel),
+            refunded = o.refunded + EXCLUDED.refunded,
+            cancelled_at = LEAST(o.cancelled_at, EXCLUDED.cancelled_at)
+        """,
+        [c.customer_id for c in changes],
+        [c.order_id for c in changes],
+        [c.placed_at for c in changes],
+        [c.amount for c in changes],
+        [c.channel for c in changes],
+        [c.refunded for c in changes],
+        [c.cancelled_at for c in changes],
+    )
+
+
+async def insert_interactions(
+    conn: asyncpg.Connection, rows: Sequence[tuple[str, datetime, str]]
+) -> None:
+    """Append interaction times (customer_id, occurred_at, type) for the rolling windows."""
+    if rows:
+        await conn.copy_records_to_table(
+            "interactions", records=rows, columns=("customer_id", "occurred_at", "type")
+        )
+
+
+async def apply_interaction_totals(
+    conn: asyncpg.Connection, changes: Sequence[InteractionChange]
+) -> None:
+    """Add to lifetime counts per customer and type, and keep the latest time."""
+    if not changes:
+        return
+    await conn.execute(
+        """
+        INSERT INTO interaction_totals AS t (customer_id, type, count, last_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[])
+        ON CONFLICT (customer_id, type) DO UPDATE SET
+            count = t.count + EXCLUDED.count,
+            last_at = GREATEST(t.last_at, EXCLUDED.last_at)
+        """,
+        [c.customer_id for c in changes],
+        [c.type for c in changes],
+        [c.count for c in changes],
+        [c.last_at for c in changes],
+    )
+
+
+async def refresh_aggregates(
+    conn: asyncpg.Connection, customer_ids: Sequence[str], cart_type: str = "add_to_cart"
+) -> None:
+    """Recompute the touched customers' aggregates from their order and interaction rows.
+
+    Recomputing rather than adding deltas keeps the aggregates exact whatever order the
+    events came in: cancellations and refunds can arrive before the order they belong to.
+    """
+    await conn.execute(
+        """
+        INSERT INTO customer_aggregates AS a (
+            customer_id, order_count, net_spend, first_order_at, last_order_at,
+            interaction_count, last_interaction_at, last_add_to_cart_at, last_event_at,
+            version, updated_at)
+        SELECT c.id,
+               COALESCE(o.order_count, 0), COALESCE(o.net_spend, 0),
+               o.first_order_at, o.last_order_at,
+               COALESCE(i.interaction_count, 0), i.last_interaction_at, i.last_add_to_cart_at,
+               GREATEST(o.last_touch, i.last_interaction_at),
+               1, now()
+        FROM unnest($1::text[]) AS c(id)
+        LEFT JOIN LATERAL (
+            SELECT count(*) FILTER (WHERE placed_at IS NOT NULL AND cancelled_at IS NULL)
+                       AS order_count,
+                   sum(GREATEST(amount - refunded, 0))
+                       FILTER (WHERE placed_at IS NOT NULL AND cancelled_at IS NULL) AS net_spend,
+                   min(placed_at) FILTER (WHERE cancelled_at IS NULL) AS first_order_at,
+                   max(placed_at) FILTER (WHERE cancelled_at IS NULL) AS last_order_at,
+                   max(GREATEST(placed_at, cancelled_at)) AS last_touch
+            FROM orders WHERE customer_id = c.id
+        ) o ON true
+        LEFT JOIN LATERAL (
+            SELECT sum(count) AS interaction_count, max(last_at) AS last_interaction_at,
+                   max(last_at) FILTER (WHERE type = $2) AS last_add_to_cart_at
+            FROM interaction_totals WHERE customer_id = c.id
+        ) i ON true
+        ON CONFLICT (customer_id) DO UPDATE SET
+            order_count = EXCLUDED.order_count,
+            net_spend = EXCLUDED.net_spend,
+            first_order_at = EXCLUDED.first_order_at,
+            last_order_at = EXCLUDED.last_order_at,
+            interaction_count = EXCLUDED.interaction_count,
+            last_interaction_at = EXCLUDED.last_interaction_at,
+            last_add_to_cart_at = EXCLUDED.last_add_to_cart_at,
+            last_event_at = GREATEST(a.last_event_at, EXCLUDED.last_event_at),
+            version = a.version + 1,
+            updated_at = now()
+        """,
+        list(customer_ids),
+        cart_type,
+    )
+
+
+async def mark_for_segmentation(
+    conn: asyncpg.Connection,
+    customer_ids: Sequence[str],
+    due_at: datetime,
+    cause_event_at: Sequence[datetime],
+) -> None:
+    """Queue these customers for re-evaluation now, in the same transaction as their data."""
+    await conn.execute(
+        """
+        INSERT INTO segmentation_queue AS q (customer_id, due_at, cause_event_at)
+        SELECT * FROM unnest($1::text[], array_fill($2::timestamptz, ARRAY[$4::int]),
+                             $3::timestamptz[])
+        ON CONFLICT (customer_id) DO UPDATE SET
+            due_at = LEAST(q.due_at, EXCLUDED.due_at),
+            cause_event_at = GREATEST(q.cause_event_at, EXCLUDED.cause_event_at),
+            enqueued_at = now()
+        """,
+        list(customer_ids),
+        due_at,
+        list(cause_event_at),
+        len(customer_ids),
+    )
+
+
+async def prune(
+    conn: asyncpg.Connection, dedup_before: datetime, interactions_before: datetime
+) -> tuple[int, int]:
+    """Forget event ids past the dedup window and interaction rows past every window."""
+    dedup = await conn.execute("DELETE FROM processed_events WHERE seen_at < $1", dedup_before)
+    inter = await conn.execute(
+        "DELETE FROM interactions WHERE occurred_at < $1", interactions_before
+    )
+    return int(dedup.split()[-1]), int(inter.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerAggregates:
+    """Aggregates of one customer as of a moment, windows included."""
+
+    customer_id: str
+    order_count: int
+    net_spend: Decimal
+    first_order_at: datetime | None
+    last_order_at: datetime | None
+    average_order_value: Decimal | None
+    orders_30d: int
+    orders_90d: int
+    orders_365d: int
+    spend_30d: Decimal
+    spend_90d: Decimal
+    spend_365d: Decimal
+    interaction_count: int
+    interaction_counts: dict[str, int]
+    last_interaction_at: datetime | None
+    interactions_7d: int
+    interactions_30d: int
+    open_cart_at: datetime | None
+
+
+async def fetch_aggregates(
+    conn: asyncpg.Connection, customer_ids: Sequence[str], as_of: datetime
+) -> dict[str, CustomerAggregates]:
+    """Read aggregates with the rolling windows computed as of `as_of`, so they are exact
+    whenever they are read, without any event to expire old orders from a window."""
+    rows = await conn.fetch(
+        """
+        SELECT a.customer_id, a.order_count, a.net_spend, a.first_order_at, a.last_order_at,
+               a.interaction_count, a.last_interaction_at,
+               CASE WHEN a.last_add_to_cart_at IS NOT NULL
+                     AND (a.last_order_at IS NULL OR a.last_add_to_cart_at > a.last_order_at)
+                    THEN a.last_add_to_cart_at END AS open_cart_at,
+               w.*, iw.*,
+               (SELECT COALESCE(jsonb_object_agg(type, count), '{}'::jsonb)
+                FROM interaction_totals t WHERE t.customer_id = a.customer_id) AS by_type
+        FROM customer_aggregates a
+        LEFT JOIN LATERAL (
+            SELECT count(*) FILTER (WHERE placed_at > $2 - interval '30 days') AS orders_30d,
+                   count(*) FILTER (WHERE placed_at > $2 - interval '90 days') AS orders_90d,
+                   count(*) AS orders_365d,
+                   COALESCE(sum(GREATEST(amount - refunded, 0))
+                            FILTER (WHERE placed_at > $2 - interval '30 days'), 0) AS spend_30d,
+                   COALESCE(sum(GREATEST(amount - refunded, 0))
+                            FILTER (WHERE placed_at > $2 - interval '90 days'), 0) AS spend_90d,
+                   COALESCE(sum(GREATEST(amount - refunded, 0)), 0) AS spend_365d
+            FROM orders
+            WHERE customer_id = a.customer_id AND cancelled_at IS NULL
+              AND placed_at > $2 - interval '365 days' AND placed_at <= $2
+        ) w ON true
+        LEFT JOIN LATERAL (
+            SELECT count(*) FILTER (WHERE occurred_at > $2 - interval '7 days')
+                       AS interactions_7d,
+                   count(*) AS interactions_30d
+            FROM interactions
+            WHERE customer_id = a.customer_id
+              AND occurred_at > $2 - interval '30 days' AND occurred_at <= $2
+        ) iw ON true
+        WHERE a.customer_id = ANY($1::text[])
+        """,
+        list(customer_ids),
+        as_of,
+    )
+    out: dict[str, CustomerAggregates] = {}
+    for r in rows:
+        count = r["order_count"]
+        out[r["customer_id"]] = CustomerAggregates(
+            customer_id=r["customer_id"],
+            order_count=count,
+            net_spend=r["net_spend"],
+            first_order_at=r["first_order_at"],
+            last_order_at=r["last_order_at"],
+            average_order_value=(r["net_spend"] / count).quantize(Decimal("0.0001"))
+            if count
+            else None,
+            orders_30d=r["orders_30d"],
+            orders_90d=r["orders_90d"],
+            orders_365d=r["orders_365d"],
+            spend_30d=r["spend_30d"],
+            spend_90d=r["spend_90d"],
+            spend_365d=r["spend_365d"],
+            interaction_count=r["interaction_count"],
+            interaction_counts=_json_counts(r["by_type"]),
+            last_interaction_at=r["last_interaction_at"],
+            interactions_7d=r["interactions_7d"],
+            interactions_30d=r["interactions_30d"],
+            open_cart_at=r["open_cart_at"],
+        )
+    return out
+
+
+def _json_counts(value: object) -> dict[str, int]:
+    import orjson
+
+    raw = orjson.loads(value) if isinstance(value, str | bytes) else value
+    assert isinstance(raw, dict)
+    return {str(k): int(v) for k, v in raw.items()}

@@ -1,0 +1,51 @@
+"""Ingest settings: env prefix STREAMSEG_INGEST_."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IngestSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMSEG_INGEST_", extra="ignore", frozen=True)
+
+    orders_topic: str = "orders"
+    interactions_topic: str = "interactions"
+    topic_partitions: int = Field(default=4, ge=1)
+    group_id: str = "streamseg-ingest"
+    base_currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    # Units of base currency per unit of each currency. JSON in the environment, e.g.
+    # STREAMSEG_INGEST_CURRENCY_RATES='{"EUR": "1", "USD": "0.92"}'. An event in a currency
+    # that is not listed is dead-lettered, never guessed.
+    currency_rates: dict[str, Decimal] = Field(
+        default_factory=lambda: {
+            "EUR": Decimal("1"),
+            "USD": Decimal("0.92"),
+            "GBP": Decimal("1.17"),
+            "SEK": Decimal("0.087"),
+            "PLN": Decimal("0.23"),
+            "CHF": Decimal("1.05"),
+        }
+    )
+    max_batch_records: int = Field(default=5000, ge=1, le=100_000)
+    poll_timeout_ms: int = Field(default=200, ge=1)
+    dedup_window_days: int = Field(default=7, ge=1)
+    # Interaction rows older than this are only needed for lifetime counts, kept elsewhere.
+    interaction_retention_days: int = Field(default=31, ge=30)
+    prune_interval_seconds: float = Field(default=60.0, gt=0)
+    stall_seconds: float = Field(default=60.0, gt=0)
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 8101
+    clock: str = "system"
+
+    @field_validator("currency_rates")
+    @classmethod
+    def _rates_are_sane(cls, rates: dict[str, Decimal]) -> dict[str, Decimal]:
+        for code, rate in rates.items():
+            if len(code) != 3 or not code.isupper():
+                raise ValueError(f"currency code {code!r} must be 3 uppercase letters")
+            if rate <= 0:
+                raise ValueError(f"rate for {code} must be positive, got {rate}")
+        return rates

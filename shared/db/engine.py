@@ -1,0 +1,47 @@
+"""Engine factory: every connection uses the configured schema and bounded timeouts."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_schema_name(schema: str) -> str:
+    """Return the schema name if it is a plain identifier; it is interpolated into DDL."""
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"database schema {schema!r} must match {_SCHEMA_NAME.pattern}")
+    return schema
+
+
+def create_engine(
+    url: str,
+    schema: str = "public",
+    *,
+    pool_size: int = 5,
+    statement_timeout_ms: int = 30_000,
+    application_name: str = "streamseg",
+) -> AsyncEngine:
+    """Create an asyncpg engine whose sessions see `schema` first on the search path."""
+    check_schema_name(schema)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={
+            "server_settings": {
+                "search_path": schema,
+                "statement_timeout": str(statement_timeout_ms),
+                "application_name": application_name,
+            },
+            "timeout": 10,
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
+    """Sessions that never expire loaded rows on commit: the services read, then commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,89 @@
+"""The segment-change event the segmenter publishes: CloudEvents 1.0, JSON structured mode."""
+
+import uuid
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from shared.events.errors import EventRejected, RejectReason, rejection_from_validation_error
+from shared.events.fields import AwareDatetime, Id
+
+CLOUDEVENTS_CONTENT_TYPE: Final = "application/cloudevents+json"
+"""Value of the Kafka `content-type` header for a structured-mode CloudEvent."""
+
+SEGMENT_CHANGED_TYPE: Final = "io.streamseg.segment.changed.v1"
+SEGMENTER_SOURCE: Final = "/streamseg/segmenter"
+SEGMENT_CHANGE_DATASCHEMA: Final = "urn:streamseg:schema:segment_change:v1"
+SEGMENT_CHANGE_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:streamseg:segment-change")
+
+Name = Annotated[str, msgspec.Meta(min_length=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class SegmentChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The `data` of a segment-change event: one customer moved within one dimension."""
+
+    customer_id: Id
+    dimension: Name
+    from_segment: Name | None
+    to_segment: Name
+    reason: str
+    definition_version: NonNegative
+    caused_by_event_time: AwareDatetime | None
+    evaluated_at: AwareDatetime
+    sequence: NonNegative
+
+
+class SegmentChangeEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A CloudEvents 1.0 envelope around a `SegmentChange`. Unknown attributes are ignored."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: Name
+    source: Name
+    type: Literal["io.streamseg.segment.changed.v1"] = "io.streamseg.segment.changed.v1"
+    subject: Id
+    time: AwareDatetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    dataschema: Name = SEGMENT_CHANGE_DATASCHEMA
+    data: SegmentChange
+
+
+_decoder: Final = msgspec.json.Decoder(SegmentChangeEvent)
+_encoder: Final = msgspec.json.Encoder()
+
+
+def segment_change_id(customer_id: str, dimension: str, sequence: int) -> str:
+    """The event id for a customer's `sequence`-th change: a UUIDv5, the same on every retry.
+
+    Consumers dedupe by it. The name is a JSON array so that no two inputs can collide.
+    """
+    name = msgspec.json.encode([customer_id, dimension, sequence]).decode()
+    return str(uuid.uuid5(SEGMENT_CHANGE_ID_NAMESPACE, name))
+
+
+def segment_change_event(
+    change: SegmentChange, *, source: str = SEGMENTER_SOURCE
+) -> SegmentChangeEvent:
+    """Wrap a change in its envelope; `time` is `evaluated_at`, so the result is deterministic."""
+    return SegmentChangeEvent(
+        id=segment_change_id(change.customer_id, change.dimension, change.sequence),
+        source=source,
+        subject=change.customer_id,
+        time=change.evaluated_at,
+        data=change,
+    )
+
+
+def encode_segment_change(change: SegmentChange, *, source: str = SEGMENTER_SOURCE) -> bytes:
+    """Encode a change as a structured-mode CloudEvent; equal changes give equal bytes."""
+    return _encoder.encode(segment_change_event(change, source=source))
+
+
+def decode_segment_change(raw: bytes) -> SegmentChangeEvent:
+    """Decode a segment-change CloudEvent, or raise `EventRejected` saying why not."""
+    try:
+        return _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise rejection_from_validation_error(exc) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise EventRejected(RejectReason.UNDECODABLE, None, str(exc)) from None

@@ -1,0 +1,126 @@
+"""Kafka client factories, topic administration and the dead-letter helper.
+
+Every record the services handle is located as `topic[partition]@offset` in logs and headers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+DLQ_SUFFIX = ".dlq"
+HEADER_REASON = "streamseg.dlq.reason"
+HEADER_DETAIL = "streamseg.dlq.detail"
+HEADER_SOURCE_TOPIC = "streamseg.dlq.source.topic"
+HEADER_SOURCE_PARTITION = "streamseg.dlq.source.partition"
+HEADER_SOURCE_OFFSET = "streamseg.dlq.source.offset"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic to create if missing."""
+
+    name: str
+    partitions: int = 4
+    replication_factor: int = 1
+
+
+def dlq_topic(topic: str) -> str:
+    """Name of the dead-letter topic for `topic`."""
+    return topic + DLQ_SUFFIX
+
+
+def locate(topic: str, partition: int, offset: int) -> str:
+    """The canonical way to name a record in logs: `topic[partition]@offset`."""
+    return f"{topic}[{partition}]@{offset}"
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec]) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(t.name, t.partitions, t.replication_factor)
+            for t in topics
+            if t.name not in existing
+        ]
+        if missing:
+            # Another process may create one between our list and create.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
+    """Delete topics (tests clean up after themselves)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [n for n in names if n in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
+def make_consumer(
+    bootstrap: str,
+    *topics: str,
+    group_id: str | None,
+    client_id: str = "streamseg",
+    max_poll_records: int = 5000,
+) -> AIOKafkaConsumer:
+    """A consumer whose offsets are never auto-committed: the services keep them elsewhere."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=max_poll_records,
+        fetch_max_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+        request_timeout_ms=30_000,
+    )
+
+
+def make_producer(
+    bootstrap: str, *, client_id: str = "streamseg", transactional_id: str | None = None
+) -> AIOKafkaProducer:
+    """An idempotent producer: retries never write a record twice."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        transactional_id=transactional_id,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=30_000,
+    )
+
+
+def dlq_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """Headers that say why a record was dead-lettered and where it came from."""
+    return [
+        (HEADER_REASON, reason.encode()),
+        (HEADER_DETAIL, detail.encode()[:1024]),
+        (HEADER_SOURCE_TOPIC, topic.encode()),
+        (HEADER_SOURCE_PARTITION, str(partition).encode()),
+        (HEADER_SOURCE_OFFSET, str(offset).encode()),
+    ]
