@@ -309,26 +309,27 @@ async def fetch_aggregates(
                (SELECT COALESCE(jsonb_object_agg(type, count), '{}'::jsonb)
                 FROM interaction_totals t WHERE t.customer_id = a.customer_id) AS by_type
         FROM customer_aggregates a
+        CROSS JOIN (SELECT $2::timestamptz AS at) p
         LEFT JOIN LATERAL (
-            SELECT count(*) FILTER (WHERE placed_at > $2 - interval '30 days') AS orders_30d,
-                   count(*) FILTER (WHERE placed_at > $2 - interval '90 days') AS orders_90d,
+            SELECT count(*) FILTER (WHERE placed_at > p.at - interval '30 days') AS orders_30d,
+                   count(*) FILTER (WHERE placed_at > p.at - interval '90 days') AS orders_90d,
                    count(*) AS orders_365d,
                    COALESCE(sum(GREATEST(amount - refunded, 0))
-                            FILTER (WHERE placed_at > $2 - interval '30 days'), 0) AS spend_30d,
+                            FILTER (WHERE placed_at > p.at - interval '30 days'), 0) AS spend_30d,
                    COALESCE(sum(GREATEST(amount - refunded, 0))
-                            FILTER (WHERE placed_at > $2 - interval '90 days'), 0) AS spend_90d,
+                            FILTER (WHERE placed_at > p.at - interval '90 days'), 0) AS spend_90d,
                    COALESCE(sum(GREATEST(amount - refunded, 0)), 0) AS spend_365d
             FROM orders
             WHERE customer_id = a.customer_id AND cancelled_at IS NULL
-              AND placed_at > $2 - interval '365 days' AND placed_at <= $2
+              AND placed_at > p.at - interval '365 days' AND placed_at <= p.at
         ) w ON true
         LEFT JOIN LATERAL (
-            SELECT count(*) FILTER (WHERE occurred_at > $2 - interval '7 days')
+            SELECT count(*) FILTER (WHERE occurred_at > p.at - interval '7 days')
                        AS interactions_7d,
                    count(*) AS interactions_30d
             FROM interactions
             WHERE customer_id = a.customer_id
-              AND occurred_at > $2 - interval '30 days' AND occurred_at <= $2
+              AND occurred_at > p.at - interval '30 days' AND occurred_at <= p.at
         ) iw ON true
         WHERE a.customer_id = ANY($1::text[])
         """,

@@ -1,0 +1,236 @@
+"""Ingest against real Kafka and PostgreSQL, compared with the independent checker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ingest.settings import IngestSettings
+from shared.events import Event, OrderPlaced, PageView, encode_event
+from shared.kafka import (
+    HEADER_REASON,
+    HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC,
+    delete_topics,
+    dlq_topic,
+)
+from shared.workload import Workload
+from tests.conftest import MakeTopic, eventually, unique
+from tests.support.checker import differences, expected_aggregates
+from tests.support.ingest import (
+    IngestProcess,
+    Produced,
+    Topics,
+    as_records,
+    caught_up,
+    produce,
+    read_aggregates,
+)
+
+pytestmark = pytest.mark.integration
+
+RATES = IngestSettings().currency_rates
+
+
+@dataclass
+class Harness:
+    topics: Topics
+    env: dict[str, str]
+    bootstrap: str
+    engine: AsyncEngine
+    logs: Path
+    workers: list[IngestProcess]
+
+    def worker(self) -> IngestProcess:
+        w = IngestProcess(self.env, str(self.logs / f"ingest-{len(self.workers)}.log"))
+        self.workers.append(w)
+        w.start()
+        return w
+
+    async def wait_caught_up(self, produced: Produced, within_seconds: float = 120) -> None:
+        async def done() -> bool:
+            return await caught_up(self.engine, produced)
+
+        try:
+            await eventually(done, within_seconds=within_seconds, message="ingest caught up")
+        except AssertionError:
+            for w in self.workers:
+                assert w.alive() or w.proc is None or w.proc.returncode in (0, -9), (
+                    self.logs.read_text() if self.logs.is_file() else "worker died"
+                )
+            raise
+
+    async def assert_exact(self, events: list[Event]) -> None:
+        as_of = datetime.now(UTC)
+        expected = expected_aggregates(events, RATES, as_of)
+        actual = await read_aggregates(self.engine, as_of)
+        problems = differences(expected, actual)
+        assert not problems, f"{len(problems)} differences, first: {problems[:10]}"
+
+
+@pytest.fixture
+async def harness(
+    make_topic: MakeTopic,
+    service_env: dict[str, str],
+    engine: AsyncEngine,
+    tmp_path: Path,
+) -> AsyncIterator[Harness]:
+    topics = Topics(await make_topic("orders", 4), await make_topic("interactions", 4))
+    env = service_env | {
+        "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
+        "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
+        "STREAMSEG_INGEST_GROUP_ID": unique("g"),
+        "STREAMSEG_INGEST_OPS_PORT": "0",
+        "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "2000",
+        "STREAMSEG_LOG_JSON": "false",
+    }
+    h = Harness(topics, env, service_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, [])
+    try:
+        yield h
+    finally:
+        for w in h.workers:
+            w.ensure_dead()
+        # The worker creates the dead-letter topics; they go with the test's own topics.
+        await delete_topics(h.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)])
+
+
+def workload(seed: int, customers: int = 300) -> Workload:
+    end = datetime.now(UTC) - timedelta(minutes=1)
+    return Workload(seed=seed, customers=customers, start=end - timedelta(days=400), end=end)
+
+
+async def test_aggregates_match_the_checker(harness: Harness) -> None:
+    events = list(workload(1).events(3000))
+    harness.worker()
+    produced = await produce(harness.bootstrap, as_records(events, harness.topics))
+    await harness.wait_caught_up(produced)
+    await harness.assert_exact(events)
+    async with harness.engine.connect() as conn:
+        queued = (await conn.execute(text("SELECT count(*) FROM segmentation_queue"))).scalar()
+    assert queued == len({e.customer_id for e in events})
+
+
+async def test_duplicates_and_reordering_change_nothing(harness: Harness) -> None:
+    events = list(workload(2).events(3000))
+    harness.worker()
+    produced = await produce(
+        harness.bootstrap, as_records(events, harness.topics, duplicate=True, seed=2)
+    )
+    await harness.wait_caught_up(produced)
+    await harness.assert_exact(events)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_exact_through_repeated_kill_9(harness: Harness) -> None:
+    events = list(workload(3, customers=2000).events(20_000))
+    records = as_records(events, harness.topics)
+    rng = random.Random(3)
+    worker = harness.worker()
+    producing = asyncio.create_task(produce(harness.bootstrap, records, rate_per_second=1500))
+    kills = 0
+    while not producing.done() or kills < 5:
+        await asyncio.sleep(rng.uniform(0.5, 2.5))
+        worker.kill9()
+        kills += 1
+        worker = harness.worker()
+    produced = await producing
+    await harness.wait_caught_up(produced, within_seconds=180)
+    assert kills >= 5
+    await harness.assert_exact(events)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_two_workers_with_one_leaving_and_rejoining(harness: Harness) -> None:
+    events = list(workload(4, customers=1000).events(12_000))
+    records = as_records(events, harness.topics)
+    first = harness.worker()
+    second = harness.worker()
+    producing = asyncio.create_task(produce(harness.bootstrap, records, rate_per_second=1500))
+    await asyncio.sleep(3)
+    assert await second.terminate() == 0  # leaves the group cleanly mid-stream
+    await asyncio.sleep(2)
+    harness.worker()  # and a worker rejoins
+    produced = await producing
+    await harness.wait_caught_up(produced, within_seconds=180)
+    assert first.alive()
+    await harness.assert_exact(events)
+
+
+async def test_bad_records_go_to_the_dead_letter_topic(harness: Harness) -> None:
+    good = list(workload(5).events(1000))
+    at = datetime.now(UTC) - timedelta(hours=1)
+    bad_values: dict[str, bytes] = {
+        "undecodable": b"\xff\xfe not json",
+        "schema_violation": b'{"type":"page_view","event_id":"x1","customer_id":"c1"}',
+        "oversized": b'{"type":"page_view","pad":"' + b"x" * 70_000 + b'"}',
+        "unknown_event_type": (
+            b'{"type":"teleport","event_id":"x2","customer_id":"c1","occurred_at":"'
+            + at.isoformat().encode()
+            + b'"}'
+        ),
+        "unknown_currency": encode_event(
+            OrderPlaced(
+                event_id="x3",
+                customer_id="c1",
+                order_id="o1",
+                occurred_at=at,
+                amount=Decimal("10"),
+                currency="XYZ",
+            )
+        ),
+        "occurred_at_out_of_range": encode_event(
+            PageView(event_id="x4", customer_id="c1", occurred_at=at + timedelta(days=30))
+        ),
+    }
+    records = as_records(good, harness.topics)
+    rng = random.Random(5)
+    for reason, value in bad_values.items():
+        topic = (
+            harness.topics.orders if reason == "unknown_currency" else harness.topics.interactions
+        )
+        records.insert(rng.randrange(len(records)), (topic, reason.encode(), value))
+    harness.worker()
+    produced = await produce(harness.bootstrap, records)
+    await harness.wait_caught_up(produced)
+    await harness.assert_exact(good)
+
+    found: dict[str, tuple[bytes, dict[str, bytes]]] = {}
+    consumer = AIOKafkaConsumer(
+        dlq_topic(harness.topics.orders),
+        dlq_topic(harness.topics.interactions),
+        bootstrap_servers=harness.bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(found) < len(bad_values) and asyncio.get_running_loop().time() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                for r in batch:
+                    found[r.key.decode()] = (r.value, dict(r.headers))
+    finally:
+        await consumer.stop()
+    assert set(found) == set(bad_values)
+    for reason, (value, headers) in found.items():
+        assert value == bad_values[reason], reason
+        assert headers[HEADER_REASON].decode() == reason
+        assert headers[HEADER_SOURCE_TOPIC].decode() in (
+            harness.topics.orders,
+            harness.topics.interactions,
+        )
+        assert int(headers[HEADER_SOURCE_PARTITION]) >= 0
+        assert int(headers[HEADER_SOURCE_OFFSET]) >= 0

@@ -1,0 +1,145 @@
+"""Driving the real ingest service in tests: produce events, run workers, read results."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ingest.repository import CustomerAggregates, fetch_aggregates
+from shared.events import Event, OrderCancelled, OrderPlaced, OrderRefunded, encode_event
+from shared.kafka import make_producer
+from tests.conftest import ROOT
+
+ORDER_TYPES = (OrderPlaced, OrderRefunded, OrderCancelled)
+
+
+@dataclass
+class Topics:
+    orders: str
+    interactions: str
+
+    def for_event(self, event: Event) -> str:
+        return self.orders if isinstance(event, ORDER_TYPES) else self.interactions
+
+
+@dataclass
+class Produced:
+    """Where the records went: the next offset expected per (topic, partition)."""
+
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def note(self, topic: str, partition: int, offset: int) -> None:
+        key = (topic, partition)
+        self.ends[key] = max(self.ends.get(key, 0), offset + 1)
+
+
+async def produce(
+    bootstrap: str,
+    records: Sequence[tuple[str, bytes | None, bytes]],
+    produced: Produced | None = None,
+    *,
+    rate_per_second: float | None = None,
+) -> Produced:
+    """Send (topic, key, value) records in order; optionally paced."""
+    produced = produced or Produced()
+    producer = make_producer(bootstrap, client_id="test-producer")
+    await producer.start()
+    try:
+        futures = []
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i, (topic, key, value) in enumerate(records):
+            futures.append(await producer.send(topic, value=value, key=key))
+            if rate_per_second and i % 200 == 0:
+                ahead = started + i / rate_per_second - loop.time()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        for meta in await asyncio.gather(*futures):
+            produced.note(meta.topic, meta.partition, meta.offset)
+    finally:
+        await producer.stop()
+    return produced
+
+
+def as_records(
+    events: Sequence[Event], topics: Topics, *, duplicate: bool = False, seed: int = 0
+) -> list[tuple[str, bytes | None, bytes]]:
+    """Events as Kafka records keyed by customer; with `duplicate`, every event twice and
+    the whole sequence shuffled (so within each partition too)."""
+    records: list[tuple[str, bytes | None, bytes]] = [
+        (topics.for_event(e), e.customer_id.encode(), encode_event(e)) for e in events
+    ]
+    if duplicate:
+        records = records + records
+        random.Random(seed).shuffle(records)
+    return records
+
+
+async def stored_offsets(engine: AsyncEngine) -> dict[tuple[str, int], int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT topic, partition, next_offset FROM ingest_offsets"))
+        return {(r.topic, r.partition): r.next_offset for r in rows}
+
+
+async def caught_up(engine: AsyncEngine, produced: Produced) -> bool:
+    stored = await stored_offsets(engine)
+    return all(stored.get(k, 0) >= end for k, end in produced.ends.items())
+
+
+async def read_aggregates(engine: AsyncEngine, as_of: datetime) -> dict[str, CustomerAggregates]:
+    async with engine.connect() as conn:
+        ids = list(
+            (await conn.execute(text("SELECT customer_id FROM customer_aggregates"))).scalars()
+        )
+        raw = await conn.get_raw_connection()
+        return await fetch_aggregates(raw.driver_connection, ids, as_of)
+
+
+class IngestProcess:
+    """`python -m services.ingest` as a child process, which tests may kill -9."""
+
+    def __init__(self, env: dict[str, str], log_path: str) -> None:
+        self._env = env
+        self._log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self._log_path, "ab")  # noqa: SIM115 - the child owns it while it runs
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.ingest"],
+            cwd=ROOT,
+            env=self._env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    async def terminate(self, within_seconds: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, within_seconds)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ensure_dead(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
