@@ -28,6 +28,16 @@ log = structlog.get_logger("ingest")
 
 async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
     owner = f"{socket.gethostname()}:{os.getpid()}"
+    # Signals are handled from the very start, so SIGTERM during start-up is a clean stop too.
+    stopping = asyncio.Event()
+    worker: IngestWorker | None = None
+
+    def stop() -> None:
+        stopping.set()
+        if worker is not None:
+            worker.stop()
+
+    install_stop_handlers(stop)
     async with AsyncExitStack() as stack:
         engine = create_engine(conn.database_url, conn.database_schema, application_name="ingest")
         stack.push_async_callback(engine.dispose)
@@ -79,7 +89,8 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
         )
         await ops.start()
         stack.push_async_callback(ops.stop)
-        install_stop_handlers(worker.stop)
+        if stopping.is_set():
+            return
         log.info("ingest_started", owner=owner, topics=topics, ops_port=ops.port)
         await worker.run()
         log.info("ingest_stopped", batches=worker.batches_committed)

@@ -181,56 +181,74 @@ async def apply_interaction_totals(
     )
 
 
-async def refresh_aggregates(
-    conn: asyncpg.Connection, customer_ids: Sequence[str], cart_type: str = "add_to_cart"
-) -> None:
-    """Recompute the touched customers' aggregates from their order and interaction rows.
+@dataclass(slots=True)
+class CustomerTouch:
+    """What one batch did to one customer's interaction-side aggregates."""
 
-    Recomputing rather than adding deltas keeps the aggregates exact whatever order the
-    events came in: cancellations and refunds can arrive before the order they belong to.
+    customer_id: str
+    interactions: int = 0
+    last_interaction_at: datetime | None = None
+    last_add_to_cart_at: datetime | None = None
+    last_event_at: datetime | None = None
+
+
+async def touch_customers(conn: asyncpg.Connection, touches: Sequence[CustomerTouch]) -> None:
+    """Add interaction counts and keep the latest times; creates missing customers.
+
+    Sums and maxima commute, so these merge exactly whatever order events arrive in.
     """
     await conn.execute(
         """
-        INSERT INTO customer_aggregates AS a (
-            customer_id, order_count, net_spend, first_order_at, last_order_at,
-            interaction_count, last_interaction_at, last_add_to_cart_at, last_event_at,
-            version, updated_at)
-        SELECT c.id,
-               COALESCE(o.order_count, 0), COALESCE(o.net_spend, 0),
-               o.first_order_at, o.last_order_at,
-               COALESCE(i.interaction_count, 0), i.last_interaction_at, i.last_add_to_cart_at,
-               GREATEST(o.last_touch, i.last_interaction_at),
-               1, now()
-        FROM unnest($1::text[]) AS c(id)
-        LEFT JOIN LATERAL (
-            SELECT count(*) FILTER (WHERE placed_at IS NOT NULL AND cancelled_at IS NULL)
-                       AS order_count,
-                   sum(GREATEST(amount - refunded, 0))
-                       FILTER (WHERE placed_at IS NOT NULL AND cancelled_at IS NULL) AS net_spend,
-                   min(placed_at) FILTER (WHERE cancelled_at IS NULL) AS first_order_at,
-                   max(placed_at) FILTER (WHERE cancelled_at IS NULL) AS last_order_at,
-                   max(GREATEST(placed_at, cancelled_at)) AS last_touch
-            FROM orders WHERE customer_id = c.id
-        ) o ON true
-        LEFT JOIN LATERAL (
-            SELECT sum(count) AS interaction_count, max(last_at) AS last_interaction_at,
-                   max(last_at) FILTER (WHERE type = $2) AS last_add_to_cart_at
-            FROM interaction_totals WHERE customer_id = c.id
-        ) i ON true
+        INSERT INTO customer_aggregates AS a (customer_id, interaction_count, last_interaction_at,
+                                              last_add_to_cart_at, last_event_at)
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[],
+                             $5::timestamptz[])
         ON CONFLICT (customer_id) DO UPDATE SET
-            order_count = EXCLUDED.order_count,
-            net_spend = EXCLUDED.net_spend,
-            first_order_at = EXCLUDED.first_order_at,
-            last_order_at = EXCLUDED.last_order_at,
-            interaction_count = EXCLUDED.interaction_count,
-            last_interaction_at = EXCLUDED.last_interaction_at,
-            last_add_to_cart_at = EXCLUDED.last_add_to_cart_at,
+            interaction_count = a.interaction_count + EXCLUDED.interaction_count,
+            last_interaction_at = GREATEST(a.last_interaction_at, EXCLUDED.last_interaction_at),
+            last_add_to_cart_at = GREATEST(a.last_add_to_cart_at, EXCLUDED.last_add_to_cart_at),
             last_event_at = GREATEST(a.last_event_at, EXCLUDED.last_event_at),
             version = a.version + 1,
             updated_at = now()
         """,
+        [t.customer_id for t in touches],
+        [t.interactions for t in touches],
+        [t.last_interaction_at for t in touches],
+        [t.last_add_to_cart_at for t in touches],
+        [t.last_event_at for t in touches],
+    )
+
+
+async def refresh_order_aggregates(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> None:
+    """Recompute the order side of these customers' aggregates from their order rows.
+
+    Recomputing rather than adding deltas keeps them exact whatever order the events came
+    in: a cancellation or refund can arrive before the order it belongs to.
+    """
+    if not customer_ids:
+        return
+    await conn.execute(
+        """
+        UPDATE customer_aggregates AS a SET
+            order_count = o.order_count,
+            net_spend = o.net_spend,
+            first_order_at = o.first_order_at,
+            last_order_at = o.last_order_at
+        FROM (
+            SELECT customer_id,
+                   count(*) FILTER (WHERE placed_at IS NOT NULL AND cancelled_at IS NULL)
+                       AS order_count,
+                   COALESCE(sum(GREATEST(amount - refunded, 0))
+                       FILTER (WHERE placed_at IS NOT NULL AND cancelled_at IS NULL), 0)
+                       AS net_spend,
+                   min(placed_at) FILTER (WHERE cancelled_at IS NULL) AS first_order_at,
+                   max(placed_at) FILTER (WHERE cancelled_at IS NULL) AS last_order_at
+            FROM orders WHERE customer_id = ANY($1::text[])
+            GROUP BY customer_id
+        ) AS o
+        WHERE a.customer_id = o.customer_id
+        """,
         list(customer_ids),
-        cart_type,
     )
 
 

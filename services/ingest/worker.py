@@ -1,7 +1,9 @@
 """The ingest worker: Kafka order and interaction events in, exact aggregates in PostgreSQL out.
 
-Delivery guarantee (see `_commit_batch`): a batch's effects and the offsets that follow it
-commit in one PostgreSQL transaction, so each event changes the aggregates exactly once.
+Two stages run side by side: `_fetch_loop` fetches and prepares the next batch (decoding,
+validation, folding into row changes) while `run` commits the previous one. The delivery
+guarantee is in `_commit`: a batch's effects and the offsets after it commit in one
+PostgreSQL transaction, so each event changes the aggregates exactly once.
 """
 
 from __future__ import annotations
@@ -11,59 +13,34 @@ import contextlib
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import repository as repo
+from services.ingest.batch import DeadLetter, Part, PreparedBatch, Screen, build_changes, prepare
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.clock import Clock
-from shared.events import EventRejected, RejectReason, check_occurred_at, decode_event
-from shared.events.orders import OrderEventBase
 from shared.kafka import dlq_headers, dlq_topic, locate
 
 log = structlog.get_logger("ingest")
 
-AMOUNT_QUANTUM = Decimal("0.0001")
-RETRIABLE_PG_ERRORS: tuple[type[BaseException], ...] = (
+RETRIABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
     ConnectionError,
     OSError,
     TimeoutError,
 )
-
-
-def to_base(amount: Decimal, rate: Decimal) -> Decimal:
-    """Convert to the base currency, rounded to 4 places half-even (as the checker does)."""
-    return (amount * rate).quantize(AMOUNT_QUANTUM, rounding=ROUND_HALF_EVEN)
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    record: ConsumerRecord[bytes, bytes]
-    reason: str
-    detail: str
-
-
-@dataclass(slots=True)
-class PreparedBatch:
-    """What a batch of records means for the database, before any I/O."""
-
-    advances: dict[TopicPartition, int] = field(default_factory=dict)
-    events: list[tuple[Any, ConsumerRecord[bytes, bytes]]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -97,11 +74,16 @@ class IngestWorker:
         self._clock = clock
         self._metrics = metrics
         self._owner = owner
-        self._owned: dict[TopicPartition, repo.Ownership] = {}
-        self._next: dict[TopicPartition, int] = {}
-        # Held while a batch is processed; a revocation waits for it, so a partition is
-        # handed over only between batches (fencing covers the case where we are too slow).
-        self._batch_lock = asyncio.Lock()
+        self._screen = Screen(settings.currency_rates)
+        self._retention = timedelta(days=settings.interaction_retention_days)
+        # Per owned partition: our fencing epoch, the next offset committed to PostgreSQL,
+        # and the next offset prepared (ahead of committed by at most one batch).
+        self._epochs: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._fetched: dict[TopicPartition, int] = {}
+        # Held while a batch commits; a revocation waits for it, so partitions change hands
+        # between batches (and fencing covers a worker too slow to notice).
+        self._commit_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._last_progress = time.monotonic()
         self._last_prune = 0.0
@@ -112,14 +94,14 @@ class IngestWorker:
         return _Rebalance(self)
 
     def stop(self) -> None:
-        """Finish the batch in flight, then return from `run()`. Safe to call twice."""
+        """Finish the batch being committed, then return from `run()`. Safe to call twice."""
         self._stopping.set()
 
     # ------------------------------------------------------------------ ownership
     async def claim(self, assigned: Sequence[TopicPartition]) -> None:
         if not assigned:
             return
-        async with self._batch_lock, self._engine.connect() as sa_conn:
+        async with self._commit_lock, self._engine.connect() as sa_conn:
             conn = await _driver(sa_conn)
             async with conn.transaction():
                 owned = await repo.claim_partitions(
@@ -127,8 +109,8 @@ class IngestWorker:
                 )
         for o in owned:
             tp = TopicPartition(o.topic, o.partition)
-            self._owned[tp] = o
-            self._next[tp] = o.next_offset
+            self._epochs[tp] = o.epoch
+            self._committed[tp] = self._fetched[tp] = o.next_offset
             self._consumer.seek(tp, o.next_offset)
             log.info(
                 "partition_claimed",
@@ -137,45 +119,84 @@ class IngestWorker:
             )
 
     async def release(self, revoked: Sequence[TopicPartition]) -> None:
-        async with self._batch_lock:
+        async with self._commit_lock:
             for tp in revoked:
-                self._owned.pop(tp, None)
-                self._next.pop(tp, None)
+                self._forget(tp)
                 log.info("partition_released", topic=tp.topic, partition=tp.partition)
 
-    # ------------------------------------------------------------------ main loop
+    def _forget(self, tp: TopicPartition) -> None:
+        self._epochs.pop(tp, None)
+        self._committed.pop(tp, None)
+        self._fetched.pop(tp, None)
+
+    # ------------------------------------------------------------------ the two stages
     async def run(self) -> None:
-        """Process batches until stopped; unexpected errors propagate to the supervisor."""
-        while not self._stopping.is_set():
-            batch = await self._consumer.getmany(
+        """Commit prepared batches until stopped; unexpected errors propagate."""
+        ready: asyncio.Queue[PreparedBatch] = asyncio.Queue(maxsize=1)
+        fetcher = asyncio.create_task(self._fetch_loop(ready), name="ingest-fetch")
+        try:
+            while not self._stopping.is_set():
+                if fetcher.done():
+                    fetcher.result()  # re-raise what ended the fetch stage
+                try:
+                    prepared = await asyncio.wait_for(ready.get(), timeout=0.5)
+                except TimeoutError:
+                    prepared = None
+                if prepared is not None:
+                    async with self._commit_lock:
+                        await self._process(prepared)
+                self._update_lag()
+                await self._maybe_prune()
+        finally:
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetcher
+
+    async def _fetch_loop(self, ready: asyncio.Queue[PreparedBatch]) -> None:
+        while True:
+            records = await self._consumer.getmany(
                 timeout_ms=self._settings.poll_timeout_ms,
                 max_records=self._settings.max_batch_records,
             )
-            async with self._batch_lock:
-                if batch:
-                    await self._process(batch)
-                self._update_lag()
-            await self._maybe_prune()
+            if not records:
+                continue
+            prepared = prepare(
+                records,
+                self._fetched,
+                self._epochs,
+                self._screen,
+                self._settings.currency_rates,
+                self._clock.now(),
+                self._retention,
+            )
+            if prepared is not None:
+                await ready.put(prepared)
 
-    async def _process(
-        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
+    async def _process(self, prepared: PreparedBatch) -> None:
         started = time.perf_counter()
-        prepared = self._prepare(batch)
-        if not prepared.advances:
+        # Keep only parts that continue exactly where we committed under the same epoch; a
+        # part prepared before a rebalance is dropped, and the seek on claim re-reads it.
+        parts = [
+            p
+            for p in prepared.parts
+            if self._epochs.get(p.tp) == p.epoch and self._committed.get(p.tp) == p.start
+        ]
+        if not parts:
             return
+        if len(parts) != len(prepared.parts):
+            prepared = _only(prepared, parts, self._settings, self._clock.now() - self._retention)
         attempt = 0
         while True:
             try:
-                applied, duplicates = await self._commit_batch(prepared)
+                applied = await self._commit(prepared)
                 break
             except repo.FencedError as exc:
                 self._metrics.fenced.inc()
                 log.warning("batch_fenced", error=str(exc))
-                for tp in prepared.advances:
-                    self._owned.pop(tp, None)
+                for part in parts:
+                    self._forget(part.tp)
                 return
-            except RETRIABLE_PG_ERRORS as exc:
+            except RETRIABLE_ERRORS as exc:
                 attempt += 1
                 if attempt > 8 or (self._stopping.is_set() and attempt > 2):
                     raise
@@ -187,124 +208,70 @@ class IngestWorker:
                     error=f"{type(exc).__name__}: {exc}",
                 )
                 await asyncio.sleep(delay)
-        for tp, next_offset in prepared.advances.items():
-            self._next[tp] = next_offset
+        for part in parts:
+            self._committed[part.tp] = part.end
         self._last_progress = time.monotonic()
         self.batches_committed += 1
-        self._metrics.observe_batch(applied, duplicates, time.perf_counter() - started)
-        # Kafka's own committed offsets are informational only (lag in standard tools); the
-        # truth is in PostgreSQL, so a failure here loses nothing.
+        self._metrics.observe_batch(
+            applied, len(prepared.events) - applied, time.perf_counter() - started
+        )
+        # Kafka's committed offsets are informational (lag in standard tools); the truth
+        # is in PostgreSQL, so a failure here loses nothing.
         with contextlib.suppress(Exception):
-            await self._consumer.commit({tp: n for tp, n in prepared.advances.items()})
+            await self._consumer.commit({p.tp: p.end for p in parts})
 
-    def _prepare(
-        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> PreparedBatch:
-        now = self._clock.now()
-        out = PreparedBatch()
-        for tp, records in batch.items():
-            expected = self._next.get(tp)
-            if expected is None or tp not in self._owned:
-                continue  # fetched before a revocation; the new owner will read it
-            last = None
-            for rec in records:
-                if rec.offset < expected:
-                    continue  # fetched before our seek to the stored offset
-                last = rec.offset
-                try:
-                    out.events.append((self._screen(rec.value or b"", now), rec))
-                except EventRejected as exc:
-                    out.dead_letters.append(DeadLetter(rec, str(exc.reason), str(exc)))
-            if last is not None:
-                out.advances[tp] = last + 1
-        return out
-
-    def _screen(self, raw: bytes, now: datetime) -> Any:
-        """Decode and check one record; raise EventRejected for anything to dead-letter."""
-        event = decode_event(raw)
-        rates = self._settings.currency_rates
-        if isinstance(event, OrderEventBase) and event.currency not in rates:
-            raise EventRejected(
-                RejectReason.UNKNOWN_CURRENCY,
-                "$.currency",
-                f"{event.currency!r} has no configured rate",
-            )
-        check_occurred_at(event.occurred_at, now=now)
-        return event
-
-    async def _commit_batch(self, prepared: PreparedBatch) -> tuple[int, int]:
-        """Apply one batch. The order is what makes it exactly-once:
+    async def _commit(self, prepared: PreparedBatch) -> int:
+        """Apply one batch; returns how many events were new. The order is the guarantee:
 
         1. dead letters are written to Kafka and acknowledged first, so an offset is never
-           committed past a bad record that is not yet safe on its dead-letter topic (a crash
-           in between re-sends it: dead letters are at-least-once, located by their headers);
-        2. in ONE PostgreSQL transaction: the offsets (fenced by our epoch, first, so the row
-           locks are taken early), the dedup ledger, the aggregates and the segmentation
-           queue. Either all of it is there after a crash, or none of it and the batch is
+           committed past a bad record that is not yet safe on its dead-letter topic (a
+           crash in between re-sends it: dead letters are at-least-once, and their headers
+           locate the source record for deduplication);
+        2. then ONE PostgreSQL transaction: the offsets (fenced by our epoch, first, so the
+           row locks are taken early), the dedup ledger, the aggregates and the segmentation
+           queue. After a crash either all of it is there, or none of it and the batch is
            read again from the stored offsets.
         """
-        if prepared.dead_letters:
-            await self._send_dead_letters(prepared.dead_letters)
+        letters = [d for p in prepared.parts for d in p.dead_letters]
+        if letters:
+            await self._send_dead_letters(letters)
         now = self._clock.now()
         async with self._engine.connect() as sa_conn:
             conn = await _driver(sa_conn)
             async with conn.transaction():
                 await repo.advance_offsets(
                     conn,
-                    sorted(
-                        ((self._owned[tp], n) for tp, n in prepared.advances.items()),
-                        key=lambda a: (a[0].topic, a[0].partition),
-                    ),
+                    [
+                        (
+                            repo.Ownership(p.tp.topic, p.tp.partition, p.start, p.epoch),
+                            p.end,
+                        )
+                        for p in sorted(prepared.parts, key=lambda p: (p.tp.topic, p.tp.partition))
+                    ],
                 )
-                events = _first_of_each_id(prepared.events)
-                fresh = await repo.keep_new_events(conn, sorted(events), now)
-                applied = [events[eid] for eid in sorted(fresh)]
-                if applied:
-                    await self._apply(conn, applied, now)
-        return len(applied), len(prepared.events) - len(applied)
-
-    async def _apply(self, conn: asyncpg.Connection, events: list[Any], now: datetime) -> None:
-        rates = self._settings.currency_rates
-        retention_start = now - timedelta(days=self._settings.interaction_retention_days)
-        orders: dict[tuple[str, str], repo.OrderChange] = {}
-        totals: dict[tuple[str, str], repo.InteractionChange] = {}
-        window_rows: list[tuple[str, datetime, str]] = []
-        cause: dict[str, datetime] = {}
-        for ev in events:
-            cid = ev.customer_id
-            if cause.get(cid) is None or ev.occurred_at > cause[cid]:
-                cause[cid] = ev.occurred_at
-            if isinstance(ev, OrderEventBase):
-                key = (cid, ev.order_id)
-                change = orders.get(key) or repo.OrderChange(cid, ev.order_id)
-                orders[key] = change
-                amount = to_base(ev.amount, rates[ev.currency])
-                if ev.type == "order_placed":
-                    # The earliest placement wins, as it does in the database.
-                    if change.placed_at is None or ev.occurred_at < change.placed_at:
-                        change.placed_at, change.amount = ev.occurred_at, amount
-                        change.channel = ev.channel
-                elif ev.type == "order_refunded":
-                    change.refunded += amount
-                elif change.cancelled_at is None or ev.occurred_at < change.cancelled_at:
-                    change.cancelled_at = ev.occurred_at
-            else:
-                tkey = (cid, ev.type)
-                total = totals.get(tkey)
-                if total is None:
-                    totals[tkey] = repo.InteractionChange(cid, ev.type, 1, ev.occurred_at)
-                else:
-                    total.count += 1
-                    total.last_at = max(total.last_at, ev.occurred_at)
-                if ev.occurred_at > retention_start:
-                    window_rows.append((cid, ev.occurred_at, ev.type))
-        # Keys are sorted so that concurrent workers lock rows in the same order.
-        await repo.apply_orders(conn, [orders[k] for k in sorted(orders)])
-        await repo.insert_interactions(conn, window_rows)
-        await repo.apply_interaction_totals(conn, [totals[k] for k in sorted(totals)])
-        customers = sorted(cause)
-        await repo.refresh_aggregates(conn, customers)
-        await repo.mark_for_segmentation(conn, customers, now, [cause[c] for c in customers])
+                ids = sorted(prepared.events)
+                fresh = await repo.keep_new_events(conn, ids, now)
+                if not fresh:
+                    return 0
+                changes = prepared.changes
+                if len(fresh) != len(ids):
+                    changes = build_changes(
+                        [prepared.events[i] for i in ids if i in fresh],
+                        self._settings.currency_rates,
+                        now - self._retention,
+                    )
+                await repo.apply_orders(conn, changes.orders)
+                await repo.insert_interactions(conn, changes.window_rows)
+                await repo.apply_interaction_totals(conn, changes.totals)
+                await repo.touch_customers(conn, changes.touches)
+                await repo.refresh_order_aggregates(conn, changes.order_customers)
+                await repo.mark_for_segmentation(
+                    conn,
+                    [t.customer_id for t in changes.touches],
+                    now,
+                    [t.last_event_at or now for t in changes.touches],
+                )
+        return len(fresh)
 
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
         futures = []
@@ -317,38 +284,33 @@ class IngestWorker:
                 reason=letter.reason,
                 detail=letter.detail,
             )
+            headers = [
+                *(rec.headers or ()),
+                *dlq_headers(letter.reason, letter.detail, rec.topic, rec.partition, rec.offset),
+            ]
             futures.append(
                 await self._producer.send(
-                    dlq_topic(rec.topic),
-                    value=rec.value,
-                    key=rec.key,
-                    headers=[
-                        *(rec.headers or ()),
-                        *dlq_headers(
-                            letter.reason, letter.detail, rec.topic, rec.partition, rec.offset
-                        ),
-                    ],
+                    dlq_topic(rec.topic), value=rec.value, key=rec.key, headers=headers
                 )
             )
         await asyncio.gather(*futures)
 
-    # ------------------------------------------------------------------ housekeeping
-    def _update_lag(self) -> None:
-        for tp in list(self._owned):
+    # ------------------------------------------------------------------ health
+    def _lags(self) -> dict[TopicPartition, int]:
+        lags = {}
+        for tp, committed in list(self._committed.items()):
             high = self._consumer.highwater(tp)
-            if high is not None and tp in self._next:
-                self._metrics.lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, high - self._next[tp])
-                )
+            if high is not None:
+                lags[tp] = max(0, high - committed)
+        return lags
+
+    def _update_lag(self) -> None:
+        for tp, lag in self._lags().items():
+            self._metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     def total_lag(self) -> int:
         """Records known to be waiting on the partitions this worker owns."""
-        lag = 0
-        for tp in list(self._owned):
-            high = self._consumer.highwater(tp)
-            if high is not None and tp in self._next:
-                lag += max(0, high - self._next[tp])
-        return lag
+        return sum(self._lags().values())
 
     def is_stalled(self) -> bool:
         """True when records are waiting and no batch has committed for `stall_seconds`."""
@@ -368,18 +330,23 @@ class IngestWorker:
                 dedup, inter = await repo.prune(
                     conn,
                     now - timedelta(days=self._settings.dedup_window_days),
-                    now - timedelta(days=self._settings.interaction_retention_days),
+                    now - self._retention,
                 )
         if dedup or inter:
             log.info("pruned", event_ids=dedup, interaction_rows=inter)
 
 
-def _first_of_each_id(events: list[tuple[Any, ConsumerRecord[bytes, bytes]]]) -> dict[str, Any]:
-    """A duplicate inside one batch is a duplicate too: keep the first delivery of each id."""
-    out: dict[str, Any] = {}
-    for ev, _ in events:
-        out.setdefault(ev.event_id, ev)
-    return out
+def _only(
+    prepared: PreparedBatch,
+    parts: list[Part],
+    settings: IngestSettings,
+    retention_start: datetime,
+) -> PreparedBatch:
+    """The batch restricted to `parts`: events of dropped partitions are left out."""
+    ids = {eid for p in parts for eid in p.event_ids}
+    events = {eid: ev for eid, ev in prepared.events.items() if eid in ids}
+    changes = build_changes(list(events.values()), settings.currency_rates, retention_start)
+    return PreparedBatch(parts, events, changes, prepared.record_count)
 
 
 async def _driver(sa_conn: Any) -> asyncpg.Connection:

@@ -1,6 +1,7 @@
 """Bytes to typed events and back: the one entry point the ingest worker calls per record."""
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final, TypeAlias
@@ -17,16 +18,16 @@ from shared.events.interactions import (
 from shared.events.orders import ORDER_EVENT_CLASSES, ORDER_EVENT_TYPES, OrderEvent
 
 Event: TypeAlias = OrderEvent | InteractionEvent
-EVENT_CLASSES: Final[dict[str, type[Event]]] = {
+EVENT_CLASSES: Final[Mapping[str, type[Event]]] = {
     cls.type: cls for cls in (*ORDER_EVENT_CLASSES, *INTERACTION_EVENT_CLASSES)
 }
 EVENT_TYPES: Final = ORDER_EVENT_TYPES | INTERACTION_EVENT_TYPES
 
-_decoder: Final = msgspec.json.Decoder(Event)
+_decoder: Final[msgspec.json.Decoder[Event]] = msgspec.json.Decoder(Event)
 _encoder: Final = msgspec.json.Encoder()
 
-# One regex over the ids joined by a character they cannot contain: about five times cheaper
-# than a msgspec `pattern` per field. Lengths are already enforced by msgspec.
+# One regex over the ids joined by a character they cannot contain costs a fraction of a msgspec
+# `pattern` per field. msgspec has already enforced the lengths.
 _ID = f"[{limits.ID_CHARSET}]+"
 _CURRENCY = limits.CURRENCY_PATTERN.strip("^$")
 _ORDER_TEXT: Final = re.compile(rf"{_ID}\n{_ID}\n{_ID}\n{_CURRENCY}")
@@ -73,7 +74,7 @@ def decode_event(raw: bytes) -> Event:
     if isinstance(event, OrderEvent):
         _check_order(event)
     elif _INTERACTION_TEXT.fullmatch(f"{event.event_id}\n{event.customer_id}") is None:
-        _raise_bad_ids({"$.event_id": event.event_id, "$.customer_id": event.customer_id})
+        _raise_first_bad_id({"$.event_id": event.event_id, "$.customer_id": event.customer_id})
     if event.occurred_at < limits.MIN_OCCURRED_AT:
         raise EventRejected(
             RejectReason.SCHEMA_VIOLATION,
@@ -110,7 +111,7 @@ def check_occurred_at(occurred_at: datetime, *, now: datetime) -> None:
 def _check_order(event: OrderEvent) -> None:
     text = f"{event.event_id}\n{event.customer_id}\n{event.order_id}\n{event.currency}"
     if _ORDER_TEXT.fullmatch(text) is None:
-        _raise_bad_ids(
+        _raise_first_bad_id(
             {
                 "$.event_id": event.event_id,
                 "$.customer_id": event.customer_id,
@@ -125,7 +126,7 @@ def _check_order(event: OrderEvent) -> None:
     _check_amount(event.amount, "$.amount")
     for index, item in enumerate(event.items):
         if _ONE_ID.fullmatch(item.sku) is None:
-            _raise_bad_ids({f"$.items[{index}].sku": item.sku})
+            _raise_first_bad_id({f"$.items[{index}].sku": item.sku})
         _check_amount(item.unit_price, f"$.items[{index}].unit_price")
 
 
@@ -140,7 +141,7 @@ def _check_amount(amount: Decimal, field: str) -> None:
     raise EventRejected(RejectReason.SCHEMA_VIOLATION, field, detail)
 
 
-def _raise_bad_ids(ids: dict[str, str]) -> None:
+def _raise_first_bad_id(ids: dict[str, str]) -> None:
     for field, value in ids.items():
         if _ONE_ID.fullmatch(value) is None:
             raise EventRejected(

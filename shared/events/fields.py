@@ -34,6 +34,16 @@ AwareDatetime = Annotated[
     datetime,
     msgspec.Meta(tz=True, description="RFC 3339 date-time with a timezone offset."),
 ]
+OccurredAt = Annotated[
+    datetime,
+    msgspec.Meta(
+        tz=True,
+        description=(
+            "RFC 3339 date-time with a timezone offset; not before 2000-01-01T00:00:00Z "
+            "and not more than one day ahead of the consumer's clock."
+        ),
+    ),
+]
 Amount = Annotated[
     Decimal,
     msgspec.Meta(

@@ -5,7 +5,7 @@ from typing import Annotated, ClassVar, Final, Literal, TypeAlias
 import msgspec
 
 from shared.events import limits
-from shared.events.fields import AwareDatetime, Id, SchemaVersion
+from shared.events.fields import Id, OccurredAt, SchemaVersion
 
 PropertyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_PROPERTY_KEY_LENGTH)]
 PropertyValue = (
@@ -29,7 +29,7 @@ class InteractionEventBase(msgspec.Struct, frozen=True, kw_only=True, gc=False, 
     schema_version: SchemaVersion = 1
     event_id: Id
     customer_id: Id
-    occurred_at: AwareDatetime
+    occurred_at: OccurredAt
     properties: Properties = msgspec.field(default_factory=dict)
 
 

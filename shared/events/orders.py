@@ -5,7 +5,7 @@ from typing import Annotated, ClassVar, Final, Literal, TypeAlias
 import msgspec
 
 from shared.events import limits
-from shared.events.fields import Amount, AwareDatetime, Currency, Id, SchemaVersion
+from shared.events.fields import Amount, Currency, Id, OccurredAt, SchemaVersion
 
 
 class LineItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -27,7 +27,7 @@ class OrderEventBase(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_fi
     event_id: Id
     customer_id: Id
     order_id: Id
-    occurred_at: AwareDatetime
+    occurred_at: OccurredAt
     amount: Amount
     currency: Currency
     items: Annotated[tuple[LineItem, ...], msgspec.Meta(max_length=limits.MAX_ITEMS)] = ()

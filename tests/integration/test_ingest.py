@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import text
@@ -27,6 +28,7 @@ from shared.kafka import (
 )
 from shared.workload import Workload
 from tests.conftest import MakeTopic, eventually, unique
+from tests.integration.test_services import free_port
 from tests.support.checker import differences, expected_aggregates
 from tests.support.ingest import (
     IngestProcess,
@@ -159,7 +161,13 @@ async def test_two_workers_with_one_leaving_and_rejoining(harness: Harness) -> N
     first = harness.worker()
     second = harness.worker()
     producing = asyncio.create_task(produce(harness.bootstrap, records, rate_per_second=1500))
-    await asyncio.sleep(3)
+
+    async def both_own_partitions() -> bool:
+        async with harness.engine.connect() as conn:
+            owners = await conn.execute(text("SELECT count(DISTINCT owner) FROM ingest_offsets"))
+            return bool(owners.scalar_one() == 2)
+
+    await eventually(both_own_partitions, within_seconds=60, message="both workers own partitions")
     assert await second.terminate() == 0  # leaves the group cleanly mid-stream
     await asyncio.sleep(2)
     harness.worker()  # and a worker rejoins
@@ -234,3 +242,33 @@ async def test_bad_records_go_to_the_dead_letter_topic(harness: Harness) -> None
         )
         assert int(headers[HEADER_SOURCE_PARTITION]) >= 0
         assert int(headers[HEADER_SOURCE_OFFSET]) >= 0
+
+
+async def test_liveness_fails_while_stalled_with_lag_and_recovers(harness: Harness) -> None:
+    port = free_port()
+    harness.env |= {"STREAMSEG_INGEST_OPS_PORT": str(port), "STREAMSEG_INGEST_STALL_SECONDS": "2"}
+    events = list(workload(6).events(500))
+    harness.worker()
+    produced = await produce(harness.bootstrap, as_records(events[:100], harness.topics))
+    await harness.wait_caught_up(produced)
+    url = f"http://127.0.0.1:{port}/healthz"
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await client.get(url)).status_code == 200
+        # Hold every offset row: the worker's next batch cannot commit, so it makes no
+        # progress while records keep arriving.
+        async with harness.engine.connect() as conn, conn.begin():
+            await conn.execute(text("SELECT * FROM ingest_offsets FOR UPDATE"))
+            more = await produce(harness.bootstrap, as_records(events[100:], harness.topics))
+
+            async def failing() -> bool:
+                r = await client.get(url)
+                return r.status_code == 503 and r.json()["stalled"] is True
+
+            await eventually(failing, within_seconds=20, message="liveness failing")
+        await harness.wait_caught_up(more)
+
+        async def healthy() -> bool:
+            return (await client.get(url)).status_code == 200
+
+        await eventually(healthy, within_seconds=20, message="liveness recovered")
+    await harness.assert_exact(events)

@@ -1,0 +1,220 @@
+"""Ingest throughput against the limits of this machine, measured in one run.
+
+    .venv/bin/python -m bench.bench_ingest [--events 200000] [--customers 50000]
+
+1. produces N realistic events (skewed customers, heavy-tailed order values) to Kafka;
+2. measures the raw aiokafka consume-and-decode rate on those records;
+3. measures the raw PostgreSQL upsert rate (unnest batches into a one-table upsert);
+4. measures the sustained events/s of one ingest worker process with every guarantee on;
+5. prints the three rates and the worker's ratio to each raw rate.
+
+Needs the stack (`bash deploy/stack.sh up`); uses its own topics and schema, then drops them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import text
+
+from shared.db.engine import create_engine
+from shared.db.migrate import upgrade
+from shared.events import OrderCancelled, OrderPlaced, OrderRefunded, decode_event, encode_event
+from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
+from shared.workload import Workload
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 4
+
+
+def stack_env() -> dict[str, str]:
+    out = subprocess.run(
+        ["bash", str(ROOT / "deploy/stack.sh"), "env"], check=True, capture_output=True, text=True
+    ).stdout
+    env = dict(os.environ)
+    for line in out.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env.setdefault(name, value)
+    return env
+
+
+async def produce(bootstrap: str, orders: str, interactions: str, n: int, customers: int) -> None:
+    end = datetime.now(UTC) - timedelta(minutes=1)
+    work = Workload(seed=7, customers=customers, start=end - timedelta(days=400), end=end)
+    producer = make_producer(bootstrap, client_id="bench-producer")
+    await producer.start()
+    try:
+        pending = []
+        for ev in work.events(n):
+            topic = (
+                orders
+                if isinstance(ev, OrderPlaced | OrderRefunded | OrderCancelled)
+                else interactions
+            )
+            pending.append(
+                await producer.send(topic, encode_event(ev), key=ev.customer_id.encode())
+            )
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def raw_consume_rate(bootstrap: str, topics: list[str], n: int) -> float:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=5000,
+        fetch_max_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(t, p) for t in topics for p in range(PARTITIONS)])
+        seen = 0
+        started = time.perf_counter()
+        while seen < n:
+            for records in (await consumer.getmany(timeout_ms=1000, max_records=5000)).values():
+                for r in records:
+                    decode_event(r.value)
+                seen += sum(1 for _ in records)
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def raw_upsert_rate(url: str, schema: str, n: int, customers: int) -> float:
+    engine = create_engine(url, schema)
+    try:
+        async with engine.begin() as ddl:
+            await ddl.execute(
+                text("CREATE TABLE bench_upsert (k text PRIMARY KEY, n bigint, at timestamptz)")
+            )
+        batch = 5000
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        async with engine.connect() as sa:
+            conn: Any = (await sa.get_raw_connection()).driver_connection
+            for i in range(0, n, batch):
+                keys = sorted({f"c{(i + j) * 7919 % customers:07d}" for j in range(batch)})
+                async with conn.transaction():
+                    await conn.execute(
+                        """
+                        INSERT INTO bench_upsert AS b (k, n, at)
+                        SELECT k, 1, $2 FROM unnest($1::text[]) AS u(k)
+                        ON CONFLICT (k) DO UPDATE SET n = b.n + 1, at = EXCLUDED.at
+                        """,
+                        keys,
+                        now,
+                    )
+        return n / (time.perf_counter() - started)
+    finally:
+        await engine.dispose()
+
+
+async def worker_rate(env: dict[str, str], url: str, schema: str, n: int, log: Path) -> float:
+    engine = create_engine(url, schema)
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, then only polled
+        [sys.executable, "-m", "services.ingest"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        first: tuple[float, int] | None = None
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ingest exited with {proc.returncode}; read {log}")
+            async with engine.connect() as conn:
+                done = (
+                    await conn.execute(
+                        text("SELECT COALESCE(sum(next_offset), 0) FROM ingest_offsets")
+                    )
+                ).scalar_one()
+            now = time.perf_counter()
+            if first is None and done > 0:
+                first = (now, int(done))
+            if done >= n:
+                assert first is not None
+                return (n - first[1]) / (now - first[0])
+            await asyncio.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        await engine.dispose()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--customers", type=int, default=50_000)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    env = stack_env()
+    bootstrap, url = env["STREAMSEG_KAFKA_BOOTSTRAP"], env["STREAMSEG_DATABASE_URL"]
+    tag = uuid.uuid4().hex[:8]
+    orders, interactions, schema = (
+        f"bench-orders-{tag}",
+        f"bench-interactions-{tag}",
+        f"bench_{tag}",
+    )
+    topics = [orders, interactions]
+    await ensure_topics(bootstrap, [TopicSpec(t, PARTITIONS) for t in topics])
+    engine = create_engine(url, schema)
+    await upgrade(engine, schema)
+    try:
+        t0 = time.perf_counter()
+        await produce(bootstrap, orders, interactions, args.events, args.customers)
+        print(f"produced {args.events} events in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        consume = await raw_consume_rate(bootstrap, topics, args.events)
+        upsert = await raw_upsert_rate(url, schema, args.events, args.customers)
+        worker_env = env | {
+            "STREAMSEG_DATABASE_SCHEMA": schema,
+            "STREAMSEG_INGEST_ORDERS_TOPIC": orders,
+            "STREAMSEG_INGEST_INTERACTIONS_TOPIC": interactions,
+            "STREAMSEG_INGEST_GROUP_ID": f"bench-{tag}",
+            "STREAMSEG_INGEST_OPS_PORT": "0",
+            "PYTHONPATH": str(ROOT),
+        }
+        worker = await worker_rate(
+            worker_env, url, schema, args.events, ROOT / ".stack" / "bench-ingest.log"
+        )
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await engine.dispose()
+        await delete_topics(bootstrap, [*topics, *(dlq_topic(t) for t in topics)])
+    figures = {
+        "events": args.events,
+        "customers": args.customers,
+        "raw_consume_decode_per_s": round(consume),
+        "raw_pg_upsert_rows_per_s": round(upsert),
+        "worker_events_per_s": round(worker),
+        "worker_vs_raw_consume": round(worker / consume, 3),
+        "worker_vs_raw_upsert": round(worker / upsert, 3),
+    }
+    for name, value in figures.items():
+        print(f"{name:28s} {value}")
+    if args.json:
+        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

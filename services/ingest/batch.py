@@ -1,0 +1,187 @@
+"""What a batch of records means for the database, worked out before any I/O.
+
+Pure except for reading the records: the worker prepares the next batch here while the
+previous one commits, which is how one worker keeps both cores busy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from services.ingest import repository as repo
+from shared.events import EventRejected, RejectReason, check_occurred_at, decode_event
+from shared.events.orders import ORDER_EVENT_CLASSES
+
+AMOUNT_QUANTUM = Decimal("0.0001")
+_ORDER_CLASSES = frozenset(ORDER_EVENT_CLASSES)
+
+
+def to_base(amount: Decimal, rate: Decimal) -> Decimal:
+    """Convert to the base currency, rounded to 4 places half-even."""
+    return (amount * rate).quantize(AMOUNT_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    record: ConsumerRecord[bytes, bytes]
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class Part:
+    """The records of one partition in a batch: offsets [start, end)."""
+
+    tp: TopicPartition
+    epoch: int
+    start: int
+    end: int
+    event_ids: list[str] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Changes:
+    """Row changes for the repository, keys sorted so concurrent workers lock in one order."""
+
+    orders: list[repo.OrderChange]
+    window_rows: list[tuple[str, datetime, str]]
+    totals: list[repo.InteractionChange]
+    touches: list[repo.CustomerTouch]
+    order_customers: list[str]
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    parts: list[Part]
+    # First delivery of each event id: a duplicate inside one batch is a duplicate too.
+    events: dict[str, Any]
+    # Built assuming every event is new; rebuilt in the rare batch that holds duplicates.
+    changes: Changes
+    record_count: int
+
+
+class Screen:
+    """Decodes and checks records; anything that can never be applied is a DeadLetter."""
+
+    def __init__(self, currency_rates: dict[str, Decimal]) -> None:
+        self._rates = currency_rates
+
+    def __call__(self, raw: bytes, now: datetime) -> Any:
+        event: Any = decode_event(raw)
+        if type(event) in _ORDER_CLASSES and event.currency not in self._rates:
+            raise EventRejected(
+                RejectReason.UNKNOWN_CURRENCY,
+                "$.currency",
+                f"{event.currency!r} has no configured rate",
+            )
+        check_occurred_at(event.occurred_at, now=now)
+        return event
+
+
+def build_changes(
+    events: list[Any], rates: dict[str, Decimal], retention_start: datetime
+) -> Changes:
+    """Fold events into per-row changes; every merge is commutative, as in the database."""
+    orders: dict[tuple[str, str], repo.OrderChange] = {}
+    totals: dict[tuple[str, str], repo.InteractionChange] = {}
+    touches: dict[str, repo.CustomerTouch] = {}
+    window_rows: list[tuple[str, datetime, str]] = []
+    order_customers: set[str] = set()
+    for ev in events:
+        cid, at = ev.customer_id, ev.occurred_at
+        touch = touches.get(cid)
+        if touch is None:
+            touch = touches[cid] = repo.CustomerTouch(cid, last_event_at=at)
+        elif touch.last_event_at is None or at > touch.last_event_at:
+            touch.last_event_at = at
+        if type(ev) in _ORDER_CLASSES:
+            order_customers.add(cid)
+            key = (cid, ev.order_id)
+            change = orders.get(key)
+            if change is None:
+                change = orders[key] = repo.OrderChange(cid, ev.order_id)
+            amount = to_base(ev.amount, rates[ev.currency])
+            if ev.type == "order_placed":
+                # The earliest placement of an order id wins, as it does in the database.
+                if change.placed_at is None or at < change.placed_at:
+                    change.placed_at, change.amount, change.channel = at, amount, ev.channel
+            elif ev.type == "order_refunded":
+                change.refunded += amount
+            elif change.cancelled_at is None or at < change.cancelled_at:
+                change.cancelled_at = at
+            continue
+        touch.interactions += 1
+        if touch.last_interaction_at is None or at > touch.last_interaction_at:
+            touch.last_interaction_at = at
+        if ev.type == "add_to_cart" and (
+            touch.last_add_to_cart_at is None or at > touch.last_add_to_cart_at
+        ):
+            touch.last_add_to_cart_at = at
+        tkey = (cid, ev.type)
+        total = totals.get(tkey)
+        if total is None:
+            totals[tkey] = repo.InteractionChange(cid, ev.type, 1, at)
+        else:
+            total.count += 1
+            if at > total.last_at:
+                total.last_at = at
+        if at > retention_start:
+            window_rows.append((cid, at, ev.type))
+    return Changes(
+        orders=[orders[k] for k in sorted(orders)],
+        window_rows=window_rows,
+        totals=[totals[k] for k in sorted(totals)],
+        touches=[touches[k] for k in sorted(touches)],
+        order_customers=sorted(order_customers),
+    )
+
+
+def prepare(
+    batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    fetched: dict[TopicPartition, int],
+    epochs: dict[TopicPartition, int],
+    screen: Screen,
+    rates: dict[str, Decimal],
+    now: datetime,
+    retention: timedelta,
+) -> PreparedBatch | None:
+    """Turn fetched records into a PreparedBatch, advancing `fetched` per partition.
+
+    Records of partitions we do not own, or before the offset we resume from, are skipped:
+    they were fetched before a rebalance or a seek.
+    """
+    parts: list[Part] = []
+    events: dict[str, Any] = {}
+    count = 0
+    for tp, records in batch.items():
+        start = fetched.get(tp)
+        epoch = epochs.get(tp)
+        if start is None or epoch is None:
+            continue
+        part = Part(tp, epoch, start, start)
+        for rec in records:
+            if rec.offset < part.end:
+                continue
+            part.end = rec.offset + 1
+            count += 1
+            try:
+                event = screen(rec.value or b"", now)
+            except EventRejected as exc:
+                part.dead_letters.append(DeadLetter(rec, str(exc.reason), str(exc)))
+                continue
+            part.event_ids.append(event.event_id)
+            events.setdefault(event.event_id, event)
+        if part.end > part.start:
+            fetched[tp] = part.end
+            parts.append(part)
+    if not parts:
+        return None
+    changes = build_changes(list(events.values()), rates, now - retention)
+    return PreparedBatch(parts, events, changes, count)

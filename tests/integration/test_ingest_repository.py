@@ -1,0 +1,118 @@
+"""Ingest's SQL on its own: fencing, and windows that move with time and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ingest import repository as repo
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def conn(engine: AsyncEngine) -> AsyncIterator[Any]:
+    async with engine.connect() as sa_conn:
+        raw = await sa_conn.get_raw_connection()
+        yield raw.driver_connection
+
+
+async def test_old_owner_cannot_commit_after_new_owner_claims(engine: AsyncEngine) -> None:
+    async with engine.connect() as a_sa, engine.connect() as b_sa:
+        a = (await a_sa.get_raw_connection()).driver_connection
+        b = (await b_sa.get_raw_connection()).driver_connection
+        async with a.transaction():
+            [old] = await repo.claim_partitions(a, [("orders", 0)], "worker-a")
+        # Worker A starts a batch and takes the offset row lock first...
+        tx = a.transaction()
+        await tx.start()
+        await repo.advance_offsets(a, [(old, 10)])
+        # ...so worker B's claim waits until A's batch ends.
+        claim = asyncio.create_task(_claim(b, "worker-b"))
+        await asyncio.sleep(0.3)
+        assert not claim.done()
+        await tx.commit()
+        new = await claim
+        assert new.epoch == old.epoch + 1
+        assert new.next_offset == 10  # B resumes exactly where A's committed batch ended
+        # A, now stale, can no longer write anything.
+        with pytest.raises(repo.FencedError, match=r"orders\[0\]"):
+            async with a.transaction():
+                await repo.advance_offsets(a, [(old, 20)])
+        async with b.transaction():
+            await repo.advance_offsets(b, [(new, 15)])
+        row = await b.fetchrow("SELECT next_offset, owner FROM ingest_offsets")
+        assert (row["next_offset"], row["owner"]) == (15, "worker-b")
+
+
+async def _claim(conn: asyncpg.Connection, owner: str) -> repo.Ownership:
+    async with conn.transaction():
+        [claimed] = await repo.claim_partitions(conn, [("orders", 0)], owner)
+    return claimed
+
+
+async def test_windows_expire_as_time_passes_without_events(conn: Any) -> None:
+    placed = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    viewed = placed + timedelta(days=2)
+    async with conn.transaction():
+        await repo.apply_orders(
+            conn, [repo.OrderChange("c1", "o1", placed_at=placed, amount=Decimal("50"))]
+        )
+        await repo.insert_interactions(conn, [("c1", viewed, "page_view")])
+        await repo.apply_interaction_totals(
+            conn, [repo.InteractionChange("c1", "page_view", 1, viewed)]
+        )
+        await repo.touch_customers(
+            conn, [repo.CustomerTouch("c1", 1, viewed, last_event_at=viewed)]
+        )
+        await repo.refresh_order_aggregates(conn, ["c1"])
+
+    async def at(t: datetime) -> repo.CustomerAggregates:
+        return (await repo.fetch_aggregates(conn, ["c1"], t))["c1"]
+
+    day = timedelta(days=1)
+    first = await at(placed + 29 * day)
+    assert (first.orders_30d, first.orders_90d, first.orders_365d) == (1, 1, 1)
+    assert first.spend_30d == Decimal("50")
+    assert (first.interactions_7d, first.interactions_30d) == (0, 1)
+    assert (await at(viewed + 7 * day - timedelta(microseconds=1))).interactions_7d == 1
+    assert (await at(viewed + 7 * day)).interactions_7d == 0
+    # Exactly 30 days later the order has left the 30-day window, not a moment earlier.
+    assert (await at(placed + 30 * day - timedelta(microseconds=1))).orders_30d == 1
+    assert (await at(placed + 30 * day)).orders_30d == 0
+    later = await at(placed + 100 * day)
+    assert (later.orders_30d, later.orders_90d, later.orders_365d) == (0, 0, 1)
+    assert later.interactions_7d == later.interactions_30d == 0
+    gone = await at(placed + 366 * day)
+    assert gone.orders_365d == 0
+    assert gone.spend_365d == Decimal(0)
+    # Lifetime figures never expire.
+    assert (gone.order_count, gone.net_spend, gone.interaction_count) == (1, Decimal("50"), 1)
+
+
+async def test_cancellation_before_placement_still_cancels(conn: Any) -> None:
+    t = datetime(2026, 3, 1, tzinfo=UTC)
+    async with conn.transaction():
+        await repo.apply_orders(conn, [repo.OrderChange("c1", "o1", cancelled_at=t)])
+        await repo.apply_orders(conn, [repo.OrderChange("c1", "o1", refunded=Decimal("5"))])
+        await repo.apply_orders(
+            conn,
+            [
+                repo.OrderChange("c1", "o1", placed_at=t - timedelta(hours=1), amount=Decimal(9)),
+                repo.OrderChange("c1", "o2", placed_at=t, amount=Decimal("20")),
+            ],
+        )
+        await repo.apply_orders(conn, [repo.OrderChange("c1", "o2", refunded=Decimal("25"))])
+        await repo.touch_customers(conn, [repo.CustomerTouch("c1", last_event_at=t)])
+        await repo.refresh_order_aggregates(conn, ["c1"])
+    agg = (await repo.fetch_aggregates(conn, ["c1"], t + timedelta(days=1)))["c1"]
+    assert agg.order_count == 1  # o1 was cancelled, whatever the arrival order
+    assert agg.net_spend == Decimal(0)  # o2 refunded beyond its amount counts as zero, not less
+    assert agg.last_order_at == t

@@ -1,0 +1,177 @@
+"""The segment-change CloudEvent: stable ids, deterministic bytes, strict decoding."""
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from shared.events import (
+    EventRejected,
+    RejectReason,
+    SegmentChange,
+    decode_segment_change,
+    encode_segment_change,
+    segment_change_event,
+    segment_change_id,
+)
+from shared.events.segment_change import (
+    SEGMENT_CHANGE_DATASCHEMA,
+    SEGMENT_CHANGED_TYPE,
+    SEGMENTER_SOURCE,
+)
+
+CHANGE = SegmentChange(
+    customer_id="cust-42",
+    dimension="value",
+    from_segment="regular",
+    to_segment="vip",
+    reason="net_spend_90d >= 1000",
+    definition_version=3,
+    caused_by_event_time=datetime(2024, 5, 1, 12, 34, 56, tzinfo=UTC),
+    evaluated_at=datetime(2024, 5, 1, 12, 35, tzinfo=UTC),
+    sequence=7,
+)
+
+
+def test_encoded_event_is_a_structured_cloudevent() -> None:
+    envelope = json.loads(encode_segment_change(CHANGE))
+
+    assert envelope == {
+        "specversion": "1.0",
+        "id": segment_change_id("cust-42", "value", 7),
+        "source": SEGMENTER_SOURCE,
+        "type": "io.streamseg.segment.changed.v1",
+        "subject": "cust-42",
+        "time": "2024-05-01T12:35:00Z",
+        "datacontenttype": "application/json",
+        "dataschema": SEGMENT_CHANGE_DATASCHEMA,
+        "data": {
+            "customer_id": "cust-42",
+            "dimension": "value",
+            "from_segment": "regular",
+            "to_segment": "vip",
+            "reason": "net_spend_90d >= 1000",
+            "definition_version": 3,
+            "caused_by_event_time": "2024-05-01T12:34:56Z",
+            "evaluated_at": "2024-05-01T12:35:00Z",
+            "sequence": 7,
+        },
+    }
+
+
+def test_literal_defaults_match_the_named_constants() -> None:
+    event = segment_change_event(CHANGE)
+
+    assert event.type == SEGMENT_CHANGED_TYPE
+    assert event.dataschema == SEGMENT_CHANGE_DATASCHEMA
+
+
+def test_encoding_is_deterministic_so_a_retried_publish_is_identical() -> None:
+    assert encode_segment_change(CHANGE) == encode_segment_change(
+        SegmentChange(**{f: getattr(CHANGE, f) for f in CHANGE.__struct_fields__})
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        CHANGE,
+        SegmentChange(
+            customer_id="c",
+            dimension="lifecycle",
+            from_segment=None,
+            to_segment="new",
+            reason="first evaluation",
+            definition_version=0,
+            caused_by_event_time=None,
+            evaluated_at=datetime(2024, 5, 1, 14, 35, tzinfo=timezone(timedelta(hours=2))),
+            sequence=0,
+        ),
+    ],
+)
+def test_round_trip(change: SegmentChange) -> None:
+    event = decode_segment_change(encode_segment_change(change))
+
+    assert event == segment_change_event(change)
+    assert event.data == change
+
+
+def test_id_is_stable_and_depends_on_every_input() -> None:
+    first = segment_change_id("cust-42", "value", 7)
+
+    assert first == segment_change_id("cust-42", "value", 7)
+    assert len({first, segment_change_id("cust-43", "value", 7)}) == 2
+    assert len({first, segment_change_id("cust-42", "recency", 7)}) == 2
+    assert len({first, segment_change_id("cust-42", "value", 8)}) == 2
+
+
+def test_id_cannot_collide_across_field_boundaries() -> None:
+    assert segment_change_id("a:b", "c", 1) != segment_change_id("a", "b:c", 1)
+
+
+def test_unknown_extension_attributes_are_ignored() -> None:
+    envelope = json.loads(encode_segment_change(CHANGE))
+    envelope["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    assert decode_segment_change(json.dumps(envelope).encode()) == segment_change_event(CHANGE)
+
+
+def _envelope(**overrides: Any) -> bytes:
+    envelope = json.loads(encode_segment_change(CHANGE))
+    for path, value in overrides.items():
+        *parents, leaf = path.split("__")
+        target = envelope
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return json.dumps(envelope).encode()
+
+
+@pytest.mark.parametrize(
+    ("record", "reason", "field"),
+    [
+        pytest.param(
+            _envelope(specversion="0.3"),
+            RejectReason.SCHEMA_VIOLATION,
+            "$.specversion",
+            id="specversion",
+        ),
+        pytest.param(
+            _envelope(type="io.streamseg.segment.changed.v2"),
+            RejectReason.SCHEMA_VIOLATION,
+            "$.type",
+            id="type",
+        ),
+        pytest.param(
+            _envelope(data__evaluated_at="2024-05-01T12:35:00"),
+            RejectReason.SCHEMA_VIOLATION,
+            "$.data.evaluated_at",
+            id="naive-evaluated-at",
+        ),
+        pytest.param(
+            _envelope(data__sequence=-1),
+            RejectReason.SCHEMA_VIOLATION,
+            "$.data.sequence",
+            id="negative-sequence",
+        ),
+        pytest.param(b"{", RejectReason.UNDECODABLE, None, id="truncated"),
+    ],
+)
+def test_invalid_segment_change_is_rejected(
+    record: bytes, reason: RejectReason, field: str | None
+) -> None:
+    with pytest.raises(EventRejected) as caught:
+        decode_segment_change(record)
+
+    assert (caught.value.reason, caught.value.field) == (reason, field)
+
+
+def test_missing_data_field_is_named() -> None:
+    envelope = json.loads(encode_segment_change(CHANGE))
+    del envelope["data"]["to_segment"]
+
+    with pytest.raises(EventRejected) as caught:
+        decode_segment_change(json.dumps(envelope).encode())
+
+    assert caught.value.field == "$.data.to_segment"
