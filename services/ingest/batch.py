@@ -52,7 +52,6 @@ class Changes:
 
     orders: list[repo.OrderChange]
     window_rows: list[tuple[str, datetime, str]]
-    totals: list[repo.InteractionChange]
     touches: list[repo.CustomerTouch]
     order_customers: list[str]
 
@@ -90,7 +89,6 @@ def build_changes(
 ) -> Changes:
     """Fold events into per-row changes; every merge is commutative, as in the database."""
     orders: dict[tuple[str, str], repo.OrderChange] = {}
-    totals: dict[tuple[str, str], repo.InteractionChange] = {}
     touches: dict[str, repo.CustomerTouch] = {}
     window_rows: list[tuple[str, datetime, str]] = []
     order_customers: set[str] = set()
@@ -117,27 +115,18 @@ def build_changes(
             elif change.cancelled_at is None or at < change.cancelled_at:
                 change.cancelled_at = at
             continue
-        touch.interactions += 1
+        touch.counts[ev.type] = touch.counts.get(ev.type, 0) + 1
         if touch.last_interaction_at is None or at > touch.last_interaction_at:
             touch.last_interaction_at = at
         if ev.type == "add_to_cart" and (
             touch.last_add_to_cart_at is None or at > touch.last_add_to_cart_at
         ):
             touch.last_add_to_cart_at = at
-        tkey = (cid, ev.type)
-        total = totals.get(tkey)
-        if total is None:
-            totals[tkey] = repo.InteractionChange(cid, ev.type, 1, at)
-        else:
-            total.count += 1
-            if at > total.last_at:
-                total.last_at = at
         if at > retention_start:
             window_rows.append((cid, at, ev.type))
     return Changes(
         orders=[orders[k] for k in sorted(orders)],
         window_rows=window_rows,
-        totals=[totals[k] for k in sorted(totals)],
         touches=[touches[k] for k in sorted(touches)],
         order_customers=sorted(order_customers),
     )

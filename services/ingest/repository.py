@@ -7,11 +7,16 @@ costs a handful of round trips.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
+
+from shared.events import INTERACTION_EVENT_TYPES
+
+# Column order of the per-type counters in customer_aggregates.
+INTERACTION_TYPES = tuple(sorted(INTERACTION_EVENT_TYPES))
 
 
 class FencedError(Exception):
@@ -39,16 +44,6 @@ class OrderChange:
     channel: str | None = None
     refunded: Decimal = Decimal(0)
     cancelled_at: datetime | None = None
-
-
-@dataclass(slots=True)
-class InteractionChange:
-    """The net effect of one batch on one customer's interaction totals for one type."""
-
-    customer_id: str
-    type: str
-    count: int
-    last_at: datetime
 
 
 async def claim_partitions(
@@ -160,36 +155,38 @@ async def insert_interactions(
         )
 
 
-async def apply_interaction_totals(
-    conn: asyncpg.Connection, changes: Sequence[InteractionChange]
-) -> None:
-    """Add to lifetime counts per customer and type, and keep the latest time."""
-    if not changes:
-        return
-    await conn.execute(
-        """
-        INSERT INTO interaction_totals AS t (customer_id, type, count, last_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[])
-        ON CONFLICT (customer_id, type) DO UPDATE SET
-            count = t.count + EXCLUDED.count,
-            last_at = GREATEST(t.last_at, EXCLUDED.last_at)
-        """,
-        [c.customer_id for c in changes],
-        [c.type for c in changes],
-        [c.count for c in changes],
-        [c.last_at for c in changes],
-    )
-
-
 @dataclass(slots=True)
 class CustomerTouch:
     """What one batch did to one customer's interaction-side aggregates."""
 
     customer_id: str
-    interactions: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
     last_interaction_at: datetime | None = None
     last_add_to_cart_at: datetime | None = None
     last_event_at: datetime | None = None
+
+
+_COUNT_COLUMNS = [f"{t}_count" for t in INTERACTION_TYPES]
+# Built once from the fixed list of event types above, never from input.
+_TOUCH_SQL = """
+    INSERT INTO customer_aggregates AS a (
+        customer_id, interaction_count, last_interaction_at, last_add_to_cart_at, last_event_at,
+        {columns})
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[],
+                         $5::timestamptz[], {arrays})
+    ON CONFLICT (customer_id) DO UPDATE SET
+        interaction_count = a.interaction_count + EXCLUDED.interaction_count,
+        last_interaction_at = GREATEST(a.last_interaction_at, EXCLUDED.last_interaction_at),
+        last_add_to_cart_at = GREATEST(a.last_add_to_cart_at, EXCLUDED.last_add_to_cart_at),
+        last_event_at = GREATEST(a.last_event_at, EXCLUDED.last_event_at),
+        {increments},
+        version = a.version + 1,
+        updated_at = now()
+""".format(  # noqa: S608
+    columns=", ".join(_COUNT_COLUMNS),
+    arrays=", ".join(f"${i}::bigint[]" for i in range(6, 6 + len(_COUNT_COLUMNS))),
+    increments=",\n        ".join(f"{c} = a.{c} + EXCLUDED.{c}" for c in _COUNT_COLUMNS),
+)
 
 
 async def touch_customers(conn: asyncpg.Connection, touches: Sequence[CustomerTouch]) -> None:
@@ -198,24 +195,13 @@ async def touch_customers(conn: asyncpg.Connection, touches: Sequence[CustomerTo
     Sums and maxima commute, so these merge exactly whatever order events arrive in.
     """
     await conn.execute(
-        """
-        INSERT INTO customer_aggregates AS a (customer_id, interaction_count, last_interaction_at,
-                                              last_add_to_cart_at, last_event_at)
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[],
-                             $5::timestamptz[])
-        ON CONFLICT (customer_id) DO UPDATE SET
-            interaction_count = a.interaction_count + EXCLUDED.interaction_count,
-            last_interaction_at = GREATEST(a.last_interaction_at, EXCLUDED.last_interaction_at),
-            last_add_to_cart_at = GREATEST(a.last_add_to_cart_at, EXCLUDED.last_add_to_cart_at),
-            last_event_at = GREATEST(a.last_event_at, EXCLUDED.last_event_at),
-            version = a.version + 1,
-            updated_at = now()
-        """,
+        _TOUCH_SQL,
         [t.customer_id for t in touches],
-        [t.interactions for t in touches],
+        [sum(t.counts.values()) for t in touches],
         [t.last_interaction_at for t in touches],
         [t.last_add_to_cart_at for t in touches],
         [t.last_event_at for t in touches],
+        *([t.counts.get(kind, 0) for t in touches] for kind in INTERACTION_TYPES),
     )
 
 
@@ -323,9 +309,7 @@ async def fetch_aggregates(
                CASE WHEN a.last_add_to_cart_at IS NOT NULL
                      AND (a.last_order_at IS NULL OR a.last_add_to_cart_at > a.last_order_at)
                     THEN a.last_add_to_cart_at END AS open_cart_at,
-               w.*, iw.*,
-               (SELECT COALESCE(jsonb_object_agg(type, count), '{}'::jsonb)
-                FROM interaction_totals t WHERE t.customer_id = a.customer_id) AS by_type
+               w.*, iw.*, {counts}
         FROM customer_aggregates a
         CROSS JOIN (SELECT $2::timestamptz AS at) p
         LEFT JOIN LATERAL (
@@ -350,7 +334,7 @@ async def fetch_aggregates(
               AND occurred_at > p.at - interval '30 days' AND occurred_at <= p.at
         ) iw ON true
         WHERE a.customer_id = ANY($1::text[])
-        """,
+        """.format(counts=", ".join(f"a.{c}" for c in _COUNT_COLUMNS)),  # noqa: S608
         list(customer_ids),
         as_of,
     )
@@ -373,18 +357,12 @@ async def fetch_aggregates(
             spend_90d=r["spend_90d"],
             spend_365d=r["spend_365d"],
             interaction_count=r["interaction_count"],
-            interaction_counts=_json_counts(r["by_type"]),
+            interaction_counts={
+                t: r[c] for t, c in zip(INTERACTION_TYPES, _COUNT_COLUMNS, strict=True)
+            },
             last_interaction_at=r["last_interaction_at"],
             interactions_7d=r["interactions_7d"],
             interactions_30d=r["interactions_30d"],
             open_cart_at=r["open_cart_at"],
         )
     return out
-
-
-def _json_counts(value: object) -> dict[str, int]:
-    import orjson
-
-    raw = orjson.loads(value) if isinstance(value, str | bytes) else value
-    assert isinstance(raw, dict)
-    return {str(k): int(v) for k, v in raw.items()}

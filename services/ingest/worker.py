@@ -262,7 +262,6 @@ class IngestWorker:
                     )
                 await repo.apply_orders(conn, changes.orders)
                 await repo.insert_interactions(conn, changes.window_rows)
-                await repo.apply_interaction_totals(conn, changes.totals)
                 await repo.touch_customers(conn, changes.touches)
                 await repo.refresh_order_aggregates(conn, changes.order_customers)
                 await repo.mark_for_segmentation(

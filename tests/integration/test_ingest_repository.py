@@ -26,8 +26,8 @@ async def conn(engine: AsyncEngine) -> AsyncIterator[Any]:
 
 async def test_old_owner_cannot_commit_after_new_owner_claims(engine: AsyncEngine) -> None:
     async with engine.connect() as a_sa, engine.connect() as b_sa:
-        a = (await a_sa.get_raw_connection()).driver_connection
-        b = (await b_sa.get_raw_connection()).driver_connection
+        a: Any = (await a_sa.get_raw_connection()).driver_connection
+        b: Any = (await b_sa.get_raw_connection()).driver_connection
         async with a.transaction():
             [old] = await repo.claim_partitions(a, [("orders", 0)], "worker-a")
         # Worker A starts a batch and takes the offset row lock first...
@@ -66,11 +66,8 @@ async def test_windows_expire_as_time_passes_without_events(conn: Any) -> None:
             conn, [repo.OrderChange("c1", "o1", placed_at=placed, amount=Decimal("50"))]
         )
         await repo.insert_interactions(conn, [("c1", viewed, "page_view")])
-        await repo.apply_interaction_totals(
-            conn, [repo.InteractionChange("c1", "page_view", 1, viewed)]
-        )
         await repo.touch_customers(
-            conn, [repo.CustomerTouch("c1", 1, viewed, last_event_at=viewed)]
+            conn, [repo.CustomerTouch("c1", {"page_view": 1}, viewed, last_event_at=viewed)]
         )
         await repo.refresh_order_aggregates(conn, ["c1"])
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from shared.events import Event, OrderCancelled, OrderPlaced, OrderRefunded
+from shared.events import INTERACTION_EVENT_TYPES, Event, OrderCancelled, OrderPlaced, OrderRefunded
 
 Q = Decimal("0.0001")
 
@@ -59,7 +59,7 @@ def expected_aggregates(
         carts = [at for at, kind in inter if kind == "add_to_cart"]
         last_order = max((at for at, _ in orders), default=None)
         last_cart = max(carts, default=None)
-        by_type: dict[str, int] = {}
+        by_type: dict[str, int] = dict.fromkeys(INTERACTION_EVENT_TYPES, 0)
         for _, kind in inter:
             by_type[kind] = by_type.get(kind, 0) + 1
 
