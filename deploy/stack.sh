@@ -117,7 +117,7 @@ pg_up() {
   [ "$(id -u)" != 0 ] || chown "$PG_OS_USER" "$logfile"
   log "starting postgres on 127.0.0.1:$PG_PORT"
   pg_as_owner "$bin/pg_ctl" -D "$data" -l "$logfile" -w -t "$READY_TIMEOUT_SECONDS" \
-    -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=256MB -c fsync=on" \
+    -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=256MB -c max_wal_size=2GB -c checkpoint_timeout=15min" \
     start >/dev/null || fail postgres "did not start" "$logfile"
   wait_until postgres "$logfile" "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
   # Least privilege: the services connect as a role that owns its database and nothing else.

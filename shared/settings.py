@@ -7,26 +7,39 @@ docker-compose.yml and the tests, so that one environment configures everything.
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ConnectionSettings(BaseSettings):
-    """Where PostgreSQL, Redis and Kafka are. Required: there are no defaults to fall back on."""
+class DatabaseSettings(BaseSettings):
+    """Where PostgreSQL is: all that `python -m shared.db` needs."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMSEG_", extra="ignore", frozen=True)
 
     database_url: str = Field(
         description="SQLAlchemy URL, postgresql+asyncpg://user:pw@host:port/db"
     )
-    redis_url: str = Field(description="redis://host:port/db")
-    kafka_bootstrap: str = Field(description="Kafka bootstrap servers, host:port[,host:port]")
     database_schema: str = Field(
         default="public",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
         description="PostgreSQL schema holding StreamSeg's tables; tests use one per test",
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class ConnectionSettings(DatabaseSettings):
+    """Where PostgreSQL, Redis and Kafka are. Required: there are no defaults to fall back on."""
+
+    redis_url: str = Field(description="redis://host:port/db")
+    kafka_bootstrap: str = Field(description="Kafka bootstrap servers, host:port[,host:port]")
     redis_key_prefix: str = Field(
         default="streamseg:", description="Prefix of every Redis key; tests use one per test"
     )
-    log_level: str = "INFO"
-    log_json: bool = True

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.clock import clock_from_setting
 
 
 class IngestSettings(BaseSettings):
@@ -49,3 +51,18 @@ class IngestSettings(BaseSettings):
             if rate <= 0:
                 raise ValueError(f"rate for {code} must be positive, got {rate}")
         return rates
+
+    @model_validator(mode="after")
+    def _base_currency_is_one(self) -> IngestSettings:
+        if self.currency_rates.get(self.base_currency) != 1:
+            raise ValueError(
+                f"currency_rates must map the base currency {self.base_currency} to 1, "
+                f"got {self.currency_rates.get(self.base_currency)}"
+            )
+        return self
+
+    @field_validator("clock")
+    @classmethod
+    def _clock_parses(cls, value: str) -> str:
+        clock_from_setting(value)  # raises ValueError naming what is wrong
+        return value

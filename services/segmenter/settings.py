@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.clock import clock_from_setting
 
 
 class SegmenterSettings(BaseSettings):
@@ -15,3 +18,9 @@ class SegmenterSettings(BaseSettings):
     ops_host: str = "127.0.0.1"
     ops_port: int = 8102
     clock: str = "system"
+
+    @field_validator("clock")
+    @classmethod
+    def _clock_parses(cls, value: str) -> str:
+        clock_from_setting(value)  # raises ValueError naming what is wrong
+        return value

@@ -8,7 +8,7 @@ import typer
 
 from shared.db.engine import create_engine
 from shared.db.migrate import current_revision, head_revision, upgrade
-from shared.settings import ConnectionSettings
+from shared.settings import DatabaseSettings
 
 cli = typer.Typer(add_completion=False, help="StreamSeg database migrations")
 
@@ -16,7 +16,7 @@ cli = typer.Typer(add_completion=False, help="StreamSeg database migrations")
 @cli.command("upgrade")
 def upgrade_cmd() -> None:
     """Apply every pending migration."""
-    settings = ConnectionSettings()
+    settings = DatabaseSettings()
 
     async def run() -> None:
         engine = create_engine(settings.database_url, settings.database_schema)
@@ -32,7 +32,7 @@ def upgrade_cmd() -> None:
 @cli.command("current")
 def current_cmd() -> None:
     """Print the applied revision and the newest one this code knows."""
-    settings = ConnectionSettings()
+    settings = DatabaseSettings()
 
     async def run() -> None:
         engine = create_engine(settings.database_url, settings.database_schema)
