@@ -156,8 +156,10 @@ redis_down() {
   local pidfile=$STACK_DIR/redis/redis.pid
   if pid_alive "$pidfile"; then
     log "stopping redis"
-    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$pidfile")" 2>/dev/null || true
-    wait_until redis "$STACK_DIR/redis/redis.log" sh -c "! kill -0 $(cat "$pidfile") 2>/dev/null"
+    local pid
+    pid=$(cat "$pidfile")
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+    wait_until redis "$STACK_DIR/redis/redis.log" sh -c "! kill -0 $pid 2>/dev/null"
   fi
 }
 
