@@ -49,9 +49,13 @@ def stack_env() -> dict[str, str]:
     return env
 
 
-async def produce(bootstrap: str, orders: str, interactions: str, n: int, customers: int) -> None:
+async def produce(
+    bootstrap: str, orders: str, interactions: str, n: int, customers: int, span_days: float
+) -> None:
+    # A live stream: events of the last `span_days`, so every interaction lands in the
+    # rolling windows, as it does in steady state.
     end = datetime.now(UTC) - timedelta(minutes=1)
-    work = Workload(seed=7, customers=customers, start=end - timedelta(days=400), end=end)
+    work = Workload(seed=7, customers=customers, start=end - timedelta(days=span_days), end=end)
     producer = make_producer(bootstrap, client_id="bench-producer")
     await producer.start()
     try:
@@ -165,6 +169,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--customers", type=int, default=50_000)
+    parser.add_argument("--span-days", type=float, default=7.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     env = stack_env()
@@ -181,7 +186,7 @@ async def main() -> None:
     await upgrade(engine, schema)
     try:
         t0 = time.perf_counter()
-        await produce(bootstrap, orders, interactions, args.events, args.customers)
+        await produce(bootstrap, orders, interactions, args.events, args.customers, args.span_days)
         print(f"produced {args.events} events in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         consume = await raw_consume_rate(bootstrap, topics, args.events)
         upsert = await raw_upsert_rate(url, schema, args.events, args.customers)
@@ -204,6 +209,7 @@ async def main() -> None:
     figures = {
         "events": args.events,
         "customers": args.customers,
+        "span_days": args.span_days,
         "raw_consume_decode_per_s": round(consume),
         "raw_pg_upsert_rows_per_s": round(upsert),
         "worker_events_per_s": round(worker),

@@ -1,7 +1,8 @@
 """Injectable clocks, so that replays, backfills and tests are deterministic.
 
-A service's `clock` setting (e.g. STREAMSEG_SEGMENTER_CLOCK) selects one: `system` (the default), `fixed:<RFC 3339>` (time stands still
-until moved), or `offset:<seconds>` (the system clock shifted).
+A service's `clock` setting (e.g. STREAMSEG_SEGMENTER_CLOCK) selects one: `system` (the
+default), `fixed:<RFC 3339>` (time stands still until moved), or `offset:<seconds>` (the
+system clock shifted).
 """
 
 from __future__ import annotations

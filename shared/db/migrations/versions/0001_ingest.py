@@ -64,7 +64,8 @@ def upgrade() -> None:
             PRIMARY KEY (customer_id, order_id)
         )
     """)
-    op.execute("CREATE INDEX orders_customer_placed ON orders (customer_id, placed_at)")
+    # No index on (customer_id, placed_at): the primary key's customer_id prefix finds a
+    # customer's few orders, and one index less makes the hot upsert cheaper.
     op.execute("""
         CREATE TABLE interactions (
             customer_id text NOT NULL,
@@ -89,7 +90,7 @@ def upgrade() -> None:
             last_event_at timestamptz,
             version bigint NOT NULL DEFAULT 1,
             updated_at timestamptz NOT NULL DEFAULT now()
-        )
+        ) WITH (fillfactor = 70)
     """.format(
             per_type_counts=",\n            ".join(
                 f"{t}_count bigint NOT NULL DEFAULT 0" for t in INTERACTION_TYPES
@@ -104,7 +105,7 @@ def upgrade() -> None:
             due_at timestamptz NOT NULL,
             cause_event_at timestamptz,
             enqueued_at timestamptz NOT NULL DEFAULT now()
-        )
+        ) WITH (fillfactor = 70)
     """)
     op.execute("CREATE INDEX segmentation_queue_due ON segmentation_queue (due_at)")
 

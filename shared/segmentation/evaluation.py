@@ -1,0 +1,298 @@
+"""evaluate(): one decision per dimension with its reason, and when the next change is due.
+
+State machines settle at the evaluation instant: after a dimension changes segment, its
+rules are evaluated again with `previous` set to the new segment (days_in_segment=0) until
+the segment holds, so the result is stable and the next change is strictly in the future.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.segmentation.facts import Assignment, CustomerFacts
+from shared.segmentation.metrics import (
+    METRICS,
+    MICROSECONDS_PER_DAY,
+    MetricValue,
+    Window,
+    compute_fact_metrics,
+    crossing_offsets,
+    days_between,
+)
+from shared.segmentation.model import Definitions, Dimension, SegmentRule
+from shared.segmentation.population import PopulationStats, cutoff_value, score_of
+
+NEXT_CHANGE_HORIZON = timedelta(days=400)
+_MICROSECOND = timedelta(microseconds=1)
+_HORIZON_US = NEXT_CHANGE_HORIZON // _MICROSECOND
+_HORIZON_DAYS = NEXT_CHANGE_HORIZON / timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The segment of one dimension. `since` is kept from the previous assignment when the
+    segment is unchanged and is the evaluation time when it changed; `previous` is the
+    segment before this evaluation. `values` holds the metric values the matching rule
+    was decided on (including `previous`/`days_in_segment` as that rule saw them)."""
+
+    segment: str
+    changed: bool
+    since: datetime
+    previous: str | None
+    values: Mapping[str, MetricValue]
+    rule: SegmentRule = field(repr=False, compare=False)
+
+    @property
+    def reason(self) -> str:
+        """The matched condition with the actual values, e.g. `days_since_last_order=95.2 >=
+        90 and days_since_last_order=95.2 < 180`. Rendered on demand: most evaluations
+        change nothing and never need it, and rendering costs more than deciding."""
+        return self.rule.explain(self.values)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Exactly one decision per dimension, and the earliest time after the evaluation at
+    which some segment changes if no new event arrives (None: not within 400 days)."""
+
+    assignments: dict[str, Decision]
+    next_change_at: datetime | None
+
+    @property
+    def current(self) -> dict[str, Assignment]:
+        """The assignments to pass as `previous` to the next evaluation."""
+        return {name: Assignment(d.segment, d.since) for name, d in self.assignments.items()}
+
+
+class UncoveredCustomerError(ValueError):
+    """No rule of a dimension matched: validation samples the space, so definitions that
+    leave a corner uncovered can slip through. A permanent error for this customer."""
+
+    def __init__(self, dimension: str, customer_id: str, values: Mapping[str, MetricValue]) -> None:
+        shown = ", ".join(f"{name}={value!r}" for name, value in sorted(values.items()))
+        super().__init__(f"no rule of {dimension} matches customer {customer_id}: {shown}")
+        self.dimension = dimension
+        self.customer_id = customer_id
+
+
+def evaluate(
+    definitions: Definitions,
+    facts: CustomerFacts,
+    now: datetime,
+    previous: Mapping[str, Assignment],
+    population: PopulationStats,
+    *,
+    find_next_change: bool = True,
+) -> Evaluation:
+    """Assign every dimension's segment at `now` (tz-aware; never the wall clock).
+
+    `previous` maps dimension -> current assignment; missing dimensions, and segments the
+    definitions no longer have, count as no previous segment. Set `find_next_change=False`
+    to skip the next-change search (previews)."""
+    _require_aware(now)
+    env = _environment(definitions, facts, now, population)
+    decisions = {}
+    for dimension in definitions.dimensions:
+        prior = previous.get(dimension.name)
+        rule, values = _settle(dimension, env, prior, now, facts.customer_id, keep_values=True)
+        changed = prior is None or prior.segment != rule.name
+        decisions[dimension.name] = Decision(
+            segment=rule.name,
+            changed=changed,
+            since=now if changed or prior is None else prior.since,
+            previous=None if prior is None else prior.segment,
+            values=values,
+            rule=rule,
+        )
+    next_change_at = None
+    if find_next_change:
+        current = {name: Assignment(d.segment, d.since) for name, d in decisions.items()}
+        next_change_at = _next_change_at(definitions, facts, now, current, population, env)
+    return Evaluation(decisions, next_change_at)
+
+
+def matching_segments(
+    definitions: Definitions,
+    facts: CustomerFacts,
+    now: datetime,
+    previous: Mapping[str, Assignment],
+    population: PopulationStats,
+) -> dict[str, tuple[str, ...]]:
+    """Every segment whose rule matches, per dimension, without settling (for previews and
+    tests: valid definitions give exactly one per dimension)."""
+    _require_aware(now)
+    env = _environment(definitions, facts, now, population)
+    found = {}
+    for dimension in definitions.dimensions:
+        _set_previous(dimension, env, previous.get(dimension.name), now)
+        found[dimension.name] = tuple(rule.name for rule in dimension.matches(env))
+    return found
+
+
+def _require_aware(now: datetime) -> None:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+
+
+def _environment(
+    definitions: Definitions, facts: CustomerFacts, now: datetime, population: PopulationStats
+) -> dict[str, MetricValue]:
+    env = compute_fact_metrics(facts, now)
+    for name, score in definitions.scores.items():
+        env[name] = score_of(score, env[score.metric], population.edges.get(name))
+    for name, cutoff in definitions.cutoffs.items():
+        env[name] = cutoff_value(cutoff, population)
+    return env
+
+
+def _set_previous(
+    dimension: Dimension, env: dict[str, MetricValue], prior: Assignment | None, now: datetime
+) -> str | None:
+    current = prior.segment if prior is not None and prior.segment in dimension.segments else None
+    env["previous"] = current
+    env["days_in_segment"] = (
+        None if prior is None or current is None else days_between(prior.since, now)
+    )
+    return current
+
+
+def _settle(
+    dimension: Dimension,
+    env: dict[str, MetricValue],
+    prior: Assignment | None,
+    now: datetime,
+    customer_id: str,
+    keep_values: bool,
+) -> tuple[SegmentRule, Mapping[str, MetricValue]]:
+    current = _set_previous(dimension, env, prior, now)
+    rule = _match(dimension, env, customer_id)
+    # The values are kept from where the final segment was entered: "previous=churned and
+    # days_since_last_order=2 < 30" says more than the re-check that confirms it.
+    values = _values(rule, env) if keep_values else env
+    if not dimension.uses_previous:
+        return rule, values
+    for _ in dimension.rules:
+        if rule.name == current:
+            break
+        current = env["previous"] = rule.name
+        env["days_in_segment"] = 0.0
+        following = _match(dimension, env, customer_id)
+        if following is rule:
+            break
+        rule = following
+        values = _values(rule, env) if keep_values else env
+    return rule, values
+
+
+def _values(rule: SegmentRule, env: Mapping[str, MetricValue]) -> dict[str, MetricValue]:
+    return {name: env[name] for name in rule.metrics}
+
+
+def _match(dimension: Dimension, env: dict[str, MetricValue], customer_id: str) -> SegmentRule:
+    rule = dimension.match(env)
+    if rule is None:
+        used = {name: env[name] for name in dimension.metrics}
+        raise UncoveredCustomerError(dimension.name, customer_id, used)
+    return rule
+
+
+def _next_change_at(
+    definitions: Definitions,
+    facts: CustomerFacts,
+    now: datetime,
+    current: Mapping[str, Assignment],
+    population: PopulationStats,
+    env: Mapping[str, MetricValue],
+) -> datetime | None:
+    """Segments only change where some comparison flips: a days-since metric crossing a
+    constant, cut-off or score edge, or an event leaving a rolling window across one. Those
+    instants are collected and evaluated in order; the first that changes a segment wins.
+
+    Instants are microsecond offsets from `now`, each with the bitmask of the dimensions
+    whose metrics flip there: only those can change at that instant."""
+    moments = _breakpoints(definitions, facts, now, current, population, env)
+    for offset in sorted(moments):
+        mask = moments[offset]
+        moment = now + timedelta(microseconds=offset)
+        moment_env = _environment(definitions, facts, moment, population)
+        for index, dimension in enumerate(definitions.dimensions):
+            if mask >> index & 1:
+                prior = current[dimension.name]
+                rule, _ = _settle(dimension, moment_env, prior, moment, facts.customer_id, False)
+                if rule.name != prior.segment:
+                    return moment
+    return None
+
+
+def _breakpoints(
+    definitions: Definitions,
+    facts: CustomerFacts,
+    now: datetime,
+    current: Mapping[str, Assignment],
+    population: PopulationStats,
+    env: Mapping[str, MetricValue],
+) -> dict[int, int]:
+    moments: dict[int, int] = {}
+    for dependence in definitions.time_dependences:
+        thresholds: list[Any] = [*dependence.constants]
+        thresholds.extend(env[cutoff] for cutoff in dependence.cutoffs)
+        for score in dependence.scores:
+            thresholds.extend(population.edges.get(score, ()))
+        metric = METRICS[dependence.metric]
+        if metric.anchor is not None:
+            offsets = _crossings(metric.anchor(facts), now, env[dependence.metric], thresholds)
+        else:
+            assert metric.window is not None
+            offsets = _window_exits(metric.window, facts, now, thresholds)
+        for offset in offsets:
+            moments[offset] = moments.get(offset, 0) | dependence.dimension_mask
+    for index, dimension in enumerate(definitions.dimensions):
+        thresholds = [*dimension.thresholds.get("days_in_segment", ())]
+        thresholds.extend(env[c] for c in dimension.cutoff_refs.get("days_in_segment", ()))
+        if thresholds:
+            since = current[dimension.name].since
+            for offset in _crossings(since, now, days_between(since, now), thresholds):
+                moments[offset] = moments.get(offset, 0) | 1 << index
+    return moments
+
+
+def _crossings(
+    anchor: datetime | None, now: datetime, value: MetricValue, thresholds: list[Any]
+) -> Iterator[int]:
+    """When a days-since metric, now at `value`, crosses each threshold still ahead of it."""
+    if anchor is None or value is None:
+        return
+    assert isinstance(value, float)
+    since_anchor = (now - anchor) // _MICROSECOND
+    for threshold in thresholds:
+        if not value <= threshold < value + _HORIZON_DAYS + 1:
+            continue  # already crossed, unresolved (infinite) or beyond the horizon
+        for offset in crossing_offsets(threshold):
+            ahead = offset - since_anchor
+            if 0 < ahead <= _HORIZON_US:
+                yield ahead
+
+
+def _window_exits(
+    window: Window, facts: CustomerFacts, now: datetime, thresholds: list[Any]
+) -> Iterator[int]:
+    """When events leave the window in a way that moves its value across a threshold."""
+    span = window.days * MICROSECONDS_PER_DAY
+    exits: list[tuple[int, Any]]  # amounts are Decimal (spend) or 1 (count)
+    if window.source == "orders":
+        exits = [
+            (span - (now - o.placed_at) // _MICROSECOND, o.net_amount) for o in facts.recent_orders
+        ]
+    else:
+        exits = [(span - (now - at) // _MICROSECOND, 1) for at in facts.recent_interactions]
+    inside = sorted((ahead, amount) for ahead, amount in exits if ahead > 0)
+    value: Any = sum(amount for _, amount in inside) if window.measure == "spend" else len(inside)
+    for ahead, amount in inside:
+        after = value - (amount if window.measure == "spend" else 1)
+        low, high = min(after, value), max(after, value)
+        if ahead <= _HORIZON_US and any(low <= c <= high for c in thresholds):
+            yield ahead
+        value = after

@@ -1,0 +1,243 @@
+"""The named, typed metrics that conditions refer to, and how they are computed from facts."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from shared.segmentation.facts import CustomerFacts
+
+DAY = timedelta(days=1)
+MICROSECONDS_PER_DAY = 86_400_000_000
+ZERO = Decimal(0)
+
+MetricValue = int | float | Decimal | bool | str | None
+Number = int | float | Decimal
+
+
+class MetricType(enum.StrEnum):
+    """What kind of value a metric holds; conditions are type-checked against it."""
+
+    COUNT = "count"
+    MONEY = "money"
+    DAYS = "days"
+    SCORE = "score"
+    BOOL = "bool"
+    SEGMENT = "segment"
+
+    @property
+    def is_number(self) -> bool:
+        return self in _NUMBER_TYPES
+
+    def coerce(self, value: Number) -> Number:
+        """Convert a literal to the Python type this metric is computed in, so that
+        comparisons at evaluation time are exact and need no conversion."""
+        if self is MetricType.MONEY:
+            return value if isinstance(value, Decimal) else Decimal(str(value))
+        if self is MetricType.DAYS:
+            return float(value)
+        integral = int(value)
+        return integral if integral == value else float(value)
+
+
+_NUMBER_TYPES = frozenset({MetricType.COUNT, MetricType.MONEY, MetricType.DAYS, MetricType.SCORE})
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A rolling window: events whose age is strictly less than `days` are inside it."""
+
+    source: Literal["orders", "interactions"]
+    days: int
+    measure: Literal["count", "spend"]
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """A metric's contract. `anchor` marks a days-since metric (it grows with time from that
+    instant); `window` marks a rolling-window metric (it steps down as events leave it)."""
+
+    name: str
+    type: MetricType
+    nullable: bool
+    description: str
+    anchor: Callable[[CustomerFacts], datetime | None] | None = None
+    window: Window | None = None
+
+
+def _metric(name: str, type_: MetricType, description: str, nullable: bool = False) -> Metric:
+    return Metric(name, type_, nullable, description)
+
+
+def _days_since(
+    name: str, description: str, anchor: Callable[[CustomerFacts], datetime | None]
+) -> Metric:
+    return Metric(name, MetricType.DAYS, True, description, anchor=anchor)
+
+
+def _windowed(name: str, source: Literal["orders", "interactions"], days: int) -> Metric:
+    measure: Literal["count", "spend"] = "spend" if name.startswith("spend") else "count"
+    type_ = MetricType.MONEY if measure == "spend" else MetricType.COUNT
+    noun = "net spend on orders" if measure == "spend" else source
+    description = f"{noun} in the last {days} days"
+    return Metric(name, type_, False, description, window=Window(source, days, measure))
+
+
+_ALL: tuple[Metric, ...] = (
+    _metric("orders_total", MetricType.COUNT, "lifetime orders, cancelled excluded"),
+    _metric("net_spend_total", MetricType.MONEY, "lifetime net spend"),
+    _windowed("orders_30d", "orders", 30),
+    _windowed("orders_90d", "orders", 90),
+    _windowed("orders_365d", "orders", 365),
+    _windowed("spend_30d", "orders", 30),
+    _windowed("spend_90d", "orders", 90),
+    _windowed("spend_365d", "orders", 365),
+    _metric("aov", MetricType.MONEY, "average order value (lifetime)", nullable=True),
+    _days_since("days_since_first_order", "age of the first order", lambda f: f.first_order_at),
+    _days_since("days_since_last_order", "age of the last order", lambda f: f.last_order_at),
+    _days_since(
+        "days_since_last_interaction",
+        "age of the last interaction",
+        lambda f: f.last_interaction_at,
+    ),
+    _days_since(
+        "days_since_open_cart",
+        "age of the last add_to_cart not followed by an order",
+        lambda f: f.last_cart_at,
+    ),
+    _metric("interactions_total", MetricType.COUNT, "lifetime interactions"),
+    _windowed("interactions_7d", "interactions", 7),
+    _windowed("interactions_30d", "interactions", 30),
+    _metric("has_ordered", MetricType.BOOL, "orders_total > 0"),
+    _metric("has_interacted", MetricType.BOOL, "interactions_total > 0"),
+    _metric("has_open_cart", MetricType.BOOL, "days_since_open_cart is not null"),
+    _metric("previous", MetricType.SEGMENT, "current segment in this dimension", nullable=True),
+    _metric("days_in_segment", MetricType.DAYS, "time in the current segment", nullable=True),
+)
+
+METRICS: Mapping[str, Metric] = {metric.name: metric for metric in _ALL}
+# `previous` and `days_in_segment` depend on the dimension being evaluated, not on the facts.
+DIMENSION_METRICS = frozenset({"previous", "days_in_segment"})
+FACT_METRICS = frozenset(METRICS) - DIMENSION_METRICS
+
+_W7, _W30, _W90, _W365 = (timedelta(days=days) for days in (7, 30, 90, 365))
+
+
+def days_between(earlier: datetime | None, now: datetime) -> float | None:
+    """Fractional days from `earlier` to `now`, clamped at 0 for events after `now`."""
+    if earlier is None:
+        return None
+    days = (now - earlier) / DAY
+    return days if days > 0.0 else 0.0
+
+
+def compute_fact_metrics(facts: CustomerFacts, now: datetime) -> dict[str, MetricValue]:
+    """Every fact-derived metric of `facts` at `now` (never the wall clock)."""
+    orders_30d = orders_90d = orders_365d = 0
+    spend_30d = spend_90d = spend_365d = ZERO
+    for order in facts.recent_orders:
+        age = now - order.placed_at
+        if age < _W365:
+            orders_365d += 1
+            spend_365d += order.net_amount
+            if age < _W90:
+                orders_90d += 1
+                spend_90d += order.net_amount
+                if age < _W30:
+                    orders_30d += 1
+                    spend_30d += order.net_amount
+    interactions_7d = interactions_30d = 0
+    for at in facts.recent_interactions:
+        age = now - at
+        if age < _W30:
+            interactions_30d += 1
+            if age < _W7:
+                interactions_7d += 1
+    has_ordered = facts.order_count > 0
+    return {
+        "orders_total": facts.order_count,
+        "net_spend_total": facts.net_spend,
+        "orders_30d": orders_30d,
+        "orders_90d": orders_90d,
+        "orders_365d": orders_365d,
+        "spend_30d": spend_30d,
+        "spend_90d": spend_90d,
+        "spend_365d": spend_365d,
+        "aov": facts.net_spend / facts.order_count if has_ordered else None,
+        "days_since_first_order": days_between(facts.first_order_at, now),
+        "days_since_last_order": days_between(facts.last_order_at, now),
+        "days_since_last_interaction": days_between(facts.last_interaction_at, now),
+        "days_since_open_cart": days_between(facts.last_cart_at, now),
+        "interactions_total": facts.interaction_count,
+        "interactions_7d": interactions_7d,
+        "interactions_30d": interactions_30d,
+        "has_ordered": has_ordered,
+        "has_interacted": facts.interaction_count > 0,
+        "has_open_cart": facts.last_cart_at is not None,
+    }
+
+
+def format_value(value: MetricValue, against: MetricValue = None) -> str:
+    """Render a value for a reason: numbers rounded to 2 decimals, unless rounding would
+    change how the value compares with `against` (then as many digits as needed)."""
+    kind = type(value)
+    if kind is float or kind is Decimal:
+        assert isinstance(value, float | Decimal)
+        return _format_fraction(value, against)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _format_fraction(value: float | Decimal, against: MetricValue) -> str:
+    if not value.is_finite() if isinstance(value, Decimal) else not math.isfinite(value):
+        return str(value)
+    comparable = isinstance(against, int | float | Decimal) and not isinstance(against, bool)
+    for digits in (2, 4, 6, 9):
+        text = f"{value:.{digits}f}"
+        if not comparable:
+            break
+        assert isinstance(against, int | float | Decimal)
+        shown = Decimal(text) if isinstance(value, Decimal) else float(text)
+        if _sign(shown, against) == _sign(value, against):
+            break
+    else:
+        return str(value)
+    return text.rstrip("0").rstrip(".")
+
+
+def _sign(value: Number, against: Number) -> int:
+    return (value > against) - (value < against)
+
+
+@functools.lru_cache(maxsize=4096)
+def crossing_offsets(threshold: Number) -> tuple[int, int]:
+    """The first microsecond offsets `m` (from a days-since anchor) at which the metric's value
+    `m / MICROSECONDS_PER_DAY` is `>= threshold` and `> threshold`.
+
+    Computed with the very float arithmetic `days_between` uses, so a comparison's truth
+    flips exactly there: this is what makes next-change times exact to the microsecond."""
+    return _first_offset(threshold, strict=False), _first_offset(threshold, strict=True)
+
+
+def _first_offset(threshold: Number, strict: bool) -> int:
+    def passes(offset: int) -> bool:
+        days = offset / MICROSECONDS_PER_DAY
+        return days > threshold if strict else days >= threshold
+
+    # A float estimate is within a few microseconds of the flip; the loops make it exact.
+    offset = math.floor(float(threshold) * MICROSECONDS_PER_DAY)
+    # Float rounding can move the flip a microsecond or two either way of the exact product.
+    while passes(offset - 1):
+        offset -= 1
+    while not passes(offset):
+        offset += 1
+    return offset
