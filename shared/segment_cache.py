@@ -1,0 +1,107 @@
+"""The Redis copy of each customer's current segments, written by the segmenter after commit
+and read by the API on its hot path.
+
+One hash per customer, `{prefix}customer:{customer_id}`, with fields `v` (the evaluation
+version) and `doc` (a JSON `CachedCustomer`). The write is a compare-and-set in Lua, so an
+older evaluation never overwrites a newer one whatever order the writes arrive in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import msgspec
+from redis.asyncio import Redis
+
+
+class CachedSegment(msgspec.Struct, frozen=True, kw_only=True):
+    segment: str
+    since: datetime
+    reason: str
+
+
+class CachedAggregates(msgspec.Struct, frozen=True, kw_only=True):
+    order_count: int
+    net_spend: Decimal
+    spend_365d: Decimal
+    orders_365d: int
+    first_order_at: datetime | None
+    last_order_at: datetime | None
+    interaction_count: int
+    interactions_30d: int
+    last_interaction_at: datetime | None
+    open_cart_at: datetime | None
+
+
+class CachedCustomer(msgspec.Struct, frozen=True, kw_only=True):
+    customer_id: str
+    version: int
+    definition_version: int
+    evaluated_at: datetime
+    next_change_at: datetime | None
+    segments: dict[str, CachedSegment]
+    aggregates: CachedAggregates
+
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_decoder = msgspec.json.Decoder(CachedCustomer)
+
+# KEYS[1] = hash key; ARGV[1] = version, ARGV[2] = document. Returns 1 when written.
+_SET_IF_NEWER = """
+local current = redis.call('HGET', KEYS[1], 'v')
+if current and tonumber(current) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'doc', ARGV[2])
+return 1
+"""
+
+
+def customer_key(prefix: str, customer_id: str) -> str:
+    """The Redis key of one customer's document."""
+    return f"{prefix}customer:{customer_id}"
+
+
+class SegmentCache:
+    """Writes and reads customers' documents under one key prefix."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._set_if_newer = redis.register_script(_SET_IF_NEWER)
+
+    async def put_many(self, docs: list[CachedCustomer]) -> int:
+        """Write documents that are newer than what Redis holds; returns how many were."""
+        if not docs:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for doc in docs:
+                await self._set_if_newer(
+                    keys=[customer_key(self._prefix, doc.customer_id)],
+                    args=[doc.version, _encoder.encode(doc)],
+                    client=pipe,
+                )
+            written = await pipe.execute()
+        return sum(int(w) for w in written)
+
+    async def get(self, customer_id: str) -> CachedCustomer | None:
+        """The cached document, or None when Redis has none for this customer."""
+        raw = await self._redis.hget(customer_key(self._prefix, customer_id), "doc")
+        return None if raw is None else _decoder.decode(raw)
+
+    async def get_many(self, customer_ids: list[str]) -> dict[str, CachedCustomer]:
+        """Documents of the customers Redis has; missing ones are left out."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for cid in customer_ids:
+                pipe.hget(customer_key(self._prefix, cid), "doc")
+            raws = await pipe.execute()
+        return {
+            cid: _decoder.decode(raw)
+            for cid, raw in zip(customer_ids, raws, strict=True)
+            if raw is not None
+        }
+
+    async def delete(self, customer_id: str) -> None:
+        """Forget one customer (erasure)."""
+        await self._redis.delete(customer_key(self._prefix, customer_id))
