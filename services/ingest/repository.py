@@ -253,6 +253,7 @@ async def mark_for_segmentation(
         ON CONFLICT (customer_id) DO UPDATE SET
             due_at = LEAST(q.due_at, EXCLUDED.due_at),
             cause_event_at = GREATEST(q.cause_event_at, EXCLUDED.cause_event_at),
+            cause = 'event',
             enqueued_at = now()
         """,
         list(customer_ids),

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
+from typing import Any
 
 import structlog
 
+from services.segmenter import population
+from services.segmenter import repository as repo
+from services.segmenter.metrics import SegmenterMetrics
+from services.segmenter.outbox import OutboxPublisher
 from services.segmenter.settings import SegmenterSettings
+from services.segmenter.worker import Evaluator, Ruleset, evaluate_loop
+from shared.clock import Clock, clock_from_setting
 from shared.db.engine import create_engine
 from shared.db.migrate import SchemaBehindError, require_current
 from shared.health import check_kafka, check_postgres, check_redis, overall
@@ -17,12 +26,58 @@ from shared.lifecycle import install_stop_handlers
 from shared.logging import configure_logging
 from shared.ops import OpsServer
 from shared.redis import make_redis
+from shared.segment_cache import SegmentCache
+from shared.segmentation import PopulationStats, default_definitions, load_definitions
 from shared.settings import ConnectionSettings
 
 log = structlog.get_logger("segmenter")
 
 
+async def population_loop(
+    engine: Any,
+    ruleset: Ruleset,
+    clock: Clock,
+    settings: SegmenterSettings,
+    stopping: asyncio.Event,
+) -> None:
+    """Recompute cut-offs on schedule (one process does), pick up others' results often."""
+    loop = asyncio.get_running_loop()
+    next_recompute = loop.time() if ruleset.population_id is None else 0.0
+    if next_recompute == 0.0:
+        next_recompute = loop.time() + settings.population_interval_seconds
+    while not stopping.is_set():
+        if loop.time() >= next_recompute:
+            await population.recompute(engine, ruleset, clock.now())
+            next_recompute = loop.time() + settings.population_interval_seconds
+        else:
+            await population.refresh(engine, ruleset)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), settings.stats_refresh_seconds)
+
+
+async def backlog_loop(
+    engine: Any, clock: Clock, metrics: SegmenterMetrics, stopping: asyncio.Event
+) -> None:
+    while not stopping.is_set():
+        async with engine.connect() as sa_conn:
+            conn: Any = (await sa_conn.get_raw_connection()).driver_connection
+            due, age = await repo.backlog(conn, clock.now())
+            metrics.backlog.set(due)
+            metrics.backlog_age.set(age)
+            metrics.outbox.set(await repo.outbox_size(conn))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 2.0)
+
+
 async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
+    stopping = asyncio.Event()
+    install_stop_handlers(stopping.set)
+    clock = clock_from_setting(settings.clock)
+    definitions = (
+        load_definitions(settings.definitions_path.read_text())
+        if settings.definitions_path is not None
+        else default_definitions()
+    )
     async with AsyncExitStack() as stack:
         engine = create_engine(
             conn.database_url, conn.database_schema, application_name="segmenter"
@@ -34,10 +89,41 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
         await ensure_topics(
             conn.kafka_bootstrap, [TopicSpec(settings.changes_topic, settings.topic_partitions)]
         )
-        stopped = asyncio.Event()
+        async with engine.begin() as sa_conn:
+            raw: Any = (await sa_conn.get_raw_connection()).driver_connection
+            version = await repo.ensure_definitions(
+                raw, definitions.source, definitions.content_hash
+            )
+        ruleset = Ruleset(definitions, version, PopulationStats(), None)
+        await population.refresh(engine, ruleset)
+        metrics = SegmenterMetrics()
+        publisher = OutboxPublisher(
+            engine,
+            conn.kafka_bootstrap,
+            settings.changes_topic,
+            metrics,
+            batch_size=settings.publish_batch_size,
+        )
+        evaluator = Evaluator(
+            engine,
+            SegmentCache(redis, conn.redis_key_prefix),
+            clock,
+            metrics,
+            ruleset,
+            batch_size=settings.batch_size,
+            on_changes=publisher.wake,
+        )
+        jobs: list[Coroutine[Any, Any, None]] = [
+            evaluate_loop(evaluator, stopping, settings.idle_poll_seconds),
+            publisher.run(stopping),
+            population_loop(engine, ruleset, clock, settings, stopping),
+            backlog_loop(engine, clock, metrics, stopping),
+        ]
+        tasks = [asyncio.create_task(job) for job in jobs]
 
         async def liveness() -> dict[str, object]:
-            return {"status": "ok"}
+            dead = [t.get_name() for t in tasks if t.done()]
+            return {"status": "failing" if dead else "ok", "stopped_tasks": dead}
 
         async def readiness() -> dict[str, object]:
             parts = list(
@@ -45,16 +131,32 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
                     check_postgres(engine), check_redis(redis), check_kafka(conn.kafka_bootstrap)
                 )
             )
-            return {"status": overall(parts), "components": parts}
+            age = metrics.backlog_age._value.get()
+            backlog = {
+                "component": "backlog",
+                "oldest_due_seconds": round(age, 3),
+                "status": "degraded" if age > settings.backlog_degraded_seconds else "ok",
+            }
+            parts.append(backlog)
+            return {
+                "status": overall(parts),
+                "components": parts,
+                "definition_version": ruleset.version,
+            }
 
         ops = OpsServer(
             settings.ops_host, settings.ops_port, liveness=liveness, readiness=readiness
         )
         await ops.start()
         stack.push_async_callback(ops.stop)
-        install_stop_handlers(stopped.set)
-        log.info("segmenter_started", ops_port=ops.port)
-        await stopped.wait()
+        log.info("segmenter_started", ops_port=ops.port, definition_version=version)
+        stop_wait = asyncio.create_task(stopping.wait())
+        await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        stopping.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
         log.info("segmenter_stopped")
 
 

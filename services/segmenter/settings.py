@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pathlib import Path
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.clock import clock_from_setting
@@ -14,10 +16,18 @@ class SegmenterSettings(BaseSettings):
     )
 
     changes_topic: str = "segment-changes"
-    topic_partitions: int = 4
+    topic_partitions: int = Field(default=4, ge=1)
     ops_host: str = "127.0.0.1"
-    ops_port: int = 8102
+    ops_port: int = Field(default=8102, ge=0, le=65535)
     clock: str = "system"
+    # None: the defaults shipped in shared/segmentation/definitions/default.yaml.
+    definitions_path: Path | None = None
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    idle_poll_seconds: float = Field(default=0.1, gt=0, le=5)
+    population_interval_seconds: float = Field(default=300.0, gt=0)
+    stats_refresh_seconds: float = Field(default=5.0, gt=0)
+    publish_batch_size: int = Field(default=1000, ge=1)
+    backlog_degraded_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("clock")
     @classmethod

@@ -1,0 +1,61 @@
+"""The segmenter's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+
+
+class SegmenterMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.evaluations = Counter(
+            "streamseg_segmenter_evaluations_total", "Customers evaluated", registry=registry
+        )
+        self.changes = Counter(
+            "streamseg_segmenter_changes_total",
+            "Segment changes, by dimension and the segment entered",
+            ["dimension", "segment"],
+            registry=registry,
+        )
+        self.uncovered = Counter(
+            "streamseg_segmenter_uncovered_total",
+            "Customers no rule of some dimension matched (a definitions gap)",
+            registry=registry,
+        )
+        self.cache_failures = Counter(
+            "streamseg_segmenter_cache_failures_total",
+            "Redis writes that failed after commit",
+            registry=registry,
+        )
+        self.evaluation_seconds = Histogram(
+            "streamseg_segmenter_batch_seconds",
+            "Time to evaluate and commit one batch of customers",
+            registry=registry,
+        )
+        self.lateness = Histogram(
+            "streamseg_segmenter_lateness_seconds",
+            "From when a customer was due (an event marked it, or its next change time) "
+            "to its evaluation, by cause",
+            ["cause"],
+            buckets=_LATENESS_BUCKETS,
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            "streamseg_segmenter_backlog_customers", "Customers due now", registry=registry
+        )
+        self.backlog_age = Gauge(
+            "streamseg_segmenter_backlog_age_seconds",
+            "How long the oldest due customer has waited",
+            registry=registry,
+        )
+        self.outbox = Gauge(
+            "streamseg_segmenter_outbox_records",
+            "Changes committed but not yet acknowledged by Kafka",
+            registry=registry,
+        )
+        self.published = Counter(
+            "streamseg_segmenter_published_total",
+            "Segment-change events acknowledged by Kafka",
+            registry=registry,
+        )

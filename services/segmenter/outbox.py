@@ -1,0 +1,141 @@
+"""Publishes the transactional outbox to Kafka, in commit order, then deletes what was acked.
+
+One publisher at a time holds a PostgreSQL advisory lock, so the changes of a customer go
+out in the order they were committed. A crash after Kafka acknowledged a record but before
+its row was deleted publishes it again: at-least-once, under a stable CloudEvents id that
+consumers deduplicate by. While Kafka is down, rows wait here and go out when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.segmenter import repository as repo
+from services.segmenter.metrics import SegmenterMetrics
+from shared.events import CLOUDEVENTS_CONTENT_TYPE
+from shared.kafka import make_producer
+
+log = structlog.get_logger("segmenter.outbox")
+
+# Any constant works; it only has to differ from other advisory locks in this database.
+PUBLISHER_LOCK_KEY = 0x5E6_0B0C
+
+
+class OutboxPublisher:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        bootstrap: str,
+        topic: str,
+        metrics: SegmenterMetrics,
+        *,
+        batch_size: int = 1000,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        self._engine = engine
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+
+    def wake(self) -> None:
+        """New rows were committed in this process: publish without waiting for the poll."""
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Publish while holding the publisher lock; wait for it otherwise."""
+        failures = 0
+        while not stopping.is_set():
+            try:
+                await self._lead(stopping)
+                failures = 0
+            except (OSError, ConnectionError, TimeoutError, KafkaUnavailable) as exc:
+                failures += 1
+                delay = min(10.0, 0.2 * 2**failures) * (0.5 + random.random())
+                log.warning(
+                    "publish_retry", error=f"{type(exc).__name__}: {exc}", delay_s=round(delay, 2)
+                )
+                await self._close_producer()
+                await _sleep_unless(stopping, delay)
+        await self._close_producer()
+
+    async def _lead(self, stopping: asyncio.Event) -> None:
+        async with self._engine.connect() as sa_conn:
+            conn: Any = (await sa_conn.get_raw_connection()).driver_connection
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", PUBLISHER_LOCK_KEY):
+                await _sleep_unless(stopping, 1.0)
+                return
+            try:
+                while not stopping.is_set():
+                    published = await self._publish_batch(conn)
+                    if published == 0:
+                        self._metrics.outbox.set(0)
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", PUBLISHER_LOCK_KEY)
+
+    async def _publish_batch(self, conn: Any) -> int:
+        rows = await repo.next_outbox(conn, self._batch_size)
+        if not rows:
+            return 0
+        producer = await self._ensure_producer()
+        headers = [("content-type", CLOUDEVENTS_CONTENT_TYPE.encode())]
+        try:
+            futures = [
+                await producer.send(
+                    self._topic,
+                    value=r["payload"],
+                    key=r["customer_id"].encode(),
+                    headers=headers,
+                )
+                for r in rows
+            ]
+            await asyncio.gather(*futures)
+        except Exception as exc:
+            raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        # Only rows Kafka acknowledged are deleted; a crash before this re-sends them.
+        await repo.delete_outbox(conn, [r["id"] for r in rows])
+        self._metrics.published.inc(len(rows))
+        return len(rows)
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = make_producer(self._bootstrap, client_id="segmenter-outbox")
+            try:
+                await producer.start()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            self._producer = producer
+        return self._producer
+
+    async def _close_producer(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+
+class KafkaUnavailable(Exception):
+    """Kafka could not take the batch; retried with backoff, nothing is lost."""
+
+    retriable = True
+
+
+async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)

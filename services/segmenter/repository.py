@@ -1,0 +1,380 @@
+"""All of the segmenter's SQL. Functions run in the caller's transaction and never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.ingest.repository import INTERACTION_TYPES
+from shared.segmentation import Assignment, CustomerFacts, OrderFact
+
+ORDER_WINDOW = timedelta(days=365)
+INTERACTION_WINDOW = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A queued customer, claimed by this transaction."""
+
+    customer_id: str
+    due_at: datetime
+    cause: str
+    cause_event_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What evaluation needs of one customer, read in one snapshot."""
+
+    facts: CustomerFacts
+    open_cart_at: datetime | None
+    orders_365d: int
+    spend_365d: Decimal
+    interactions_30d: int
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A customer's evaluation bookkeeping and current assignments."""
+
+    version: int
+    change_sequence: int
+    assignments: dict[str, Assignment]
+    reasons: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    change_id: str
+    customer_id: str
+    dimension: str
+    from_segment: str | None
+    to_segment: str
+    reason: str
+    cause: str
+    definition_version: int
+    caused_by_event_at: datetime | None
+    evaluated_at: datetime
+    sequence: int
+
+
+async def ensure_definitions(conn: asyncpg.Connection, content: str, content_hash: str) -> int:
+    """The version number of these definitions, stored as a new version if they are new."""
+    version = await conn.fetchval(
+        """
+        INSERT INTO segment_definitions (content, content_hash) VALUES ($1, $2)
+        ON CONFLICT (content_hash) DO NOTHING RETURNING version
+        """,
+        content,
+        content_hash,
+    )
+    if version is None:
+        version = await conn.fetchval(
+            "SELECT version FROM segment_definitions WHERE content_hash = $1", content_hash
+        )
+    return int(version)
+
+
+async def latest_population_stats(
+    conn: asyncpg.Connection, definition_version: int
+) -> tuple[int, dict[str, Any]] | None:
+    """The newest stats computed for these definitions: (id, stats)."""
+    row = await conn.fetchrow(
+        """
+        SELECT id, stats FROM population_stats WHERE definition_version = $1
+        ORDER BY id DESC LIMIT 1
+        """,
+        definition_version,
+    )
+    return None if row is None else (row["id"], orjson.loads(row["stats"]))
+
+
+async def save_population_stats(
+    conn: asyncpg.Connection,
+    definition_version: int,
+    computed_at: datetime,
+    customers: int,
+    stats: dict[str, Any],
+) -> int:
+    return int(
+        await conn.fetchval(
+            """
+            INSERT INTO population_stats (definition_version, computed_at, customers, stats)
+            VALUES ($1, $2, $3, $4::jsonb) RETURNING id
+            """,
+            definition_version,
+            computed_at,
+            customers,
+            orjson.dumps(stats).decode(),
+        )
+    )
+
+
+async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[Due]:
+    """Take up to `limit` customers due by `now` off the queue, oldest first.
+
+    SKIP LOCKED lets several segmenters share the queue without ever holding the same
+    customer; the rows are deleted in this transaction, so a crash puts them back.
+    """
+    rows = await conn.fetch(
+        """
+        WITH due AS (
+            SELECT customer_id FROM segmentation_queue
+            WHERE due_at <= $1 ORDER BY due_at LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        )
+        DELETE FROM segmentation_queue q USING due WHERE q.customer_id = due.customer_id
+        RETURNING q.customer_id, q.due_at, q.cause, q.cause_event_at
+        """,
+        now,
+        limit,
+    )
+    return sorted(
+        (Due(r["customer_id"], r["due_at"], r["cause"], r["cause_event_at"]) for r in rows),
+        key=lambda d: d.customer_id,
+    )
+
+
+async def load_customers(
+    conn: asyncpg.Connection, customer_ids: Sequence[str], now: datetime
+) -> dict[str, Loaded]:
+    """Facts as of `now` for each customer that has aggregates."""
+    ids = list(customer_ids)
+    aggregates = await conn.fetch(
+        """
+        SELECT customer_id, order_count, net_spend, first_order_at, last_order_at,
+               interaction_count, last_interaction_at, last_add_to_cart_at, {counts}
+        FROM customer_aggregates WHERE customer_id = ANY($1::text[])
+        """.format(counts=", ".join(f"{t}_count" for t in INTERACTION_TYPES)),  # noqa: S608
+        ids,
+    )
+    orders: dict[str, list[OrderFact]] = {}
+    for r in await conn.fetch(
+        """
+        SELECT customer_id, placed_at, GREATEST(amount - refunded, 0) AS net
+        FROM orders
+        WHERE customer_id = ANY($1::text[]) AND cancelled_at IS NULL
+          AND placed_at > $2::timestamptz - interval '365 days' AND placed_at <= $2
+        ORDER BY customer_id, placed_at
+        """,
+        ids,
+        now,
+    ):
+        orders.setdefault(r["customer_id"], []).append(OrderFact(r["placed_at"], r["net"]))
+    interactions: dict[str, list[datetime]] = {}
+    for r in await conn.fetch(
+        """
+        SELECT customer_id, occurred_at FROM interactions
+        WHERE customer_id = ANY($1::text[])
+          AND occurred_at > $2::timestamptz - interval '30 days' AND occurred_at <= $2
+        ORDER BY customer_id, occurred_at
+        """,
+        ids,
+        now,
+    ):
+        interactions.setdefault(r["customer_id"], []).append(r["occurred_at"])
+
+    out: dict[str, Loaded] = {}
+    for r in aggregates:
+        cid = r["customer_id"]
+        cart = r["last_add_to_cart_at"]
+        open_cart = (
+            cart
+            if cart is not None and (r["last_order_at"] is None or cart > r["last_order_at"])
+            else None
+        )
+        recent = tuple(orders.get(cid, ()))
+        recent_interactions = tuple(interactions.get(cid, ()))
+        facts = CustomerFacts(
+            customer_id=cid,
+            order_count=r["order_count"],
+            net_spend=r["net_spend"],
+            first_order_at=r["first_order_at"],
+            last_order_at=r["last_order_at"],
+            recent_orders=recent,
+            interaction_count=r["interaction_count"],
+            interaction_counts_by_type={t: r[f"{t}_count"] for t in INTERACTION_TYPES},
+            last_interaction_at=r["last_interaction_at"],
+            recent_interactions=recent_interactions,
+            last_cart_at=open_cart,
+        )
+        out[cid] = Loaded(
+            facts=facts,
+            open_cart_at=open_cart,
+            orders_365d=len(recent),
+            spend_365d=sum((o.net_amount for o in recent), Decimal(0)),
+            interactions_30d=len(recent_interactions),
+        )
+    return out
+
+
+async def load_states(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> dict[str, State]:
+    """Current assignments and bookkeeping; customers never evaluated are absent."""
+    states: dict[str, State] = {}
+    for r in await conn.fetch(
+        """
+        SELECT customer_id, version, change_sequence FROM customer_evaluations
+        WHERE customer_id = ANY($1::text[])
+        """,
+        list(customer_ids),
+    ):
+        states[r["customer_id"]] = State(r["version"], r["change_sequence"], {}, {})
+    for r in await conn.fetch(
+        """
+        SELECT customer_id, dimension, segment, since, reason FROM customer_segments
+        WHERE customer_id = ANY($1::text[])
+        """,
+        list(customer_ids),
+    ):
+        state = states.get(r["customer_id"])
+        if state is not None:
+            state.assignments[r["dimension"]] = Assignment(r["segment"], r["since"])
+            state.reasons[r["dimension"]] = r["reason"]
+    return states
+
+
+async def save_evaluations(
+    conn: asyncpg.Connection,
+    rows: Sequence[tuple[str, int, int, int, datetime, datetime | None]],
+) -> None:
+    """(customer_id, version, change_sequence, definition_version, evaluated_at, next_change_at)"""
+    await conn.execute(
+        """
+        INSERT INTO customer_evaluations AS e (customer_id, version, change_sequence,
+                                               definition_version, evaluated_at, next_change_at)
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[],
+                             $5::timestamptz[], $6::timestamptz[])
+        ON CONFLICT (customer_id) DO UPDATE SET
+            version = EXCLUDED.version,
+            change_sequence = EXCLUDED.change_sequence,
+            definition_version = EXCLUDED.definition_version,
+            evaluated_at = EXCLUDED.evaluated_at,
+            next_change_at = EXCLUDED.next_change_at
+        """,
+        *(list(col) for col in zip(*rows, strict=True)),
+    )
+
+
+async def save_segments(
+    conn: asyncpg.Connection,
+    rows: Sequence[tuple[str, str, str, datetime, str, int, datetime]],
+) -> None:
+    """(customer_id, dimension, segment, since, reason, definition_version, evaluated_at)"""
+    if not rows:
+        return
+    await conn.execute(
+        """
+        INSERT INTO customer_segments AS s (customer_id, dimension, segment, since, reason,
+                                            definition_version, evaluated_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
+                             $6::int[], $7::timestamptz[])
+        ON CONFLICT (customer_id, dimension) DO UPDATE SET
+            segment = EXCLUDED.segment, since = EXCLUDED.since, reason = EXCLUDED.reason,
+            definition_version = EXCLUDED.definition_version,
+            evaluated_at = EXCLUDED.evaluated_at
+        """,
+        *(list(col) for col in zip(*rows, strict=True)),
+    )
+
+
+async def insert_changes(
+    conn: asyncpg.Connection, history: Sequence[HistoryRow], payloads: Sequence[bytes]
+) -> None:
+    """History rows and their outbox records, in change order, in the caller's transaction."""
+    if not history:
+        return
+    await conn.execute(
+        """
+        INSERT INTO segment_history (change_id, customer_id, dimension, from_segment,
+            to_segment, reason, cause, definition_version, caused_by_event_at, evaluated_at,
+            sequence)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::int[], $9::timestamptz[],
+                             $10::timestamptz[], $11::bigint[])
+        """,
+        [h.change_id for h in history],
+        [h.customer_id for h in history],
+        [h.dimension for h in history],
+        [h.from_segment for h in history],
+        [h.to_segment for h in history],
+        [h.reason for h in history],
+        [h.cause for h in history],
+        [h.definition_version for h in history],
+        [h.caused_by_event_at for h in history],
+        [h.evaluated_at for h in history],
+        [h.sequence for h in history],
+    )
+    await conn.execute(
+        """
+        INSERT INTO segment_outbox (customer_id, change_id, payload)
+        SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])
+        """,
+        [h.customer_id for h in history],
+        [h.change_id for h in history],
+        list(payloads),
+    )
+
+
+async def schedule(
+    conn: asyncpg.Connection, wakeups: Sequence[tuple[str, datetime]], cause: str
+) -> None:
+    """Queue customers to be evaluated again at a time; an earlier entry wins."""
+    if not wakeups:
+        return
+    await conn.execute(
+        """
+        INSERT INTO segmentation_queue AS q (customer_id, due_at, cause)
+        SELECT c, d, $3 FROM unnest($1::text[], $2::timestamptz[]) AS u(c, d)
+        ON CONFLICT (customer_id) DO UPDATE SET
+            cause = CASE WHEN EXCLUDED.due_at < q.due_at THEN EXCLUDED.cause ELSE q.cause END,
+            due_at = LEAST(q.due_at, EXCLUDED.due_at)
+        """,
+        [c for c, _ in wakeups],
+        [d for _, d in wakeups],
+        cause,
+    )
+
+
+async def customer_ids_after(conn: asyncpg.Connection, after: str, limit: int) -> list[str]:
+    """Customers in id order, for jobs that walk the whole population in chunks."""
+    rows = await conn.fetch(
+        "SELECT customer_id FROM customer_aggregates WHERE customer_id > $1"
+        " ORDER BY customer_id LIMIT $2",
+        after,
+        limit,
+    )
+    return [r["customer_id"] for r in rows]
+
+
+async def backlog(conn: asyncpg.Connection, now: datetime) -> tuple[int, float]:
+    """(customers due, seconds the oldest has waited)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, min(due_at) AS oldest FROM segmentation_queue WHERE due_at <= $1",
+        now,
+    )
+    oldest = row["oldest"]
+    return int(row["n"]), 0.0 if oldest is None else (now - oldest).total_seconds()
+
+
+# The outbox -------------------------------------------------------------------------------
+async def next_outbox(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT id, customer_id, change_id, payload FROM segment_outbox ORDER BY id LIMIT $1",
+            limit,
+        )
+    )
+
+
+async def delete_outbox(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
+    await conn.execute("DELETE FROM segment_outbox WHERE id = ANY($1::bigint[])", list(ids))
+
+
+async def outbox_size(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM segment_outbox"))

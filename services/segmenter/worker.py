@@ -1,0 +1,248 @@
+"""The evaluation loop: take due customers off the queue, evaluate, record every change.
+
+Delivery guarantee (`evaluate_due`): the claim, the new assignments, the history, the
+outbox records and the next wake-up commit in one PostgreSQL transaction. Redis and Kafka
+are written after commit, from what was committed, so neither can show a change that the
+database does not have; the outbox publishes each change at least once, under a stable id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.segmenter import repository as repo
+from services.segmenter.metrics import SegmenterMetrics
+from shared.clock import Clock
+from shared.events.segment_change import SegmentChange, encode_segment_change, segment_change_id
+from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
+from shared.segmentation import (
+    Definitions,
+    PopulationStats,
+    UncoveredCustomerError,
+    evaluate,
+)
+
+log = structlog.get_logger("segmenter")
+
+CAUSE_NOTE = {
+    "population": "cut-offs recomputed from the population; ",
+    "time": "time passed; ",
+    "event": "",
+}
+
+
+@dataclass
+class Ruleset:
+    """The definitions in force, their stored version, and the population stats for them."""
+
+    definitions: Definitions
+    version: int
+    population: PopulationStats
+    population_id: int | None
+
+
+class Evaluator:
+    """Evaluates batches of due customers; several processes can run one each."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cache: SegmentCache,
+        clock: Clock,
+        metrics: SegmenterMetrics,
+        ruleset: Ruleset,
+        *,
+        batch_size: int = 500,
+        on_changes: Any = None,
+    ) -> None:
+        self._engine = engine
+        self._cache = cache
+        self._clock = clock
+        self._metrics = metrics
+        self.ruleset = ruleset
+        self._batch_size = batch_size
+        self._on_changes = on_changes
+
+    async def evaluate_due(self) -> int:
+        """Evaluate one batch of due customers; returns how many were claimed."""
+        now = self._clock.now()
+        rules = self.ruleset
+        started = time.perf_counter()
+        docs: list[CachedCustomer] = []
+        changes = 0
+        async with self._engine.connect() as sa_conn:
+            conn: Any = (await sa_conn.get_raw_connection()).driver_connection
+            async with conn.transaction():
+                due = await repo.claim_due(conn, now, self._batch_size)
+                if not due:
+                    return 0
+                ids = [d.customer_id for d in due]
+                loaded = await repo.load_customers(conn, ids, now)
+                states = await repo.load_states(conn, ids)
+                evaluations, segments, history, payloads, wakeups = [], [], [], [], []
+                for item in due:
+                    data = loaded.get(item.customer_id)
+                    if data is None:
+                        continue  # erased, or queued before its first aggregate committed
+                    state = states.get(item.customer_id) or repo.State(0, 0, {}, {})
+                    try:
+                        result = evaluate(
+                            rules.definitions, data.facts, now, state.assignments, rules.population
+                        )
+                    except UncoveredCustomerError as exc:
+                        # A definitions gap is permanent for this customer: count it, keep going.
+                        self._metrics.uncovered.inc()
+                        log.error(
+                            "customer_uncovered", customer_id=item.customer_id, error=str(exc)
+                        )
+                        continue
+                    sequence = state.change_sequence
+                    for dimension, decision in result.assignments.items():
+                        if not decision.changed:
+                            continue
+                        sequence += 1
+                        reason = CAUSE_NOTE.get(item.cause, "") + decision.reason
+                        change = SegmentChange(
+                            customer_id=item.customer_id,
+                            dimension=dimension,
+                            from_segment=decision.previous,
+                            to_segment=decision.segment,
+                            reason=reason,
+                            definition_version=rules.version,
+                            caused_by_event_time=item.cause_event_at,
+                            evaluated_at=now,
+                            sequence=sequence,
+                        )
+                        history.append(
+                            repo.HistoryRow(
+                                change_id=segment_change_id(item.customer_id, dimension, sequence),
+                                customer_id=item.customer_id,
+                                dimension=dimension,
+                                from_segment=decision.previous,
+                                to_segment=decision.segment,
+                                reason=reason,
+                                cause=item.cause,
+                                definition_version=rules.version,
+                                caused_by_event_at=item.cause_event_at,
+                                evaluated_at=now,
+                                sequence=sequence,
+                            )
+                        )
+                        payloads.append(encode_segment_change(change))
+                        segments.append(
+                            (
+                                item.customer_id,
+                                dimension,
+                                decision.segment,
+                                decision.since,
+                                reason,
+                                rules.version,
+                                now,
+                            )
+                        )
+                        self._metrics.changes.labels(dimension, decision.segment).inc()
+                    version = state.version + 1
+                    evaluations.append(
+                        (
+                            item.customer_id,
+                            version,
+                            sequence,
+                            rules.version,
+                            now,
+                            result.next_change_at,
+                        )
+                    )
+                    if result.next_change_at is not None:
+                        wakeups.append((item.customer_id, result.next_change_at))
+                    docs.append(
+                        _document(
+                            item.customer_id, version, rules, now, result, data, state, segments
+                        )
+                    )
+                    changes += sequence - state.change_sequence
+                if evaluations:
+                    await repo.save_evaluations(conn, evaluations)
+                await repo.save_segments(conn, segments)
+                await repo.insert_changes(conn, history, payloads)
+                await repo.schedule(conn, wakeups, "time")
+        self._metrics.evaluations.inc(len(evaluations))
+        self._metrics.evaluation_seconds.observe(time.perf_counter() - started)
+        for item in due:
+            if item.cause_event_at is not None and item.cause == "event":
+                self._metrics.lateness.labels(item.cause).observe(
+                    max(0.0, (now - item.due_at).total_seconds())
+                )
+            elif item.cause == "time":
+                self._metrics.lateness.labels(item.cause).observe(
+                    max(0.0, (self._clock.now() - item.due_at).total_seconds())
+                )
+        # After commit: a Redis failure only delays the cache; the API falls back to
+        # PostgreSQL, and the next evaluation of the customer writes it again.
+        try:
+            await self._cache.put_many(docs)
+        except Exception as exc:  # Redis is an optimisation here, never the truth
+            self._metrics.cache_failures.inc()
+            log.warning("cache_write_failed", error=f"{type(exc).__name__}: {exc}")
+        if changes and self._on_changes is not None:
+            self._on_changes()
+        return len(due)
+
+
+def _document(
+    customer_id: str,
+    version: int,
+    rules: Ruleset,
+    now: datetime,
+    result: Any,
+    data: repo.Loaded,
+    state: repo.State,
+    segments: list[tuple[str, str, str, datetime, str, int, datetime]],
+) -> CachedCustomer:
+    """The Redis document: current segments with the reason each was entered."""
+    reasons = {row[1]: row[4] for row in segments if row[0] == customer_id}
+    cached = {}
+    for dimension, decision in result.assignments.items():
+        reason = reasons.get(dimension)
+        if reason is None:
+            reason = state.reasons.get(dimension) or decision.reason
+        cached[dimension] = CachedSegment(
+            segment=decision.segment, since=decision.since, reason=reason
+        )
+    facts = data.facts
+    return CachedCustomer(
+        customer_id=customer_id,
+        version=version,
+        definition_version=rules.version,
+        evaluated_at=now,
+        next_change_at=result.next_change_at,
+        segments=cached,
+        aggregates=CachedAggregates(
+            order_count=facts.order_count,
+            net_spend=facts.net_spend,
+            spend_365d=data.spend_365d,
+            orders_365d=data.orders_365d,
+            first_order_at=facts.first_order_at,
+            last_order_at=facts.last_order_at,
+            interaction_count=facts.interaction_count,
+            interactions_30d=data.interactions_30d,
+            last_interaction_at=facts.last_interaction_at,
+            open_cart_at=data.open_cart_at,
+        ),
+    )
+
+
+async def evaluate_loop(evaluator: Evaluator, stopping: asyncio.Event, idle_seconds: float) -> None:
+    """Evaluate until stopped, sleeping `idle_seconds` only when nothing was due."""
+    while not stopping.is_set():
+        claimed = await evaluator.evaluate_due()
+        if claimed == 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=idle_seconds)
