@@ -92,7 +92,12 @@ async def latest_population_stats(
         """,
         definition_version,
     )
-    return None if row is None else (row["id"], orjson.loads(row["stats"]))
+    if row is None:
+        return None
+    # SQLAlchemy's asyncpg dialect installs a JSON codec on its connections; a bare asyncpg
+    # connection returns text. Accept both.
+    stats = row["stats"]
+    return row["id"], orjson.loads(stats) if isinstance(stats, str | bytes) else stats
 
 
 async def save_population_stats(
@@ -106,7 +111,7 @@ async def save_population_stats(
         await conn.fetchval(
             """
             INSERT INTO population_stats (definition_version, computed_at, customers, stats)
-            VALUES ($1, $2, $3, $4::jsonb) RETURNING id
+            VALUES ($1, $2, $3, $4::text::jsonb) RETURNING id
             """,
             definition_version,
             computed_at,

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,6 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.segmenter import population
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
 from services.segmenter.worker import Evaluator, evaluate_loop
@@ -27,7 +32,7 @@ from shared.segment_cache import SegmentCache
 from shared.segmentation import OrderFact, PopulationStats, build_facts, evaluate
 from shared.segmentation.facts import Interaction
 from shared.settings import ConnectionSettings
-from tests.conftest import MakeTopic, eventually, unique
+from tests.conftest import ROOT, MakeTopic, eventually, unique
 from tests.support.segmenter import History, evaluator, ruleset, scalar, seed, segments
 
 pytestmark = pytest.mark.integration
@@ -255,3 +260,141 @@ async def test_outbox_waits_for_kafka_and_publishes_when_it_is_back(
         )
     assert {e.id for e in events} == ids
     assert all(r.key.decode() == e.subject for r, e in zip(records, events, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_kill_9_loses_no_change_and_duplicates_none_after_dedup(
+    engine: AsyncEngine,
+    settings: ConnectionSettings,
+    service_env: dict[str, str],
+    changes_topic: str,
+    tmp_path: Any,
+) -> None:
+    await seed(engine, random_histories(4000, 4, NOW), NOW)
+    env = service_env | {
+        "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes_topic,
+        "STREAMSEG_SEGMENTER_OPS_PORT": "0",
+        "STREAMSEG_SEGMENTER_CLOCK": f"fixed:{NOW.isoformat()}",
+        "STREAMSEG_SEGMENTER_BATCH_SIZE": "40",
+        "STREAMSEG_SEGMENTER_PUBLISH_BATCH_SIZE": "50",
+        "STREAMSEG_LOG_JSON": "false",
+    }
+    rng = random.Random(4)
+    procs: list[Any] = []
+
+    def start() -> Any:
+        log = (tmp_path / f"segmenter-{len(procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.segmenter"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        procs.append(proc)
+        return proc
+
+    async def settled() -> bool:
+        due = await scalar(
+            engine, "SELECT count(*) FROM segmentation_queue WHERE due_at <= :now", now=NOW
+        )
+        outbox = await scalar(engine, "SELECT count(*) FROM segment_outbox")
+        return bool(due == 0 and outbox == 0)
+
+    try:
+        proc = start()
+        for _ in range(4):
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
+            assert proc.poll() is None, (tmp_path / f"segmenter-{len(procs) - 1}.log").read_text()
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            proc = start()
+        await eventually(settled, within_seconds=240, message="segmenter settled")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    async with engine.connect() as conn:
+        history = (
+            await conn.execute(
+                text(
+                    "SELECT change_id::text AS id, customer_id, dimension, from_segment,"
+                    " to_segment, sequence FROM segment_history ORDER BY customer_id, sequence"
+                )
+            )
+        ).all()
+    # Each customer's changes form an unbroken chain per dimension ending at its segment.
+    current = await segments(engine)
+    chain: dict[tuple[str, str], str | None] = {}
+    for h in history:
+        assert chain.get((h.customer_id, h.dimension)) == h.from_segment, h
+        chain[(h.customer_id, h.dimension)] = h.to_segment
+    assert chain == current
+
+    records = await read_changes(settings, changes_topic, len(history))
+    first_seen: dict[str, Any] = {}
+    for r in records:
+        event = decode_segment_change(r.value)
+        first_seen.setdefault(event.id, event)
+    assert set(first_seen) == {h.id for h in history}  # all there, once after dedup by id
+    per_customer: dict[str, list[int]] = {}
+    for event in first_seen.values():
+        per_customer.setdefault(event.subject, []).append(event.data.sequence)
+    assert all(seq == sorted(seq) for seq in per_customer.values())
+
+
+async def test_moved_cut_off_requeues_exactly_the_customers_it_crosses(
+    engine: AsyncEngine, cache: SegmentCache
+) -> None:
+    # 100 spenders, customer s{i} spent 10*(i+1) in the last year.
+    spenders = [
+        History(f"s{i:03d}", orders=[(NOW - 10 * DAY, Decimal(10 * (i + 1)))]) for i in range(100)
+    ]
+    await seed(engine, spenders, NOW)
+    rules = await ruleset(engine)
+    assert await population.recompute(engine, rules, NOW) == 100  # first stats: everyone
+    ev = evaluator(engine, cache, FixedClock(NOW), rules)
+    await run_until_idle(ev)
+    vip_cutoff = rules.population.cutoffs["vip_spend"]
+    tiers = {c: s for (c, d), s in (await segments(engine)).items() if d == "value_tier"}
+    assert {c for c, s in tiers.items() if s == "vip"} == {f"s{i:03d}" for i in range(95, 100)}
+
+    # Ten new big spenders push the top 5% up: only customers between the old and the new
+    # vip cut-off (and the other moved boundaries) are queued again.
+    later = NOW + DAY
+    await seed(
+        engine,
+        [History(f"t{i}", orders=[(later - DAY, Decimal(5000))]) for i in range(10)],
+        later,
+    )
+    await run_until_idle(evaluator(engine, cache, FixedClock(later), rules))
+    queued = await population.recompute(engine, rules, later)
+    assert queued is not None
+    assert rules.population.cutoffs["vip_spend"] > vip_cutoff
+    async with engine.connect() as conn:
+        requeued = set(
+            (
+                await conn.execute(
+                    text("SELECT customer_id FROM segmentation_queue WHERE cause = 'population'")
+                )
+            ).scalars()
+        )
+    assert {"s099", "s095"} <= requeued  # former vips, now below the new cut-off
+    await run_until_idle(evaluator(engine, cache, FixedClock(later), rules))
+    async with engine.connect() as conn:
+        moved = (
+            await conn.execute(
+                text(
+                    "SELECT cause, reason FROM segment_history WHERE customer_id = 's099'"
+                    " AND dimension = 'value_tier' AND from_segment = 'vip'"
+                )
+            )
+        ).one()
+    assert moved.cause == "population"
+    assert moved.reason.startswith("cut-offs recomputed")
+    tiers = {c: s for (c, d), s in (await segments(engine)).items() if d == "value_tier"}
+    assert {c for c, s in tiers.items() if s == "vip"} == {f"t{i}" for i in range(10)}

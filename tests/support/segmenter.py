@@ -94,6 +94,6 @@ async def segments(engine: AsyncEngine) -> dict[tuple[str, str], str]:
         return {(r.customer_id, r.dimension): r.segment for r in rows}
 
 
-async def scalar(engine: AsyncEngine, sql: str) -> Any:
+async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
     async with engine.connect() as conn:
-        return (await conn.execute(text(sql))).scalar_one()
+        return (await conn.execute(text(sql), params)).scalar_one()
