@@ -29,7 +29,7 @@ class CachedAggregates(msgspec.Struct, frozen=True, kw_only=True):
     first_order_at: datetime | None
     last_order_at: datetime | None
     interaction_count: int
-    interactions_30d: int
+    interactions_30d: int | None  # None when the definitions do not count interactions
     last_interaction_at: datetime | None
     open_cart_at: datetime | None
 
@@ -47,15 +47,21 @@ class CachedCustomer(msgspec.Struct, frozen=True, kw_only=True):
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _decoder = msgspec.json.Decoder(CachedCustomer)
 
-# KEYS[1] = hash key; ARGV[1] = version, ARGV[2] = document. Returns 1 when written.
+# KEYS[i] = hash key; ARGV[2i-1] = version, ARGV[2i] = document. Returns how many were
+# written. One call per chunk of customers: per-key commands cost far more client-side.
 _SET_IF_NEWER = """
-local current = redis.call('HGET', KEYS[1], 'v')
-if current and tonumber(current) >= tonumber(ARGV[1]) then
-  return 0
+local written = 0
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[2 * i - 1])
+  local current = redis.call('HGET', key, 'v')
+  if not current or tonumber(current) < version then
+    redis.call('HSET', key, 'v', ARGV[2 * i - 1], 'doc', ARGV[2 * i])
+    written = written + 1
+  end
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'doc', ARGV[2])
-return 1
+return written
 """
+_CHUNK = 200
 
 
 def customer_key(prefix: str, customer_id: str) -> str:
@@ -73,17 +79,15 @@ class SegmentCache:
 
     async def put_many(self, docs: list[CachedCustomer]) -> int:
         """Write documents that are newer than what Redis holds; returns how many were."""
-        if not docs:
-            return 0
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for doc in docs:
-                await self._set_if_newer(
-                    keys=[customer_key(self._prefix, doc.customer_id)],
-                    args=[doc.version, _encoder.encode(doc)],
-                    client=pipe,
-                )
-            written = await pipe.execute()
-        return sum(int(w) for w in written)
+        written = 0
+        for start in range(0, len(docs), _CHUNK):
+            chunk = docs[start : start + _CHUNK]
+            args: list[int | bytes] = []
+            for doc in chunk:
+                args += (doc.version, _encoder.encode(doc))
+            keys = [customer_key(self._prefix, doc.customer_id) for doc in chunk]
+            written += int(await self._set_if_newer(keys=keys, args=args))
+        return written
 
     async def get(self, customer_id: str) -> CachedCustomer | None:
         """The cached document, or None when Redis has none for this customer."""

@@ -46,7 +46,10 @@ async def recompute(engine: AsyncEngine, ruleset: Ruleset, now: datetime) -> int
                 if not ids:
                     break
                 after = ids[-1]
-                for cid, loaded in (await repo.load_customers(conn, ids, now)).items():
+                loaded_chunk = await repo.load_customers(
+                    conn, ids, now, with_interactions=ruleset.counts_interactions
+                )
+                for cid, loaded in loaded_chunk.items():
                     samples[cid] = population_sample(defs, loaded.facts, now)
             columns = {m: [s[m] for s in samples.values()] for m in defs.population_metrics}
             stats = compute_population_stats(defs, columns)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from shared.clock import Clock
-from shared.events.segment_change import SegmentChange, encode_segment_change, segment_change_id
+from shared.events.segment_change import SegmentChange, segment_change_event
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 from shared.segmentation import (
     Definitions,
@@ -32,6 +33,8 @@ from shared.segmentation import (
 
 log = structlog.get_logger("segmenter")
 
+_event_encoder = msgspec.json.Encoder()
+WINDOWED_INTERACTION_METRICS = frozenset({"interactions_7d", "interactions_30d"})
 CAUSE_NOTE = {
     "population": "cut-offs recomputed from the population; ",
     "time": "time passed; ",
@@ -47,6 +50,11 @@ class Ruleset:
     version: int
     population: PopulationStats
     population_id: int | None
+
+    @property
+    def counts_interactions(self) -> bool:
+        """Whether any rule reads a rolling interaction count (and so needs their times)."""
+        return bool(WINDOWED_INTERACTION_METRICS & self.definitions.referenced_metrics)
 
 
 class Evaluator:
@@ -70,14 +78,14 @@ class Evaluator:
         self.ruleset = ruleset
         self._batch_size = batch_size
         self._on_changes = on_changes
+        self._change_counters: dict[tuple[str, str], Any] = {}
 
     async def evaluate_due(self) -> int:
         """Evaluate one batch of due customers; returns how many were claimed."""
         now = self._clock.now()
         rules = self.ruleset
         started = time.perf_counter()
-        docs: list[CachedCustomer] = []
-        changes = 0
+        writes = Writes()
         async with self._engine.connect() as sa_conn:
             conn: Any = (await sa_conn.get_raw_connection()).driver_connection
             async with conn.transaction():
@@ -85,115 +93,130 @@ class Evaluator:
                 if not due:
                     return 0
                 ids = [d.customer_id for d in due]
-                loaded = await repo.load_customers(conn, ids, now)
+                loaded = await repo.load_customers(
+                    conn, ids, now, with_interactions=rules.counts_interactions
+                )
                 states = await repo.load_states(conn, ids)
-                evaluations, segments, history, payloads, wakeups = [], [], [], [], []
                 for item in due:
                     data = loaded.get(item.customer_id)
                     if data is None:
                         continue  # erased, or queued before its first aggregate committed
                     state = states.get(item.customer_id) or repo.State(0, 0, {}, {})
-                    try:
-                        result = evaluate(
-                            rules.definitions, data.facts, now, state.assignments, rules.population
-                        )
-                    except UncoveredCustomerError as exc:
-                        # A definitions gap is permanent for this customer: count it, keep going.
-                        self._metrics.uncovered.inc()
-                        log.error(
-                            "customer_uncovered", customer_id=item.customer_id, error=str(exc)
-                        )
-                        continue
-                    sequence = state.change_sequence
-                    for dimension, decision in result.assignments.items():
-                        if not decision.changed:
-                            continue
-                        sequence += 1
-                        reason = CAUSE_NOTE.get(item.cause, "") + decision.reason
-                        change = SegmentChange(
-                            customer_id=item.customer_id,
-                            dimension=dimension,
-                            from_segment=decision.previous,
-                            to_segment=decision.segment,
-                            reason=reason,
-                            definition_version=rules.version,
-                            caused_by_event_time=item.cause_event_at,
-                            evaluated_at=now,
-                            sequence=sequence,
-                        )
-                        history.append(
-                            repo.HistoryRow(
-                                change_id=segment_change_id(item.customer_id, dimension, sequence),
-                                customer_id=item.customer_id,
-                                dimension=dimension,
-                                from_segment=decision.previous,
-                                to_segment=decision.segment,
-                                reason=reason,
-                                cause=item.cause,
-                                definition_version=rules.version,
-                                caused_by_event_at=item.cause_event_at,
-                                evaluated_at=now,
-                                sequence=sequence,
-                            )
-                        )
-                        payloads.append(encode_segment_change(change))
-                        segments.append(
-                            (
-                                item.customer_id,
-                                dimension,
-                                decision.segment,
-                                decision.since,
-                                reason,
-                                rules.version,
-                                now,
-                            )
-                        )
-                        self._metrics.changes.labels(dimension, decision.segment).inc()
-                    version = state.version + 1
-                    evaluations.append(
-                        (
-                            item.customer_id,
-                            version,
-                            sequence,
-                            rules.version,
-                            now,
-                            result.next_change_at,
-                        )
-                    )
-                    if result.next_change_at is not None:
-                        wakeups.append((item.customer_id, result.next_change_at))
-                    docs.append(
-                        _document(
-                            item.customer_id, version, rules, now, result, data, state, segments
-                        )
-                    )
-                    changes += sequence - state.change_sequence
-                if evaluations:
-                    await repo.save_evaluations(conn, evaluations)
-                await repo.save_segments(conn, segments)
-                await repo.insert_changes(conn, history, payloads)
-                await repo.schedule(conn, wakeups, "time")
-        self._metrics.evaluations.inc(len(evaluations))
+                    self._evaluate_one(item, data, state, now, rules, writes)
+                await repo.save_evaluations(conn, writes.evaluations)
+                await repo.save_segments(conn, writes.segments)
+                await repo.insert_changes(conn, writes.history, writes.payloads)
+                await repo.schedule(conn, writes.wakeups, "time")
+        self._metrics.evaluations.inc(len(writes.evaluations))
         self._metrics.evaluation_seconds.observe(time.perf_counter() - started)
-        for item in due:
-            if item.cause_event_at is not None and item.cause == "event":
-                self._metrics.lateness.labels(item.cause).observe(
-                    max(0.0, (now - item.due_at).total_seconds())
-                )
-            elif item.cause == "time":
-                self._metrics.lateness.labels(item.cause).observe(
-                    max(0.0, (self._clock.now() - item.due_at).total_seconds())
-                )
+        self._observe_lateness(due, now)
         # After commit: a Redis failure only delays the cache; the API falls back to
         # PostgreSQL, and the next evaluation of the customer writes it again.
         try:
-            await self._cache.put_many(docs)
+            await self._cache.put_many(writes.docs)
         except Exception as exc:  # Redis is an optimisation here, never the truth
             self._metrics.cache_failures.inc()
             log.warning("cache_write_failed", error=f"{type(exc).__name__}: {exc}")
-        if changes and self._on_changes is not None:
+        if writes.history and self._on_changes is not None:
             self._on_changes()
         return len(due)
+
+    def _evaluate_one(
+        self,
+        item: repo.Due,
+        data: repo.Loaded,
+        state: repo.State,
+        now: datetime,
+        rules: Ruleset,
+        writes: Writes,
+    ) -> None:
+        try:
+            result = evaluate(
+                rules.definitions, data.facts, now, state.assignments, rules.population
+            )
+        except UncoveredCustomerError as exc:
+            # A definitions gap is permanent for this customer: count it, keep going.
+            self._metrics.uncovered.inc()
+            log.error("customer_uncovered", customer_id=item.customer_id, error=str(exc))
+            return
+        cid = item.customer_id
+        sequence = state.change_sequence
+        reasons = dict(state.reasons)
+        for dimension, decision in result.assignments.items():
+            if not decision.changed:
+                continue
+            sequence += 1
+            reason = CAUSE_NOTE.get(item.cause, "") + decision.reason
+            reasons[dimension] = reason
+            event = segment_change_event(
+                SegmentChange(
+                    customer_id=cid,
+                    dimension=dimension,
+                    from_segment=decision.previous,
+                    to_segment=decision.segment,
+                    reason=reason,
+                    definition_version=rules.version,
+                    caused_by_event_time=item.cause_event_at,
+                    evaluated_at=now,
+                    sequence=sequence,
+                )
+            )
+            writes.history.append(
+                repo.HistoryRow(
+                    change_id=event.id,
+                    customer_id=cid,
+                    dimension=dimension,
+                    from_segment=decision.previous,
+                    to_segment=decision.segment,
+                    reason=reason,
+                    cause=item.cause,
+                    definition_version=rules.version,
+                    caused_by_event_at=item.cause_event_at,
+                    evaluated_at=now,
+                    sequence=sequence,
+                )
+            )
+            writes.payloads.append(_event_encoder.encode(event))
+            writes.segments.append(
+                (cid, dimension, decision.segment, decision.since, reason, rules.version, now)
+            )
+            self._count_change(dimension, decision.segment)
+        version = state.version + 1
+        writes.evaluations.append(
+            (cid, version, sequence, rules.version, now, result.next_change_at)
+        )
+        if result.next_change_at is not None:
+            writes.wakeups.append((cid, result.next_change_at))
+        writes.docs.append(_document(cid, version, rules, now, result, data, reasons))
+
+    def _count_change(self, dimension: str, segment: str) -> None:
+        counter = self._change_counters.get((dimension, segment))
+        if counter is None:
+            counter = self._metrics.changes.labels(dimension, segment)
+            self._change_counters[(dimension, segment)] = counter
+        counter.inc()
+
+    def _observe_lateness(self, due: list[repo.Due], now: datetime) -> None:
+        """How long after being due each customer was evaluated."""
+        for item in due:
+            if item.cause in ("event", "time"):
+                self._metrics.lateness.labels(item.cause).observe(
+                    max(0.0, (now - item.due_at).total_seconds())
+                )
+
+
+@dataclass
+class Writes:
+    """What one batch writes, collected before the statements that write it."""
+
+    evaluations: list[tuple[str, int, int, int, datetime, datetime | None]] = field(
+        default_factory=list
+    )
+    segments: list[tuple[str, str, str, datetime, str, int, datetime]] = field(default_factory=list)
+    history: list[repo.HistoryRow] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    wakeups: list[tuple[str, datetime]] = field(default_factory=list)
+    docs: list[CachedCustomer] = field(default_factory=list)
 
 
 def _document(
@@ -203,19 +226,17 @@ def _document(
     now: datetime,
     result: Any,
     data: repo.Loaded,
-    state: repo.State,
-    segments: list[tuple[str, str, str, datetime, str, int, datetime]],
+    reasons: dict[str, str],
 ) -> CachedCustomer:
     """The Redis document: current segments with the reason each was entered."""
-    reasons = {row[1]: row[4] for row in segments if row[0] == customer_id}
-    cached = {}
-    for dimension, decision in result.assignments.items():
-        reason = reasons.get(dimension)
-        if reason is None:
-            reason = state.reasons.get(dimension) or decision.reason
-        cached[dimension] = CachedSegment(
-            segment=decision.segment, since=decision.since, reason=reason
+    cached = {
+        dimension: CachedSegment(
+            segment=decision.segment,
+            since=decision.since,
+            reason=reasons.get(dimension) or decision.reason,
         )
+        for dimension, decision in result.assignments.items()
+    }
     facts = data.facts
     return CachedCustomer(
         customer_id=customer_id,

@@ -1,0 +1,223 @@
+"""Event-to-change latency and time-driven lateness of the whole pipeline, in one run.
+
+    .venv/bin/python -m bench.bench_segmenter [--rate 5000] [--seconds 60] [--customers 20000]
+
+Runs one ingest and one segmenter process against the stack (own schema and topics), then:
+1. produces events of `--quiet` customers whose last interaction turns 7 days old during the
+   run, so their engagement moves from engaged to casual by time alone;
+2. produces live shopper events at `--rate` events/s for `--seconds`;
+3. reads the segment history: for changes caused by an event, latency = commit of the
+   change - the event's time (events carry their send time, so that is their arrival in
+   Kafka to within the producer's linger); for time-driven changes, lateness = evaluation
+   time - the moment the change became due.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+
+from bench.bench_ingest import stack_env
+from shared.db.engine import create_engine
+from shared.db.migrate import upgrade
+from shared.events import Login, OrderCancelled, OrderPlaced, OrderRefunded, encode_event
+from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
+from shared.workload import Workload
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDER_TYPES = (OrderPlaced, OrderRefunded, OrderCancelled)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    qs = statistics.quantiles(values, n=1000, method="inclusive")
+    return {
+        "n": len(values),
+        "p50_ms": round(qs[499] * 1000, 1),
+        "p95_ms": round(qs[949] * 1000, 1),
+        "p99_ms": round(qs[989] * 1000, 1),
+        "max_ms": round(max(values) * 1000, 1),
+    }
+
+
+async def produce_live(
+    bootstrap: str, orders: str, interactions: str, rate: float, seconds: float, customers: int
+) -> int:
+    now = datetime.now(UTC)
+    work = Workload(seed=11, customers=customers, start=now - timedelta(days=1), end=now)
+    producer = make_producer(bootstrap, client_id="bench-live")
+    await producer.start()
+    sent = 0
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pending = []
+        while loop.time() - started < seconds:
+            due = int((loop.time() - started) * rate)
+            while sent < due:
+                ev = work.event_at(datetime.now(UTC))
+                topic = orders if isinstance(ev, ORDER_TYPES) else interactions
+                pending.append(
+                    await producer.send(topic, encode_event(ev), key=ev.customer_id.encode())
+                )
+                sent += 1
+            if len(pending) > 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def produce_quiet(
+    bootstrap: str, topic: str, n: int, first_due: datetime, spread: float
+) -> None:
+    producer = make_producer(bootstrap, client_id="bench-quiet")
+    await producer.start()
+    try:
+        futures = []
+        for i in range(n):
+            due = first_due + timedelta(seconds=spread * i / n)
+            ev = Login(
+                event_id=f"q-{i}", customer_id=f"q{i:06d}", occurred_at=due - timedelta(days=7)
+            )
+            futures.append(
+                await producer.send(topic, encode_event(ev), key=ev.customer_id.encode())
+            )
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=5000)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--quiet", type=int, default=2000)
+    parser.add_argument("--warmup", type=float, default=10, help="seconds left out at the start")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    env = stack_env()
+    bootstrap, url = env["STREAMSEG_KAFKA_BOOTSTRAP"], env["STREAMSEG_DATABASE_URL"]
+    tag = uuid.uuid4().hex[:8]
+    schema = f"bench_{tag}"
+    orders, interactions, changes = (
+        f"bench-{n}-{tag}" for n in ("orders", "interactions", "changes")
+    )
+    topics = [orders, interactions, changes]
+    await ensure_topics(bootstrap, [TopicSpec(t, 4) for t in topics])
+    engine = create_engine(url, schema)
+    await upgrade(engine, schema)
+    service_env = env | {
+        "STREAMSEG_DATABASE_SCHEMA": schema,
+        "STREAMSEG_REDIS_KEY_PREFIX": f"bench:{tag}:",
+        "STREAMSEG_INGEST_ORDERS_TOPIC": orders,
+        "STREAMSEG_INGEST_INTERACTIONS_TOPIC": interactions,
+        "STREAMSEG_INGEST_GROUP_ID": f"bench-{tag}",
+        "STREAMSEG_INGEST_OPS_PORT": "0",
+        "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes,
+        "STREAMSEG_SEGMENTER_OPS_PORT": "0",
+        "PYTHONPATH": str(ROOT),
+    }
+    logs = ROOT / ".stack"
+    logs.mkdir(exist_ok=True)
+    procs = [
+        subprocess.Popen(  # noqa: ASYNC220 - started once, then only waited for
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=ROOT,
+            env=service_env,
+            stdout=(logs / f"bench-{name}.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for name in ("ingest", "segmenter")
+    ]
+    try:
+        await asyncio.sleep(3)
+        first_due = datetime.now(UTC) + timedelta(seconds=args.warmup + 5)
+        await produce_quiet(bootstrap, interactions, args.quiet, first_due, args.seconds / 2)
+        started = datetime.now(UTC)
+        sent = await produce_live(
+            bootstrap, orders, interactions, args.rate, args.seconds, args.customers
+        )
+        ended = datetime.now(UTC)
+        for _ in range(300):  # let the backlog drain, at most a minute
+            async with engine.connect() as conn:
+                due = (
+                    await conn.execute(
+                        text("SELECT count(*) FROM segmentation_queue WHERE due_at <= now()")
+                    )
+                ).scalar_one()
+            if due == 0:
+                break
+            await asyncio.sleep(0.2)
+        async with engine.connect() as conn:
+            event_rows = (
+                (
+                    await conn.execute(
+                        text(
+                            """
+                SELECT extract(epoch FROM evaluated_at - caused_by_event_at) AS s
+                FROM segment_history
+                WHERE cause = 'event' AND customer_id LIKE 'c%' AND evaluated_at > :from
+                """
+                        ),
+                        {"from": started + timedelta(seconds=args.warmup)},
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            time_rows = (
+                (
+                    await conn.execute(
+                        text(
+                            """
+                SELECT extract(epoch FROM h.evaluated_at
+                               - (a.last_interaction_at + interval '7 days')) AS s
+                FROM segment_history h JOIN customer_aggregates a USING (customer_id)
+                WHERE h.cause = 'time' AND h.customer_id LIKE 'q%' AND h.dimension = 'engagement'
+                """
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await engine.dispose()
+        await delete_topics(bootstrap, [*topics, dlq_topic(orders), dlq_topic(interactions)])
+    figures: dict[str, Any] = {
+        "offered_rate_per_s": args.rate,
+        "achieved_rate_per_s": round(sent / (ended - started).total_seconds()),
+        "seconds": args.seconds,
+        "event_to_change": percentiles([float(v) for v in event_rows]),
+        "time_driven_lateness": percentiles([float(v) for v in time_rows]),
+        "time_driven_expected": args.quiet,
+    }
+    print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+    if args.json:
+        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
