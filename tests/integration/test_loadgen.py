@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.events import decode_event
+from shared.events import Event, decode_event
 from shared.kafka import make_consumer
 from tests.conftest import ROOT, MakeTopic, unique
 
@@ -52,7 +52,7 @@ async def test_loadgen_sends_history_then_live_events(
         service_env["STREAMSEG_KAFKA_BOOTSTRAP"], orders, interactions, group_id=unique("g")
     )
     await consumer.start()
-    events = []
+    events: list[Event] = []
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(events) < 40 * 3 + 300:
