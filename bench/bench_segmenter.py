@@ -102,6 +102,22 @@ async def produce_quiet(
         await producer.stop()
 
 
+async def sample_backlogs(engine: Any, out: list[tuple[int, float]]) -> None:
+    """(customers due, age of the oldest) once a second, until cancelled."""
+    while True:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*), COALESCE(extract(epoch FROM now() - min(due_at)), 0)"
+                        " FROM segmentation_queue WHERE due_at <= now()"
+                    )
+                )
+            ).one()
+        out.append((int(row[0]), float(row[1])))
+        await asyncio.sleep(1)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
@@ -150,10 +166,13 @@ async def main() -> None:
         first_due = datetime.now(UTC) + timedelta(seconds=args.warmup + 5)
         await produce_quiet(bootstrap, interactions, args.quiet, first_due, args.seconds / 2)
         started = datetime.now(UTC)
+        samples: list[tuple[int, float]] = []
+        sampling = asyncio.create_task(sample_backlogs(engine, samples))
         sent = await produce_live(
             bootstrap, orders, interactions, args.rate, args.seconds, args.customers
         )
         ended = datetime.now(UTC)
+        sampling.cancel()
         for _ in range(300):  # let the backlog drain, at most a minute
             async with engine.connect() as conn:
                 due = (
@@ -213,6 +232,9 @@ async def main() -> None:
         "event_to_change": percentiles([float(v) for v in event_rows]),
         "time_driven_lateness": percentiles([float(v) for v in time_rows]),
         "time_driven_expected": args.quiet,
+        # Where a backlog built up, sampled each second during the live load.
+        "max_segmenter_due_customers": max((d for d, _ in samples), default=0),
+        "max_segmenter_oldest_due_s": round(max((a for _, a in samples), default=0.0), 2),
     }
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     if args.json:
