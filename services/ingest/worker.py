@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg
 import structlog
@@ -26,6 +25,7 @@ from services.ingest.batch import DeadLetter, Part, PreparedBatch, Screen, build
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.clock import Clock
+from shared.db.engine import pg_connection
 from shared.kafka import dlq_headers, dlq_topic, locate
 
 log = structlog.get_logger("ingest")
@@ -101,12 +101,14 @@ class IngestWorker:
     async def claim(self, assigned: Sequence[TopicPartition]) -> None:
         if not assigned:
             return
-        async with self._commit_lock, self._engine.connect() as sa_conn:
-            conn = await _driver(sa_conn)
-            async with conn.transaction():
-                owned = await repo.claim_partitions(
-                    conn, sorted((tp.topic, tp.partition) for tp in assigned), self._owner
-                )
+        async with (
+            self._commit_lock,
+            pg_connection(self._engine) as conn,
+            conn.transaction(),
+        ):
+            owned = await repo.claim_partitions(
+                conn, sorted((tp.topic, tp.partition) for tp in assigned), self._owner
+            )
         for o in owned:
             tp = TopicPartition(o.topic, o.partition)
             self._epochs[tp] = o.epoch
@@ -236,40 +238,38 @@ class IngestWorker:
         if letters:
             await self._send_dead_letters(letters)
         now = self._clock.now()
-        async with self._engine.connect() as sa_conn:
-            conn = await _driver(sa_conn)
-            async with conn.transaction():
-                await repo.advance_offsets(
-                    conn,
-                    [
-                        (
-                            repo.Ownership(p.tp.topic, p.tp.partition, p.start, p.epoch),
-                            p.end,
-                        )
-                        for p in sorted(prepared.parts, key=lambda p: (p.tp.topic, p.tp.partition))
-                    ],
-                )
-                ids = sorted(prepared.events)
-                fresh = await repo.keep_new_events(conn, ids, now)
-                if not fresh:
-                    return 0
-                changes = prepared.changes
-                if len(fresh) != len(ids):
-                    changes = build_changes(
-                        [prepared.events[i] for i in ids if i in fresh],
-                        self._settings.currency_rates,
-                        now - self._retention,
+        async with pg_connection(self._engine) as conn, conn.transaction():
+            await repo.advance_offsets(
+                conn,
+                [
+                    (
+                        repo.Ownership(p.tp.topic, p.tp.partition, p.start, p.epoch),
+                        p.end,
                     )
-                await repo.apply_orders(conn, changes.orders)
-                await repo.insert_interactions(conn, changes.window_rows)
-                await repo.touch_customers(conn, changes.touches)
-                await repo.refresh_order_aggregates(conn, changes.order_customers)
-                await repo.mark_for_segmentation(
-                    conn,
-                    [t.customer_id for t in changes.touches],
-                    now,
-                    [t.last_event_at or now for t in changes.touches],
+                    for p in sorted(prepared.parts, key=lambda p: (p.tp.topic, p.tp.partition))
+                ],
+            )
+            ids = sorted(prepared.events)
+            fresh = await repo.keep_new_events(conn, ids, now)
+            if not fresh:
+                return 0
+            changes = prepared.changes
+            if len(fresh) != len(ids):
+                changes = build_changes(
+                    [prepared.events[i] for i in ids if i in fresh],
+                    self._settings.currency_rates,
+                    now - self._retention,
                 )
+            await repo.apply_orders(conn, changes.orders)
+            await repo.insert_interactions(conn, changes.window_rows)
+            await repo.touch_customers(conn, changes.touches)
+            await repo.refresh_order_aggregates(conn, changes.order_customers)
+            await repo.mark_for_segmentation(
+                conn,
+                [t.customer_id for t in changes.touches],
+                now,
+                [t.last_event_at or now for t in changes.touches],
+            )
         return len(fresh)
 
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
@@ -323,14 +323,12 @@ class IngestWorker:
             return
         self._last_prune = time.monotonic()
         now = self._clock.now()
-        async with self._engine.connect() as sa_conn:
-            conn = await _driver(sa_conn)
-            async with conn.transaction():
-                dedup, inter = await repo.prune(
-                    conn,
-                    now - timedelta(days=self._settings.dedup_window_days),
-                    now - self._retention,
-                )
+        async with pg_connection(self._engine) as conn, conn.transaction():
+            dedup, inter = await repo.prune(
+                conn,
+                now - timedelta(days=self._settings.dedup_window_days),
+                now - self._retention,
+            )
         if dedup or inter:
             log.info("pruned", event_ids=dedup, interaction_rows=inter)
 
@@ -346,9 +344,3 @@ def _only(
     events = {eid: ev for eid, ev in prepared.events.items() if eid in ids}
     changes = build_changes(list(events.values()), settings.currency_rates, retention_start)
     return PreparedBatch(parts, events, changes, prepared.record_count)
-
-
-async def _driver(sa_conn: Any) -> asyncpg.Connection:
-    """The asyncpg connection under a SQLAlchemy one, for COPY and array-bound statements."""
-    raw = await sa_conn.get_raw_connection()
-    return raw.driver_connection

@@ -18,7 +18,7 @@ from services.segmenter.outbox import OutboxPublisher
 from services.segmenter.settings import SegmenterSettings
 from services.segmenter.worker import Evaluator, Ruleset, evaluate_loop
 from shared.clock import Clock, clock_from_setting
-from shared.db.engine import create_engine
+from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import SchemaBehindError, require_current
 from shared.health import check_kafka, check_postgres, check_redis, overall
 from shared.kafka import TopicSpec, ensure_topics
@@ -59,8 +59,7 @@ async def backlog_loop(
     engine: Any, clock: Clock, metrics: SegmenterMetrics, stopping: asyncio.Event
 ) -> None:
     while not stopping.is_set():
-        async with engine.connect() as sa_conn:
-            conn: Any = (await sa_conn.get_raw_connection()).driver_connection
+        async with pg_connection(engine) as conn:
             due, age = await repo.backlog(conn, clock.now())
             metrics.backlog.set(due)
             metrics.backlog_age.set(age)
@@ -89,8 +88,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
         await ensure_topics(
             conn.kafka_bootstrap, [TopicSpec(settings.changes_topic, settings.topic_partitions)]
         )
-        async with engine.begin() as sa_conn:
-            raw: Any = (await sa_conn.get_raw_connection()).driver_connection
+        async with pg_connection(engine) as raw, raw.transaction():
             version = await repo.ensure_definitions(
                 raw, definitions.source, definitions.content_hash
             )

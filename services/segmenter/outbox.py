@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
+from shared.db.engine import pg_connection
 from shared.events import CLOUDEVENTS_CONTENT_TYPE
 from shared.kafka import make_producer
 
@@ -70,8 +71,7 @@ class OutboxPublisher:
         await self._close_producer()
 
     async def _lead(self, stopping: asyncio.Event) -> None:
-        async with self._engine.connect() as sa_conn:
-            conn: Any = (await sa_conn.get_raw_connection()).driver_connection
+        async with pg_connection(self._engine) as conn:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", PUBLISHER_LOCK_KEY):
                 await _sleep_unless(stopping, 1.0)
                 return

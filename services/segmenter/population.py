@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.segmenter import repository as repo
 from services.segmenter.worker import Ruleset
+from shared.db.engine import pg_connection
 from shared.segmentation import (
     MetricValue,
     PopulationStats,
@@ -34,33 +35,31 @@ async def recompute(engine: AsyncEngine, ruleset: Ruleset, now: datetime) -> int
     defs = ruleset.definitions
     if not defs.population_metrics:
         return 0
-    async with engine.connect() as sa_conn:
-        conn: Any = (await sa_conn.get_raw_connection()).driver_connection
-        async with conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RECOMPUTE_LOCK_KEY):
-                return None
-            samples: dict[str, dict[str, MetricValue]] = {}
-            after = ""
-            while True:
-                ids = await repo.customer_ids_after(conn, after, CHUNK)
-                if not ids:
-                    break
-                after = ids[-1]
-                loaded_chunk = await repo.load_customers(
-                    conn, ids, now, with_interactions=ruleset.counts_interactions
-                )
-                for cid, loaded in loaded_chunk.items():
-                    samples[cid] = population_sample(defs, loaded.facts, now)
-            columns = {m: [s[m] for s in samples.values()] for m in defs.population_metrics}
-            stats = compute_population_stats(defs, columns)
-            old = ruleset.population if ruleset.population_id is not None else None
-            if old is not None and old.to_dict() == stats.to_dict():
-                return 0
-            stats_id = await repo.save_population_stats(
-                conn, ruleset.version, now, len(samples), stats.to_dict()
+    async with pg_connection(engine) as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RECOMPUTE_LOCK_KEY):
+            return None
+        samples: dict[str, dict[str, MetricValue]] = {}
+        after = ""
+        while True:
+            ids = await repo.customer_ids_after(conn, after, CHUNK)
+            if not ids:
+                break
+            after = ids[-1]
+            loaded_chunk = await repo.load_customers(
+                conn, ids, now, with_interactions=ruleset.counts_interactions
             )
-            affected = moved_customers(ruleset, old, stats, samples)
-            await repo.schedule(conn, [(cid, now) for cid in sorted(affected)], "population")
+            for cid, loaded in loaded_chunk.items():
+                samples[cid] = population_sample(defs, loaded.facts, now)
+        columns = {m: [s[m] for s in samples.values()] for m in defs.population_metrics}
+        stats = compute_population_stats(defs, columns)
+        old = ruleset.population if ruleset.population_id is not None else None
+        if old is not None and old.to_dict() == stats.to_dict():
+            return 0
+        stats_id = await repo.save_population_stats(
+            conn, ruleset.version, now, len(samples), stats.to_dict()
+        )
+        affected = moved_customers(ruleset, old, stats, samples)
+        await repo.schedule(conn, [(cid, now) for cid in sorted(affected)], "population")
     ruleset.population, ruleset.population_id = stats, stats_id
     log.info(
         "population_recomputed", customers=len(samples), queued=len(affected), stats=stats.to_dict()
@@ -102,8 +101,7 @@ def moved_customers(
 
 async def refresh(engine: AsyncEngine, ruleset: Ruleset) -> bool:
     """Load newer stats computed by another process; True when they changed."""
-    async with engine.connect() as sa_conn:
-        conn: Any = (await sa_conn.get_raw_connection()).driver_connection
+    async with pg_connection(engine) as conn:
         latest = await repo.latest_population_stats(conn, ruleset.version)
     if latest is None or latest[0] == ruleset.population_id:
         return False

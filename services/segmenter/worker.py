@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from shared.clock import Clock
+from shared.db.engine import pg_connection
 from shared.events.segment_change import SegmentChange, segment_change_event
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 from shared.segmentation import (
@@ -86,27 +87,25 @@ class Evaluator:
         rules = self.ruleset
         started = time.perf_counter()
         writes = Writes()
-        async with self._engine.connect() as sa_conn:
-            conn: Any = (await sa_conn.get_raw_connection()).driver_connection
-            async with conn.transaction():
-                due = await repo.claim_due(conn, now, self._batch_size)
-                if not due:
-                    return 0
-                ids = [d.customer_id for d in due]
-                loaded = await repo.load_customers(
-                    conn, ids, now, with_interactions=rules.counts_interactions
-                )
-                states = await repo.load_states(conn, ids)
-                for item in due:
-                    data = loaded.get(item.customer_id)
-                    if data is None:
-                        continue  # erased, or queued before its first aggregate committed
-                    state = states.get(item.customer_id) or repo.State(0, 0, {}, {})
-                    self._evaluate_one(item, data, state, now, rules, writes)
-                await repo.save_evaluations(conn, writes.evaluations)
-                await repo.save_segments(conn, writes.segments)
-                await repo.insert_changes(conn, writes.history, writes.payloads)
-                await repo.schedule(conn, writes.wakeups, "time")
+        async with pg_connection(self._engine) as conn, conn.transaction():
+            due = await repo.claim_due(conn, now, self._batch_size)
+            if not due:
+                return 0
+            ids = [d.customer_id for d in due]
+            loaded = await repo.load_customers(
+                conn, ids, now, with_interactions=rules.counts_interactions
+            )
+            states = await repo.load_states(conn, ids)
+            for item in due:
+                data = loaded.get(item.customer_id)
+                if data is None:
+                    continue  # erased, or queued before its first aggregate committed
+                state = states.get(item.customer_id) or repo.State(0, 0, {}, {})
+                self._evaluate_one(item, data, state, now, rules, writes)
+            await repo.save_evaluations(conn, writes.evaluations)
+            await repo.save_segments(conn, writes.segments)
+            await repo.insert_changes(conn, writes.history, writes.payloads)
+            await repo.schedule(conn, writes.wakeups, "time")
         self._metrics.evaluations.inc(len(writes.evaluations))
         self._metrics.evaluation_seconds.observe(time.perf_counter() - started)
         self._observe_lateness(due, now)

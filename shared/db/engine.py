@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -45,3 +48,12 @@ def create_engine(
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
     """Sessions that never expire loaded rows on commit: the services read, then commit."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def pg_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The asyncpg connection under a pooled SQLAlchemy one, for the hot paths that need
+    COPY and array-bound statements. The caller opens its own transaction on it."""
+    async with engine.connect() as sa_conn:
+        raw = await sa_conn.get_raw_connection()
+        yield raw.driver_connection

@@ -16,6 +16,7 @@ from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.worker import Evaluator, Ruleset
 from shared.clock import Clock
+from shared.db.engine import pg_connection
 from shared.segment_cache import SegmentCache
 from shared.segmentation import PopulationStats, default_definitions
 from shared.segmentation.facts import Interaction
@@ -33,47 +34,44 @@ class History:
 async def seed(engine: AsyncEngine, histories: Sequence[History], marked_at: datetime) -> None:
     """Write the customers' orders and interactions with ingest's repository, and mark them
     for segmentation as ingest does."""
-    async with engine.connect() as sa_conn:
-        conn: Any = (await sa_conn.get_raw_connection()).driver_connection
-        async with conn.transaction():
-            orders = [
-                ingest.OrderChange(h.customer_id, f"o{i}", placed_at=at, amount=amount)
-                for h in histories
-                for i, (at, amount) in enumerate(h.orders)
-            ]
-            await ingest.apply_orders(conn, orders)
-            await ingest.insert_interactions(
-                conn, [(h.customer_id, i.at, i.type) for h in histories for i in h.interactions]
-            )
-            touches = []
-            for h in sorted(histories, key=lambda h: h.customer_id):
-                counts: dict[str, int] = {}
-                for i in h.interactions:
-                    counts[i.type] = counts.get(i.type, 0) + 1
-                times = [i.at for i in h.interactions]
-                carts = [i.at for i in h.interactions if i.type == "add_to_cart"]
-                touches.append(
-                    ingest.CustomerTouch(
-                        h.customer_id,
-                        counts,
-                        max(times, default=None),
-                        max(carts, default=None),
-                        max(times + [at for at, _ in h.orders], default=marked_at),
-                    )
+    async with pg_connection(engine) as conn, conn.transaction():
+        orders = [
+            ingest.OrderChange(h.customer_id, f"o{i}", placed_at=at, amount=amount)
+            for h in histories
+            for i, (at, amount) in enumerate(h.orders)
+        ]
+        await ingest.apply_orders(conn, orders)
+        await ingest.insert_interactions(
+            conn, [(h.customer_id, i.at, i.type) for h in histories for i in h.interactions]
+        )
+        touches = []
+        for h in sorted(histories, key=lambda h: h.customer_id):
+            counts: dict[str, int] = {}
+            for i in h.interactions:
+                counts[i.type] = counts.get(i.type, 0) + 1
+            times = [i.at for i in h.interactions]
+            carts = [i.at for i in h.interactions if i.type == "add_to_cart"]
+            touches.append(
+                ingest.CustomerTouch(
+                    h.customer_id,
+                    counts,
+                    max(times, default=None),
+                    max(carts, default=None),
+                    max(times + [at for at, _ in h.orders], default=marked_at),
                 )
-            await ingest.touch_customers(conn, touches)
-            ids = [t.customer_id for t in touches]
-            await ingest.refresh_order_aggregates(conn, ids)
-            await ingest.mark_for_segmentation(
-                conn, ids, marked_at, [t.last_event_at or marked_at for t in touches]
             )
+        await ingest.touch_customers(conn, touches)
+        ids = [t.customer_id for t in touches]
+        await ingest.refresh_order_aggregates(conn, ids)
+        await ingest.mark_for_segmentation(
+            conn, ids, marked_at, [t.last_event_at or marked_at for t in touches]
+        )
 
 
 async def ruleset(engine: AsyncEngine, population: PopulationStats | None = None) -> Ruleset:
     """The default definitions, stored as the segmenter stores them."""
     defs = default_definitions()
-    async with engine.begin() as sa_conn:
-        conn: Any = (await sa_conn.get_raw_connection()).driver_connection
+    async with pg_connection(engine) as conn, conn.transaction():
         version = await repo.ensure_definitions(conn, defs.source, defs.content_hash)
     return Ruleset(defs, version, population or PopulationStats(), None)
 
