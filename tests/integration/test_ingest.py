@@ -210,10 +210,16 @@ async def test_bad_records_go_to_the_dead_letter_topic(harness: Harness) -> None
             harness.topics.orders if reason == "unknown_currency" else harness.topics.interactions
         )
         records.insert(rng.randrange(len(records)), (topic, reason.encode(), value))
+    port = free_port()
+    harness.env["STREAMSEG_INGEST_OPS_PORT"] = str(port)
     harness.worker()
     produced = await produce(harness.bootstrap, records)
     await harness.wait_caught_up(produced)
     await harness.assert_exact(good)
+    async with httpx.AsyncClient(timeout=5) as client:
+        metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    for reason in bad_values:
+        assert f'reason="{reason}"' in metrics, reason
 
     found: dict[str, tuple[bytes, dict[str, bytes]]] = {}
     consumer = AIOKafkaConsumer(
