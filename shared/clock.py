@@ -1,8 +1,9 @@
 """Injectable clocks, so that replays, backfills and tests are deterministic.
 
 A service's `clock` setting (e.g. STREAMSEG_SEGMENTER_CLOCK) selects one: `system` (the
-default), `fixed:<RFC 3339>` (time stands still until moved), or `offset:<seconds>` (the
-system clock shifted).
+default), `fixed:<RFC 3339>` (time stands still until moved), `offset:<seconds>` (the
+system clock shifted), or `event-time` (the latest event time ingested, for replays and
+backfills: time moves as the events do).
 """
 
 from __future__ import annotations
@@ -46,6 +47,24 @@ class FixedClock:
         self._at += delta
 
 
+class EventTimeClock:
+    """Time is the latest event time seen; whoever owns the clock moves it with `advance_to`."""
+
+    # Before any event, nothing can be due: the earliest time an event may carry.
+    START = datetime(2000, 1, 1, tzinfo=UTC)
+
+    def __init__(self) -> None:
+        self._at = self.START
+
+    def now(self) -> datetime:
+        return self._at
+
+    def advance_to(self, watermark: datetime | None) -> None:
+        """Move forward to `watermark`; event time never runs backwards."""
+        if watermark is not None and watermark > self._at:
+            self._at = watermark
+
+
 def clock_from_setting(value: str) -> Clock:
     """Parse a STREAMSEG_CLOCK value; raise ValueError naming what is wrong."""
     kind, _, arg = value.partition(":")
@@ -56,6 +75,10 @@ def clock_from_setting(value: str) -> Clock:
         if at.tzinfo is None:
             raise ValueError(f"clock {value!r}: the fixed time needs a timezone")
         return FixedClock(at)
+    if value == "event-time":
+        return EventTimeClock()
     if kind == "offset":
         return OffsetClock(timedelta(seconds=float(arg)))
-    raise ValueError(f"clock {value!r}: expected system, fixed:<RFC 3339> or offset:<seconds>")
+    raise ValueError(
+        f"clock {value!r}: expected system, fixed:<RFC 3339>, offset:<seconds> or event-time"
+    )

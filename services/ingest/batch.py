@@ -42,6 +42,7 @@ class Part:
     epoch: int
     start: int
     end: int
+    max_event_at: datetime | None = None
     event_ids: list[str] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
@@ -166,6 +167,8 @@ def prepare(
                 part.dead_letters.append(DeadLetter(rec, str(exc.reason), str(exc)))
                 continue
             part.event_ids.append(event.event_id)
+            if part.max_event_at is None or event.occurred_at > part.max_event_at:
+                part.max_event_at = event.occurred_at
             events.setdefault(event.event_id, event)
         if part.end > part.start:
             fetched[tp] = part.end

@@ -70,7 +70,9 @@ async def claim_partitions(
 
 
 async def advance_offsets(
-    conn: asyncpg.Connection, advances: Sequence[tuple[Ownership, int]]
+    conn: asyncpg.Connection,
+    advances: Sequence[tuple[Ownership, int]],
+    max_event_at: Sequence[datetime | None] | None = None,
 ) -> None:
     """Move each partition's offset, but only while we still hold its epoch.
 
@@ -79,8 +81,10 @@ async def advance_offsets(
     """
     rows = await conn.fetch(
         """
-        UPDATE ingest_offsets AS o SET next_offset = u.n, updated_at = now()
-        FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS u(t, p, e, n)
+        UPDATE ingest_offsets AS o SET next_offset = u.n, updated_at = now(),
+            max_event_at = GREATEST(o.max_event_at, u.m)
+        FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::timestamptz[])
+            AS u(t, p, e, n, m)
         WHERE o.topic = u.t AND o.partition = u.p AND o.owner_epoch = u.e
         RETURNING o.topic, o.partition
         """,
@@ -88,6 +92,7 @@ async def advance_offsets(
         [o.partition for o, _ in advances],
         [o.epoch for o, _ in advances],
         [n for _, n in advances],
+        list(max_event_at) if max_event_at is not None else [None] * len(advances),
     )
     if len(rows) != len(advances):
         kept = {(r["topic"], r["partition"]) for r in rows}
@@ -261,6 +266,12 @@ async def mark_for_segmentation(
         list(cause_event_at),
         len(customer_ids),
     )
+
+
+async def event_time_watermark(conn: asyncpg.Connection) -> datetime | None:
+    """The latest event time ingested on any partition: "now" for the event-time clock."""
+    value: datetime | None = await conn.fetchval("SELECT max(max_event_at) FROM ingest_offsets")
+    return value
 
 
 async def prune(

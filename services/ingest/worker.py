@@ -239,15 +239,14 @@ class IngestWorker:
             await self._send_dead_letters(letters)
         now = self._clock.now()
         async with pg_connection(self._engine) as conn, conn.transaction():
+            parts = sorted(prepared.parts, key=lambda p: (p.tp.topic, p.tp.partition))
             await repo.advance_offsets(
                 conn,
                 [
-                    (
-                        repo.Ownership(p.tp.topic, p.tp.partition, p.start, p.epoch),
-                        p.end,
-                    )
-                    for p in sorted(prepared.parts, key=lambda p: (p.tp.topic, p.tp.partition))
+                    (repo.Ownership(p.tp.topic, p.tp.partition, p.start, p.epoch), p.end)
+                    for p in parts
                 ],
+                [p.max_event_at for p in parts],
             )
             ids = sorted(prepared.events)
             fresh = await repo.keep_new_events(conn, ids, now)

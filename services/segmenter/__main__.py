@@ -11,13 +11,14 @@ from typing import Any
 
 import structlog
 
+from services.ingest.repository import event_time_watermark
 from services.segmenter import population
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
 from services.segmenter.settings import SegmenterSettings
 from services.segmenter.worker import Evaluator, Ruleset, evaluate_loop
-from shared.clock import Clock, clock_from_setting
+from shared.clock import Clock, EventTimeClock, clock_from_setting
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import SchemaBehindError, require_current
 from shared.health import check_kafka, check_postgres, check_redis, overall
@@ -66,6 +67,15 @@ async def backlog_loop(
             metrics.outbox.set(await repo.outbox_size(conn))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), 2.0)
+
+
+async def event_time_loop(engine: Any, clock: EventTimeClock, stopping: asyncio.Event) -> None:
+    """Follow ingest's watermark, so replays and backfills see time move with their events."""
+    while not stopping.is_set():
+        async with pg_connection(engine) as pg:
+            clock.advance_to(await event_time_watermark(pg))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.2)
 
 
 async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
@@ -117,6 +127,8 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             population_loop(engine, ruleset, clock, settings, stopping),
             backlog_loop(engine, clock, metrics, stopping),
         ]
+        if isinstance(clock, EventTimeClock):
+            jobs.append(event_time_loop(engine, clock, stopping))
         tasks = [asyncio.create_task(job) for job in jobs]
 
         async def liveness() -> dict[str, object]:

@@ -121,6 +121,11 @@ async def test_aggregates_match_the_checker(harness: Harness) -> None:
     async with harness.engine.connect() as conn:
         queued = (await conn.execute(text("SELECT count(*) FROM segmentation_queue"))).scalar()
     assert queued == len({e.customer_id for e in events})
+    async with harness.engine.connect() as conn:
+        watermark = (
+            await conn.execute(text("SELECT max(max_event_at) FROM ingest_offsets"))
+        ).scalar_one()
+    assert watermark == max(e.occurred_at for e in events)
 
 
 async def test_duplicates_and_reordering_change_nothing(harness: Harness) -> None:

@@ -398,3 +398,60 @@ async def test_moved_cut_off_requeues_exactly_the_customers_it_crosses(
     assert moved.reason.startswith("cut-offs recomputed")
     tiers = {c: s for (c, d), s in (await segments(engine)).items() if d == "value_tier"}
     assert {c for c, s in tiers.items() if s == "vip"} == {f"t{i}" for i in range(10)}
+
+
+async def test_event_time_clock_moves_with_the_ingested_watermark(
+    engine: AsyncEngine, service_env: dict[str, str], changes_topic: str, tmp_path: Any
+) -> None:
+    last_order = NOW - 89 * DAY
+    await seed(
+        engine,
+        [
+            History(
+                "replayed", orders=[(last_order - 100 * DAY, Decimal(5)), (last_order, Decimal(9))]
+            )
+        ],
+        NOW,
+    )
+
+    async def set_watermark(at: datetime) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO ingest_offsets (topic, partition, max_event_at)"
+                    " VALUES ('orders', 0, :at) ON CONFLICT (topic, partition)"
+                    " DO UPDATE SET max_event_at = :at"
+                ),
+                {"at": at},
+            )
+
+    async def lifecycle_is(segment: str) -> bool:
+        return (await segments(engine)).get(("replayed", "lifecycle")) == segment
+
+    await set_watermark(NOW)
+    log = (tmp_path / "segmenter.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.segmenter"],
+        cwd=ROOT,
+        env=service_env
+        | {
+            "STREAMSEG_SEGMENTER_CLOCK": "event-time",
+            "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes_topic,
+            "STREAMSEG_SEGMENTER_OPS_PORT": "0",
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        await eventually(lambda: lifecycle_is("active"), within_seconds=30, message="active")
+        # The replay reaches a day past the 90-day mark: the customer is at risk then.
+        await set_watermark(NOW + 2 * DAY)
+        await eventually(lambda: lifecycle_is("at_risk"), within_seconds=10, message="at_risk")
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
+    evaluated = await scalar(
+        engine, "SELECT evaluated_at FROM customer_evaluations WHERE customer_id = 'replayed'"
+    )
+    assert evaluated == NOW + 2 * DAY  # event time, not the wall clock

@@ -35,6 +35,8 @@ def upgrade() -> None:
             topic text NOT NULL,
             partition integer NOT NULL,
             next_offset bigint NOT NULL DEFAULT 0,
+            -- Latest event time seen on the partition: the watermark of the event-time clock.
+            max_event_at timestamptz,
             owner_epoch bigint NOT NULL DEFAULT 0,
             owner text,
             updated_at timestamptz NOT NULL DEFAULT now(),
