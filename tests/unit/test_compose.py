@@ -487,7 +487,9 @@ def test_stack_sh_prints_and_honours_the_required_connection_settings() -> None:
             assert f'[ -n "${{{name}:-}}" ]' in text, f"stack.sh ignores an existing {name}"
 
 
-_DOC_ROW = re.compile(r"^\|\s*`(STREAMSEG_[A-Z0-9_]+)`\s*\|\s*(required|`[^`]*`)\s*\|", re.M)
+_DOC_ROW = re.compile(
+    r"^\|\s*`(STREAMSEG_[A-Z0-9_]+)`\s*\|\s*(required|\(none\)|`[^`]*`)\s*\|", re.M
+)
 
 
 def documented_defaults() -> dict[str, str]:
@@ -529,6 +531,9 @@ def test_configuration_doc_defaults_are_the_class_defaults() -> None:
             continue
         assert cell != "required", f"{name} has a default; the doc says required"
         assert field.annotation is not None, name
+        if cell == "(none)":
+            assert field.get_default() is None, f"{name}: doc says no default, the class has one"
+            continue
         raw: Any = json.loads(cell) if cell.startswith(("{", "[")) else cell
         documented = TypeAdapter(field.annotation).validate_python(raw)
         actual = field.get_default(call_default_factory=True)
