@@ -28,7 +28,12 @@ from shared.logging import configure_logging
 from shared.ops import OpsServer
 from shared.redis import make_redis
 from shared.segment_cache import SegmentCache
-from shared.segmentation import PopulationStats, default_definitions, load_definitions
+from shared.segmentation import (
+    DefinitionError,
+    PopulationStats,
+    default_definitions,
+    load_definitions,
+)
 from shared.settings import ConnectionSettings
 
 log = structlog.get_logger("segmenter")
@@ -99,9 +104,13 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             conn.kafka_bootstrap, [TopicSpec(settings.changes_topic, settings.topic_partitions)]
         )
         async with pg_connection(engine) as raw, raw.transaction():
-            version = await repo.ensure_definitions(
+            version, is_new = await repo.ensure_definitions(
                 raw, definitions.source, definitions.content_hash
             )
+            if is_new:
+                # Rules changed: every customer is evaluated again under them.
+                queued = await repo.requeue_everyone(raw, clock.now(), "definitions")
+                log.info("definitions_loaded", version=version, requeued=queued)
         ruleset = Ruleset(definitions, version, PopulationStats(), None)
         await population.refresh(engine, ruleset)
         metrics = SegmenterMetrics()
@@ -178,6 +187,9 @@ def cli() -> None:
     except SchemaBehindError as exc:
         log.error("schema_behind", error=str(exc))
         sys.exit(3)
+    except DefinitionError as exc:
+        log.error("definitions_invalid", problems=[str(p) for p in exc.problems])
+        sys.exit(2)
 
 
 if __name__ == "__main__":

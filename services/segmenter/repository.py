@@ -65,8 +65,11 @@ class HistoryRow:
     sequence: int
 
 
-async def ensure_definitions(conn: asyncpg.Connection, content: str, content_hash: str) -> int:
-    """The version number of these definitions, stored as a new version if they are new."""
+async def ensure_definitions(
+    conn: asyncpg.Connection, content: str, content_hash: str
+) -> tuple[int, bool]:
+    """The version number of these definitions, stored as a new version if they are new;
+    and whether they were new."""
     version = await conn.fetchval(
         """
         INSERT INTO segment_definitions (content, content_hash) VALUES ($1, $2)
@@ -75,11 +78,27 @@ async def ensure_definitions(conn: asyncpg.Connection, content: str, content_has
         content,
         content_hash,
     )
-    if version is None:
-        version = await conn.fetchval(
-            "SELECT version FROM segment_definitions WHERE content_hash = $1", content_hash
-        )
-    return int(version)
+    if version is not None:
+        return int(version), True
+    version = await conn.fetchval(
+        "SELECT version FROM segment_definitions WHERE content_hash = $1", content_hash
+    )
+    return int(version), False
+
+
+async def requeue_everyone(conn: asyncpg.Connection, now: datetime, cause: str) -> int:
+    """Queue every customer now (new definitions apply to all); returns how many."""
+    status = await conn.execute(
+        """
+        INSERT INTO segmentation_queue AS q (customer_id, due_at, cause)
+        SELECT customer_id, $1, $2 FROM customer_aggregates
+        ON CONFLICT (customer_id) DO UPDATE SET
+            due_at = LEAST(q.due_at, EXCLUDED.due_at), cause = EXCLUDED.cause
+        """,
+        now,
+        cause,
+    )
+    return int(status.split()[-1])
 
 
 async def latest_population_stats(

@@ -38,6 +38,7 @@ _event_encoder = msgspec.json.Encoder()
 WINDOWED_INTERACTION_METRICS = frozenset({"interactions_7d", "interactions_30d"})
 CAUSE_NOTE = {
     "population": "cut-offs recomputed from the population; ",
+    "definitions": "new segment definitions; ",
     "time": "time passed; ",
     "event": "",
 }

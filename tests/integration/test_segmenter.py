@@ -455,3 +455,94 @@ async def test_event_time_clock_moves_with_the_ingested_watermark(
         engine, "SELECT evaluated_at FROM customer_evaluations WHERE customer_id = 'replayed'"
     )
     assert evaluated == NOW + 2 * DAY  # event time, not the wall clock
+
+
+def _run_segmenter(env: dict[str, str], log_path: Any) -> Any:
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.segmenter"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    return proc
+
+
+async def test_new_definitions_reevaluate_everyone_and_say_so(
+    engine: AsyncEngine,
+    cache: SegmentCache,
+    service_env: dict[str, str],
+    changes_topic: str,
+    tmp_path: Any,
+) -> None:
+    # Last seen 5 days ago: engaged under the defaults (< 7 days), casual under a 3-day rule.
+    await seed(engine, [History("e1", interactions=[Interaction(NOW - 5 * DAY, "login")])], NOW)
+    rules = await ruleset(engine)
+    await run_until_idle(evaluator(engine, cache, FixedClock(NOW), rules))
+    assert (await segments(engine))[("e1", "engagement")] == "engaged"
+
+    stricter = (ROOT / "shared/segmentation/definitions/default.yaml").read_text()
+    stricter = stricter.replace(
+        "days_since_last_interaction < 7", "days_since_last_interaction < 3"
+    )
+    stricter = stricter.replace(
+        "days_since_last_interaction >= 7", "days_since_last_interaction >= 3"
+    )
+    path = tmp_path / "stricter.yaml"
+    path.write_text(stricter)
+    proc = _run_segmenter(
+        service_env
+        | {
+            "STREAMSEG_SEGMENTER_DEFINITIONS_PATH": str(path),
+            "STREAMSEG_SEGMENTER_CLOCK": f"fixed:{NOW.isoformat()}",
+            "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes_topic,
+            "STREAMSEG_SEGMENTER_OPS_PORT": "0",
+        },
+        tmp_path / "segmenter.log",
+    )
+    try:
+
+        async def casual() -> bool:
+            return (await segments(engine)).get(("e1", "engagement")) == "casual"
+
+        await eventually(casual, within_seconds=30, message="re-evaluated under new rules")
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT cause, reason, definition_version FROM segment_history"
+                    " WHERE customer_id = 'e1' AND to_segment = 'casual'"
+                )
+            )
+        ).one()
+    assert row.cause == "definitions"
+    assert row.reason.startswith("new segment definitions")
+    assert row.definition_version == rules.version + 1
+
+
+async def test_invalid_definitions_stop_the_segmenter_naming_the_rule(
+    service_env: dict[str, str], tmp_path: Any
+) -> None:
+    broken = (ROOT / "shared/segmentation/definitions/default.yaml").read_text()
+    broken = broken.replace("days_since_last_interaction < 7", "days_since_last_interactoin < 7")
+    path = tmp_path / "broken.yaml"
+    path.write_text(broken)
+    proc = _run_segmenter(
+        service_env
+        | {
+            "STREAMSEG_SEGMENTER_DEFINITIONS_PATH": str(path),
+            "STREAMSEG_SEGMENTER_OPS_PORT": "0",
+            "STREAMSEG_LOG_JSON": "false",
+        },
+        tmp_path / "segmenter.log",
+    )
+    code = await asyncio.to_thread(proc.wait, 60)
+    output = (tmp_path / "segmenter.log").read_text()
+    assert code == 2, output
+    assert "engagement/engaged" in output
+    assert "days_since_last_interactoin" in output

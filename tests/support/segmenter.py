@@ -72,7 +72,7 @@ async def ruleset(engine: AsyncEngine, population: PopulationStats | None = None
     """The default definitions, stored as the segmenter stores them."""
     defs = default_definitions()
     async with pg_connection(engine) as conn, conn.transaction():
-        version = await repo.ensure_definitions(conn, defs.source, defs.content_hash)
+        version, _ = await repo.ensure_definitions(conn, defs.source, defs.content_hash)
     return Ruleset(defs, version, population or PopulationStats(), None)
 
 
