@@ -429,20 +429,15 @@ async def test_event_time_clock_moves_with_the_ingested_watermark(
         return (await segments(engine)).get(("replayed", "lifecycle")) == segment
 
     await set_watermark(NOW)
-    log = (tmp_path / "segmenter.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.segmenter"],
-        cwd=ROOT,
-        env=service_env
+    proc = _run_segmenter(
+        service_env
         | {
             "STREAMSEG_SEGMENTER_CLOCK": "event-time",
             "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes_topic,
             "STREAMSEG_SEGMENTER_OPS_PORT": "0",
         },
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        tmp_path / "segmenter.log",
     )
-    log.close()
     try:
         await eventually(lambda: lifecycle_is("active"), within_seconds=30, message="active")
         # The replay reaches a day past the 90-day mark: the customer is at risk then.
