@@ -58,12 +58,29 @@ wait_healthy ingest http://127.0.0.1:8101/readyz
 wait_healthy segmenter http://127.0.0.1:8102/readyz
 wait_healthy api http://127.0.0.1:8100/readyz
 
+# A key for the examples below; each run makes a new one (list and revoke them with
+# `python -m services.api.keys`).
+KEY=$(.venv/bin/python -m services.api.keys create --name "make run $(date -u +%FT%TZ)" \
+  --scope segments:read 2>/dev/null | sed -n 's/^key: *//p')
+[ -n "$KEY" ] || { echo "[run] ERROR: could not create an API key" >&2; exit 1; }
+
+# Live traffic: a history of past shoppers first, then new events every second.
+.venv/bin/python -m services.loadgen --rate "${STREAMSEG_RUN_RATE:-50}" \
+  --customers "${STREAMSEG_RUN_CUSTOMERS:-2000}" --seed "${STREAMSEG_RUN_SEED:-1}" \
+  >"$LOGS/loadgen.log" 2>&1 &
+pids+=($!)
+echo "[run] load generator started (pid $!, log $LOGS/loadgen.log)" >&2
+
 cat <<MSG
-StreamSeg is running. Ctrl-C stops everything.
-  API:      http://127.0.0.1:8100   (docs: http://127.0.0.1:8100/docs)
-  ingest:   http://127.0.0.1:8101/metrics
-  segmenter http://127.0.0.1:8102/metrics
-  logs:     $LOGS
+
+StreamSeg is running with live shopper traffic. Ctrl-C stops everything.
+  API:        http://127.0.0.1:8100        docs: http://127.0.0.1:8100/docs
+  API key:    $KEY
+  try:        curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:8100/v1/customers/c0000000/segments
+              curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:8100/v1/segments
+              curl -N -H "Authorization: Bearer $KEY" http://127.0.0.1:8100/v1/changes/stream
+  metrics:    http://127.0.0.1:8100/metrics  http://127.0.0.1:8101/metrics  http://127.0.0.1:8102/metrics
+  logs:       $LOGS
 MSG
 wait -n "${pids[@]}" || true
 echo "[run] a service exited; see $LOGS" >&2

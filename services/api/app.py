@@ -2,64 +2,84 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
-from shared.db.engine import create_engine
-from shared.db.migrate import require_current
-from shared.health import check_kafka, check_postgres, check_redis, overall
-from shared.redis import make_redis
+from services.api.auth.routes import router as admin_router
+from services.api.changes.routes import router as changes_router
+from services.api.customers.routes import router as customers_router
+from services.api.deps import SECURITY, SECURITY_SCHEMES
+from services.api.errors import install_error_handlers
+from services.api.health.routes import router as health_router
+from services.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from services.api.resources import StreamControl, open_resources
+from services.api.segments.routes import router as segments_router
+from services.api.settings import ApiSettings
+from services.api.stats.routes import router as stats_router
 from shared.settings import ConnectionSettings
 
+DESCRIPTION = """\
+Customers' current segments for storefronts, segment definitions and sizes, transition
+statistics, and the change stream for tools that do not speak Kafka.
 
-def create_app(conn: ConnectionSettings) -> FastAPI:
+Every `/v1` endpoint needs an API key (`Authorization: Bearer <key>` or `X-API-Key`) with the
+scope it names; errors are `{"error": code, "detail": text}`. See docs/api.md.
+"""
+
+
+def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) -> FastAPI:
     """Build the app; PostgreSQL, Redis and the schema check are set up in the lifespan."""
+    api_settings = settings if settings is not None else ApiSettings()
+    streams = StreamControl()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(conn.database_url, conn.database_schema, application_name="api")
-        await require_current(engine, conn.database_schema)
-        redis = make_redis(conn.redis_url)
-        app.state.engine, app.state.redis = engine, redis
-        try:
+        async with open_resources(conn, api_settings, streams) as resources:
+            app.state.resources = resources
             yield
-        finally:
-            await redis.aclose()
-            await engine.dispose()
 
     app = FastAPI(
         title="StreamSeg",
-        version="0.1.0",
+        version="1.0.0",
+        description=DESCRIPTION,
         lifespan=lifespan,
+        # Metrics are Prometheus (/metrics). FastAPI's OpenTelemetry hooks, unconfigured, still
+        # look the providers up on every request, which costs more than the cached read itself.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        """The process is alive."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["ops"])
-    async def readyz(response: Response) -> dict[str, object]:
-        """PostgreSQL, Redis and Kafka are reachable."""
-        parts = list(
-            await asyncio.gather(
-                check_postgres(app.state.engine),
-                check_redis(app.state.redis),
-                check_kafka(conn.kafka_bootstrap),
-            )
-        )
-        status = overall(parts)
-        if status == "failing":
-            response.status_code = 503
-        return {"status": status, "components": parts}
-
-    @app.get("/metrics", tags=["ops"], response_class=Response)
-    async def metrics() -> Response:
-        """Prometheus metrics."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    app.state.streams = streams
+    install_error_handlers(app)
+    for router in (
+        customers_router,
+        segments_router,
+        stats_router,
+        changes_router,
+        admin_router,
+        health_router,
+    ):
+        app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api_settings.max_body_bytes)
+    # Added last, so outermost: it also times the requests the body limit turns away.
+    app.add_middleware(MetricsMiddleware)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated document plus the key schemes, which every /v1 operation requires (see
+    deps.py for why they are not declared as dependencies)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        for path, item in schema["paths"].items():
+            if path.startswith("/v1/"):
+                for operation in item.values():
+                    operation["security"] = SECURITY
+        app.openapi_schema = schema
+    return app.openapi_schema

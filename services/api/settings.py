@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -10,3 +11,15 @@ class ApiSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8100
+    pool_size: int = Field(default=10, ge=1, le=100)
+    database_timeout_ms: int = Field(default=2000, ge=10)
+    cache_timeout_ms: int = Field(default=50, ge=1)
+    cache_retry_after_ms: int = Field(default=1000, ge=0)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    auth_cache_seconds: float = Field(default=10, ge=0)
+    audit_flush_interval_ms: int = Field(default=500, ge=10)
+    audit_buffer_max: int = Field(default=50_000, ge=100)
+    stream_poll_interval_ms: int = Field(default=250, ge=10)
+    stream_heartbeat_seconds: float = Field(default=15, gt=0)
+    ready_backlog_seconds: float = Field(default=60, gt=0)
+    ready_backlog_rows: int = Field(default=100_000, ge=1)

@@ -1,0 +1,370 @@
+"""Latency of GET /v1/customers/{id}/segments for cached customers, under open-loop load.
+
+    .venv/bin/python -m bench.bench_api [--customers 20000] [--duration 20] [--rate 1000]
+
+1. seeds N customers into PostgreSQL and the Redis cache (own schema and key prefix);
+2. runs the API as `python -m services.api` (uvicorn, no access log) in a subprocess;
+3. from a second process, sends requests for random cached customers at a fixed arrival
+   rate (open loop: a request is due at its time whether or not earlier ones have answered,
+   and its latency counts from that time, so a stalled server cannot hide its queue);
+4. steps the rate up from --start-rate to find the highest one the API sustains (no error,
+   >= 97% answered, p99 under --max-p99-ms), then measures p50/p95/p99 at --rate.
+
+The load generator speaks HTTP/1.1 over keep-alive sockets itself: an HTTP client library
+would add its own per-request cost to every figure. Both processes share this machine's
+cores, so the maximum rate is a floor for what a dedicated server would do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import orjson
+from sqlalchemy import text
+
+from services.api.auth import repository as keys_repository
+from services.api.auth.keys import hash_key, new_key
+from services.api.database import driver
+from shared.db.engine import create_engine
+from shared.db.migrate import upgrade
+from shared.redis import make_redis
+from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
+
+ROOT = Path(__file__).resolve().parent.parent
+SEGMENTS = {"lifecycle": "active", "value_tier": "high", "rfm": "loyal", "engagement": "engaged"}
+
+
+def stack_env() -> dict[str, str]:
+    out = subprocess.run(
+        ["bash", str(ROOT / "deploy/stack.sh"), "env"], check=True, capture_output=True, text=True
+    ).stdout
+    env = dict(os.environ)
+    for line in out.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env.setdefault(name, value)
+    return env
+
+
+def document(customer_id: str, now: datetime) -> CachedCustomer:
+    return CachedCustomer(
+        customer_id=customer_id,
+        version=1,
+        definition_version=1,
+        evaluated_at=now,
+        next_change_at=now + timedelta(days=3),
+        segments={
+            dim: CachedSegment(segment=seg, since=now - timedelta(days=9), reason=f"{dim} rule")
+            for dim, seg in SEGMENTS.items()
+        },
+        aggregates=CachedAggregates(
+            order_count=4,
+            net_spend=Decimal("412.3000"),
+            spend_365d=Decimal("412.3000"),
+            orders_365d=4,
+            first_order_at=now - timedelta(days=200),
+            last_order_at=now - timedelta(days=9),
+            interaction_count=57,
+            interactions_30d=11,
+            last_interaction_at=now - timedelta(hours=2),
+            open_cart_at=None,
+        ),
+    )
+
+
+async def seed(url: str, schema: str, redis_url: str, prefix: str, ids: list[str]) -> str:
+    """Rows and cache documents for `ids`; returns an API key that may read them."""
+    now = datetime.now(UTC)
+    engine = create_engine(url, schema)
+    try:
+        await upgrade(engine, schema)
+        async with engine.begin() as sa_conn:
+            conn = await driver(sa_conn)
+            await conn.execute(
+                "INSERT INTO customer_evaluations (customer_id, version, definition_version,"
+                " evaluated_at) SELECT unnest($1::text[]), 1, 1, $2",
+                ids,
+                now,
+            )
+            for dim, seg in SEGMENTS.items():
+                await conn.execute(
+                    "INSERT INTO customer_segments SELECT unnest($1::text[]), $2, $3, $4,"
+                    " 'seeded', 1, $4",
+                    ids,
+                    dim,
+                    seg,
+                    now,
+                )
+            key_id, key = new_key()
+            await keys_repository.insert_key(
+                conn, key_id, "bench", hash_key(key), ["segments:read"]
+            )
+    finally:
+        await engine.dispose()
+    redis = make_redis(redis_url, timeout_seconds=5)
+    try:
+        cache = SegmentCache(redis, prefix)
+        for start in range(0, len(ids), 1000):
+            await cache.put_many([document(cid, now) for cid in ids[start : start + 1000]])
+    finally:
+        await redis.aclose()
+    return key
+
+
+async def drop(url: str, schema: str, redis_url: str, prefix: str) -> None:
+    engine = create_engine(url, schema)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        await engine.dispose()
+    redis = make_redis(redis_url, timeout_seconds=5)
+    try:
+        keys = [k async for k in redis.scan_iter(match=prefix + "*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await redis.delete(*keys[start : start + 1000])
+    finally:
+        await redis.aclose()
+
+
+# ---------------------------------------------------------------- the load generator process
+
+
+@dataclass
+class Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def get(self, request: bytes) -> int:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await self.reader.readexactly(length)
+        return status
+
+
+async def open_loop(
+    host: str, port: int, key: str, ids: list[str], rate: float, duration: float
+) -> dict[str, float]:
+    """Send GETs at `rate` per second for `duration` seconds; latency from the due time."""
+    requests = [
+        f"GET /v1/customers/{cid}/segments HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {key}\r\n\r\n".encode()
+        for cid in ids
+    ]
+    idle: list[Connection] = []
+    latencies: list[float] = []
+    errors = 0
+    late = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(due: float) -> None:
+        nonlocal errors
+        conn = idle.pop() if idle else Connection(*await asyncio.open_connection(host, port))
+        try:
+            status = await conn.get(random.choice(requests))
+        except (OSError, asyncio.IncompleteReadError):
+            errors += 1
+            conn.writer.close()
+            return
+        latencies.append(time.perf_counter() - due)
+        if status != 200:
+            errors += 1
+        idle.append(conn)
+
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter() + 0.05
+    total = int(rate * duration)
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.005:
+            late += 1  # the generator itself fell behind: this run's figures are suspect
+        task = loop.create_task(one(due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    elapsed = time.perf_counter() - start
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
+    for conn in idle:
+        conn.writer.close()
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return (
+            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0
+        )
+
+    return {
+        "rate": rate,
+        "sent": total,
+        "answered": len(latencies),
+        "errors": errors,
+        "late_sends": late,
+        "achieved_per_s": round(len(latencies) / max(elapsed, 1e-9), 1),
+        "p50_ms": round(pct(0.50), 3),
+        "p95_ms": round(pct(0.95), 3),
+        "p99_ms": round(pct(0.99), 3),
+        "max_ms": round(latencies[-1] * 1000 if latencies else 0, 3),
+    }
+
+
+def run_load(url: str, key: str, ids_file: Path, rate: float, duration: float) -> dict[str, float]:
+    """Run the generator as a separate process and read its JSON result."""
+    numbers = [str(rate), str(duration)]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_api", "load", url, key, str(ids_file), *numbers],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    result: dict[str, float] = orjson.loads(out)
+    return result
+
+
+def load_main(argv: list[str]) -> None:
+    url, key, ids_file, rate, duration = argv
+    host, _, port = url.removeprefix("http://").partition(":")
+    ids = Path(ids_file).read_text().split()
+    result = asyncio.run(open_loop(host, int(port), key, ids, float(rate), float(duration)))
+    sys.stdout.buffer.write(orjson.dumps(result))
+
+
+# ---------------------------------------------------------------- the orchestrating process
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the API process exited at start")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("the API did not start within 30 s")
+
+
+def is_sustained(result: dict[str, float], max_p99_ms: float) -> bool:
+    return (
+        result["answered"] >= 0.97 * result["sent"]
+        and result["errors"] == 0
+        and result["p99_ms"] <= max_p99_ms
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--duration", type=float, default=20, help="seconds at --rate")
+    parser.add_argument("--start-rate", type=float, default=200, help="first step, per second")
+    parser.add_argument("--step", type=float, default=200, help="increase per step")
+    parser.add_argument("--max-rate", type=float, default=5000, help="last step at most")
+    parser.add_argument("--step-duration", type=float, default=8, help="seconds per step")
+    parser.add_argument("--max-p99-ms", type=float, default=50)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    env = stack_env()
+    tag = uuid.uuid4().hex[:8]
+    schema, prefix = f"bench_api_{tag}", f"bench-api-{tag}:"
+    url_db, redis_url = env["STREAMSEG_DATABASE_URL"], env["STREAMSEG_REDIS_URL"]
+    ids = [f"bench-{i:07d}" for i in range(args.customers)]
+    key = asyncio.run(seed(url_db, schema, redis_url, prefix, ids))
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}"
+    api_env = env | {
+        "STREAMSEG_DATABASE_SCHEMA": schema,
+        "STREAMSEG_REDIS_KEY_PREFIX": prefix,
+        "STREAMSEG_API_PORT": str(port),
+        "STREAMSEG_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+    log = ROOT / ".stack" / "bench-api.log"
+    log.parent.mkdir(exist_ok=True)
+    with log.open("wb") as out, tempfile.NamedTemporaryFile("w", suffix=".ids") as ids_file:
+        ids_file.write("\n".join(ids))
+        ids_file.flush()
+        ids_path = Path(ids_file.name)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.api"], cwd=ROOT, env=api_env, stdout=out, stderr=out
+        )
+        try:
+            wait_ready(api_url, proc)
+            run_load(api_url, key, ids_path, 300, 5)  # warm-up: pools, caches, code paths
+            load_before = os.getloadavg()[0]
+            # Rising rates first, from a light load: an overloaded run leaves a backlog (of
+            # audit entries, pooled connections) that would weigh on the runs after it.
+            steps = []
+            rate = args.start_rate
+            while True:
+                result = run_load(api_url, key, ids_path, rate, args.step_duration)
+                steps.append(result)
+                print(f"step {orjson.dumps(result).decode()}", file=sys.stderr)
+                if not is_sustained(result, args.max_p99_ms) or rate >= args.max_rate:
+                    break
+                rate += args.step
+            fixed = run_load(api_url, key, ids_path, args.rate, args.duration)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            asyncio.run(drop(url_db, schema, redis_url, prefix))
+    sustained = [s["rate"] for s in steps if is_sustained(s, args.max_p99_ms)]
+    figures = {
+        "customers": args.customers,
+        "rate_per_s": args.rate,
+        "duration_s": args.duration,
+        "answered": fixed["answered"],
+        "errors": fixed["errors"],
+        "late_sends": fixed["late_sends"],
+        "p50_ms": fixed["p50_ms"],
+        "p95_ms": fixed["p95_ms"],
+        "p99_ms": fixed["p99_ms"],
+        "max_ms": fixed["max_ms"],
+        "max_sustained_per_s": max(sustained) if sustained else 0,
+        "machine_load_1m_before": round(load_before, 2),
+        "sustained_means": f"errors 0, >= 97% answered, p99 <= {args.max_p99_ms} ms",
+        "first_unsustained": steps[-1],
+    }
+    for name, value in figures.items():
+        print(f"{name:22s} {value}")
+    if args.json:
+        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "load":
+        load_main(sys.argv[2:])
+    else:
+        main()

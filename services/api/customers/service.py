@@ -1,0 +1,181 @@
+"""Customers' segments: Redis first, PostgreSQL for whatever Redis cannot answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from services.api.customers import repository
+from services.api.customers.cache import CacheReader
+from services.api.customers.schemas import (
+    AggregatesSummary,
+    CustomerSegments,
+    HistoryEntry,
+    HistoryPage,
+    SegmentAssignment,
+)
+from services.api.database import Database
+from services.api.errors import ApiError, not_found
+from services.api.metrics import CUSTOMER_READS
+from services.api.pagination import decode_int_cursor, encode_cursor
+from services.ingest.repository import CustomerAggregates, fetch_aggregates
+from shared.segment_cache import CachedCustomer
+
+HISTORY_CURSOR = "h"
+
+
+def _staleness(now: datetime, evaluated_at: datetime) -> float:
+    return round(max((now - evaluated_at).total_seconds(), 0.0), 3)
+
+
+def from_cache(doc: CachedCustomer, now: datetime) -> CustomerSegments:
+    agg = doc.aggregates
+    return CustomerSegments(
+        customer_id=doc.customer_id,
+        segments={
+            dim: SegmentAssignment(
+                segment=s.segment,
+                since=s.since,
+                reason=s.reason,
+                definition_version=doc.definition_version,
+            )
+            for dim, s in doc.segments.items()
+        },
+        definition_version=doc.definition_version,
+        evaluated_at=doc.evaluated_at,
+        next_change_at=doc.next_change_at,
+        staleness_seconds=_staleness(now, doc.evaluated_at),
+        source="cache",
+        aggregates=AggregatesSummary(
+            as_of=doc.evaluated_at,
+            order_count=agg.order_count,
+            net_spend=agg.net_spend,
+            spend_365d=agg.spend_365d,
+            orders_365d=agg.orders_365d,
+            first_order_at=agg.first_order_at,
+            last_order_at=agg.last_order_at,
+            interaction_count=agg.interaction_count,
+            interactions_30d=agg.interactions_30d,
+            last_interaction_at=agg.last_interaction_at,
+            open_cart_at=agg.open_cart_at,
+        ),
+    )
+
+
+def _summary(agg: CustomerAggregates | None, as_of: datetime) -> AggregatesSummary | None:
+    if agg is None:
+        return None
+    return AggregatesSummary(
+        as_of=as_of,
+        order_count=agg.order_count,
+        net_spend=agg.net_spend,
+        spend_365d=agg.spend_365d,
+        orders_365d=agg.orders_365d,
+        first_order_at=agg.first_order_at,
+        last_order_at=agg.last_order_at,
+        interaction_count=agg.interaction_count,
+        interactions_30d=agg.interactions_30d,
+        last_interaction_at=agg.last_interaction_at,
+        open_cart_at=agg.open_cart_at,
+    )
+
+
+async def from_database(
+    db: Database, customer_ids: Sequence[str], now: datetime
+) -> dict[str, CustomerSegments]:
+    async with db.read() as conn:
+        stored = await repository.evaluations(conn, customer_ids)
+        aggregates = await fetch_aggregates(conn, list(stored), now) if stored else {}
+    return {
+        cid: CustomerSegments(
+            customer_id=cid,
+            segments={
+                dim: SegmentAssignment(
+                    segment=s.segment,
+                    since=s.since,
+                    reason=s.reason,
+                    definition_version=s.definition_version,
+                )
+                for dim, s in e.segments.items()
+            },
+            definition_version=e.definition_version,
+            evaluated_at=e.evaluated_at,
+            next_change_at=e.next_change_at,
+            staleness_seconds=_staleness(now, e.evaluated_at),
+            source="database",
+            aggregates=_summary(aggregates.get(cid), now),
+        )
+        for cid, e in stored.items()
+    }
+
+
+class FallbackGate:
+    """At most `slots` reads from PostgreSQL in place of the cache at once; past that, 503 at
+    once. When this process is overloaded its cache reads time out, and each would turn into a
+    read that costs several times more: measured, that turns a burst into a lasting collapse.
+    Refusing the excess quickly keeps the process answering from the cache."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = asyncio.Semaphore(slots)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._free.locked():
+            raise ApiError(503, "overloaded", "too many reads are waiting for PostgreSQL")
+        async with self._free:
+            yield
+
+
+async def read_customers(
+    cache: CacheReader,
+    db: Database,
+    gate: FallbackGate,
+    customer_ids: Sequence[str],
+    now: datetime,
+) -> dict[str, CustomerSegments]:
+    """Segments of the customers that have been evaluated; unknown ids are left out."""
+    ids = list(dict.fromkeys(customer_ids))
+    found = {cid: from_cache(doc, now) for cid, doc in (await cache.get_many(ids)).items()}
+    CUSTOMER_READS.labels("cache").inc(len(found))
+    missing = [cid for cid in ids if cid not in found]
+    if missing:
+        async with gate.slot():
+            from_db = await from_database(db, missing, now)
+        CUSTOMER_READS.labels("database").inc(len(from_db))
+        found.update(from_db)
+    return {cid: found[cid] for cid in ids if cid in found}
+
+
+async def read_customer(
+    cache: CacheReader, db: Database, gate: FallbackGate, customer_id: str, now: datetime
+) -> CustomerSegments:
+    found = await read_customers(cache, db, gate, [customer_id], now)
+    if customer_id not in found:
+        raise customer_not_found(customer_id)
+    return found[customer_id]
+
+
+def customer_not_found(customer_id: str) -> Exception:
+    return not_found(
+        "customer_not_found",
+        f"no segments for customer {customer_id!r}: unknown, or not evaluated yet",
+    )
+
+
+async def history_page(
+    db: Database, customer_id: str, cursor: str | None, limit: int
+) -> HistoryPage:
+    before = None if cursor is None else decode_int_cursor(HISTORY_CURSOR, cursor)
+    async with db.read() as conn:
+        rows = await repository.history(conn, customer_id, before, limit + 1)
+        if not rows and not await repository.is_known(conn, customer_id):
+            raise customer_not_found(customer_id)
+    items = [HistoryEntry(**dict(r)) for r in rows[:limit]]
+    more = len(rows) > limit
+    return HistoryPage(
+        customer_id=customer_id,
+        items=items,
+        next_cursor=encode_cursor(HISTORY_CURSOR, str(items[-1].id)) if more else None,
+    )

@@ -1,0 +1,67 @@
+"""Units of work on PostgreSQL for the API, each bounded in time so no request hangs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import sqlalchemy.exc
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.api.errors import ApiError
+
+log = structlog.get_logger("api")
+
+# Failures that mean "PostgreSQL is unreachable or too slow", answered with 503; anything
+# else (a bug in a query, say) is left to surface as a 500.
+UNAVAILABLE = (
+    TimeoutError,
+    OSError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    asyncpg.QueryCanceledError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+async def driver(sa_conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under a SQLAlchemy one: the repositories bind arrays natively."""
+    raw = await sa_conn.get_raw_connection()
+    return raw.driver_connection
+
+
+class Database:
+    """Hands out asyncpg connections from the engine's pool, for `timeout_seconds` at most."""
+
+    def __init__(self, engine: AsyncEngine, timeout_seconds: float) -> None:
+        self.engine = engine
+        self.timeout_seconds = timeout_seconds
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for reads; nothing is committed."""
+        try:
+            async with asyncio.timeout(self.timeout_seconds), self.engine.connect() as sa_conn:
+                yield await driver(sa_conn)
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One unit of work: committed when the block ends, rolled back if it raises."""
+        try:
+            async with asyncio.timeout(self.timeout_seconds), self.engine.begin() as sa_conn:
+                yield await driver(sa_conn)
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: BaseException) -> ApiError:
+    log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}")
+    return ApiError(503, "database_unavailable", "PostgreSQL did not answer in time")
