@@ -29,7 +29,7 @@ class CachedAggregates(msgspec.Struct, frozen=True, kw_only=True):
     first_order_at: datetime | None
     last_order_at: datetime | None
     interaction_count: int
-    interactions_30d: int | None  # None when the definitions do not count interactions
+    interactions_30d: int
     last_interaction_at: datetime | None
     open_cart_at: datetime | None
 

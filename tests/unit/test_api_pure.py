@@ -26,7 +26,7 @@ from shared.settings import ConnectionSettings
     kind=st.sampled_from(["h", "m", "a"]),
     # Keys come from PostgreSQL text: any character but NUL, and no lone surrogates.
     key=st.text(
-        st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
+        st.characters(codec="utf-8", exclude_characters="\x00"),
         min_size=1,
         max_size=200,
     ),
