@@ -25,9 +25,6 @@ from shared.kafka import make_producer
 
 log = structlog.get_logger("segmenter.outbox")
 
-# Any constant works; it only has to differ from other advisory locks in this database.
-PUBLISHER_LOCK_KEY = 0x5E6_0B0C
-
 
 class OutboxPublisher:
     def __init__(
@@ -72,7 +69,7 @@ class OutboxPublisher:
 
     async def _lead(self, stopping: asyncio.Event) -> None:
         async with pg_connection(self._engine) as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", PUBLISHER_LOCK_KEY):
+            if not await repo.try_lock(conn, "outbox", session=True):
                 await _sleep_unless(stopping, 1.0)
                 return
             try:
@@ -85,7 +82,7 @@ class OutboxPublisher:
                             await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
             finally:
                 with contextlib.suppress(Exception):
-                    await conn.execute("SELECT pg_advisory_unlock($1)", PUBLISHER_LOCK_KEY)
+                    await repo.unlock(conn, "outbox")
 
     async def _publish_batch(self, conn: Any) -> int:
         rows = await repo.next_outbox(conn, self._batch_size)

@@ -25,7 +25,6 @@ from shared.segmentation import (
 
 log = structlog.get_logger("segmenter.population")
 
-RECOMPUTE_LOCK_KEY = 0x5E6_0B0D
 CHUNK = 2000
 
 
@@ -36,7 +35,7 @@ async def recompute(engine: AsyncEngine, ruleset: Ruleset, now: datetime) -> int
     if not defs.population_metrics:
         return 0
     async with pg_connection(engine) as conn, conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RECOMPUTE_LOCK_KEY):
+        if not await repo.try_lock(conn, "population"):
             return None
         samples: dict[str, dict[str, MetricValue]] = {}
         after = ""

@@ -334,6 +334,27 @@ async def save_segments(
     )
 
 
+# Advisory locks are per database, and one database can hold several StreamSeg schemas
+# (tests do, so can staging and production): each lock is named after the schema too.
+_LOCK_KEY = "hashtext(current_schema() || ':' || $1)"
+
+
+async def lock_history(conn: asyncpg.Connection) -> None:
+    """Serialise history inserts until this transaction ends (see the evaluator)."""
+    await conn.execute(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})", "history")
+
+
+async def try_lock(conn: asyncpg.Connection, name: str, *, session: bool = False) -> bool:
+    """Take the schema's advisory lock `name` if free: for the session, or this transaction."""
+    kind = "pg_try_advisory_lock" if session else "pg_try_advisory_xact_lock"
+    return bool(await conn.fetchval(f"SELECT {kind}({_LOCK_KEY})", name))
+
+
+async def unlock(conn: asyncpg.Connection, name: str) -> None:
+    """Release a session advisory lock taken with `try_lock(..., session=True)`."""
+    await conn.execute(f"SELECT pg_advisory_unlock({_LOCK_KEY})", name)
+
+
 async def insert_changes(
     conn: asyncpg.Connection, history: Sequence[HistoryRow], payloads: Sequence[bytes]
 ) -> None:

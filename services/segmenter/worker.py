@@ -105,8 +105,14 @@ class Evaluator:
                 self._evaluate_one(item, data, state, now, rules, writes)
             await repo.save_evaluations(conn, writes.evaluations)
             await repo.save_segments(conn, writes.segments)
-            await repo.insert_changes(conn, writes.history, writes.payloads)
             await repo.schedule(conn, writes.wakeups, "time")
+            if writes.history:
+                # Last, under a lock held to commit: history ids are then assigned in commit
+                # order across segmenter processes, so a reader resuming "after id N" (the
+                # API's change stream) can never miss a change committed later with a
+                # smaller id. Only this short tail of the transaction is serialised.
+                await repo.lock_history(conn)
+                await repo.insert_changes(conn, writes.history, writes.payloads)
         self._metrics.evaluations.inc(len(writes.evaluations))
         self._metrics.evaluation_seconds.observe(time.perf_counter() - started)
         self._observe_lateness(due, now)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,11 +21,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.segmenter import population
+from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
 from services.segmenter.worker import Evaluator, evaluate_loop
 from shared.clock import FixedClock
-from shared.db.engine import create_engine
+from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
 from shared.events import decode_segment_change
 from shared.kafka import make_consumer
@@ -241,16 +243,25 @@ async def test_outbox_waits_for_kafka_and_publishes_when_it_is_back(
 
     stopping = asyncio.Event()
     up = OutboxPublisher(engine, settings.kafka_bootstrap, changes_topic, metrics)
-    task = asyncio.create_task(up.run(stopping))
+    # A publisher of another schema in the same database holds its lock: it must not block
+    # this schema's publisher.
+    other = create_engine(settings.database_url, "public")
     try:
+        async with pg_connection(other) as foreign:
+            assert await repo.try_lock(foreign, "outbox", session=True)
+            task = asyncio.create_task(up.run(stopping))
+            try:
 
-        async def drained() -> bool:
-            return bool(await scalar(engine, "SELECT count(*) FROM segment_outbox") == 0)
+                async def drained() -> bool:
+                    return bool(await scalar(engine, "SELECT count(*) FROM segment_outbox") == 0)
 
-        await eventually(drained, within_seconds=30, message="outbox drained")
+                await eventually(drained, within_seconds=30, message="outbox drained")
+            finally:
+                stopping.set()
+                await task
+                await repo.unlock(foreign, "outbox")
     finally:
-        stopping.set()
-        await task
+        await other.dispose()
     records = await read_changes(settings, changes_topic, pending)
     assert len(records) == pending
     events = [decode_segment_change(r.value) for r in records]
@@ -541,3 +552,36 @@ async def test_invalid_definitions_stop_the_segmenter_naming_the_rule(
     assert code == 2, output
     assert "engagement/engaged" in output
     assert "days_since_last_interactoin" in output
+
+
+async def test_history_ids_follow_commit_order_across_processes(engine: AsyncEngine) -> None:
+    """A second writer cannot take history ids until the first has committed, so a reader
+    that resumes after id N (the API's change stream) never misses a later commit."""
+    row = repo.HistoryRow(
+        change_id=str(uuid.uuid4()),
+        customer_id="x",
+        dimension="engagement",
+        from_segment=None,
+        to_segment="engaged",
+        reason="r",
+        cause="event",
+        definition_version=1,
+        caused_by_event_at=None,
+        evaluated_at=NOW,
+        sequence=1,
+    )
+    async with pg_connection(engine) as a, pg_connection(engine) as b:
+        tx = a.transaction()
+        await tx.start()
+        await repo.lock_history(a)
+        await repo.insert_changes(a, [row], [b"{}"])
+
+        async def second_writer() -> None:
+            async with b.transaction():
+                await repo.lock_history(b)
+
+        waiting = asyncio.create_task(second_writer())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await tx.commit()
+        await asyncio.wait_for(waiting, 5)
