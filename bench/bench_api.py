@@ -37,8 +37,7 @@ from sqlalchemy import text
 
 from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
-from services.api.database import driver
-from shared.db.engine import create_engine
+from shared.db.engine import create_engine, driver_connection
 from shared.db.migrate import upgrade
 from shared.redis import make_redis
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
@@ -91,7 +90,7 @@ async def seed(url: str, schema: str, redis_url: str, prefix: str, ids: list[str
     try:
         await upgrade(engine, schema)
         async with engine.begin() as sa_conn:
-            conn = await driver(sa_conn)
+            conn = await driver_connection(sa_conn)
             await conn.execute(
                 "INSERT INTO customer_evaluations (customer_id, version, definition_version,"
                 " evaluated_at) SELECT unnest($1::text[]), 1, 1, $2",

@@ -22,13 +22,12 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
-from shared.db.engine import create_engine
+from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
 from shared.events import OrderCancelled, OrderPlaced, OrderRefunded, decode_event, encode_event
 from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
@@ -113,8 +112,7 @@ async def raw_upsert_rate(url: str, schema: str, n: int, customers: int) -> floa
         batch = 5000
         now = datetime.now(UTC)
         started = time.perf_counter()
-        async with engine.connect() as sa:
-            conn: Any = (await sa.get_raw_connection()).driver_connection
+        async with pg_connection(engine) as conn:
             for i in range(0, n, batch):
                 keys = sorted({f"c{(i + j) * 7919 % customers:07d}" for j in range(batch)})
                 async with conn.transaction():

@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 import asyncpg
 import sqlalchemy.exc
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.errors import ApiError
+from shared.db.engine import driver_connection
 
 log = structlog.get_logger("api")
 
@@ -30,12 +31,6 @@ UNAVAILABLE = (
 )
 
 
-async def driver(sa_conn: AsyncConnection) -> asyncpg.Connection:
-    """The asyncpg connection under a SQLAlchemy one: the repositories bind arrays natively."""
-    raw = await sa_conn.get_raw_connection()
-    return raw.driver_connection
-
-
 class Database:
     """Hands out asyncpg connections from the engine's pool, for `timeout_seconds` at most."""
 
@@ -48,7 +43,7 @@ class Database:
         """A connection for reads; nothing is committed."""
         try:
             async with asyncio.timeout(self.timeout_seconds), self.engine.connect() as sa_conn:
-                yield await driver(sa_conn)
+                yield await driver_connection(sa_conn)
         except UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
 
@@ -57,7 +52,7 @@ class Database:
         """One unit of work: committed when the block ends, rolled back if it raises."""
         try:
             async with asyncio.timeout(self.timeout_seconds), self.engine.begin() as sa_conn:
-                yield await driver(sa_conn)
+                yield await driver_connection(sa_conn)
         except UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
 

@@ -18,8 +18,7 @@ import typer
 from services.api.auth import repository
 from services.api.auth.keys import SCOPES, hash_key, new_key
 from services.api.auth.repository import AuditEntry
-from services.api.database import driver
-from shared.db.engine import create_engine
+from shared.db.engine import create_engine, driver_connection
 from shared.settings import DatabaseSettings
 
 cli = typer.Typer(add_completion=False, help="StreamSeg API keys")
@@ -40,7 +39,7 @@ def _in_transaction(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         engine = create_engine(settings.database_url, settings.database_schema)
         try:
             async with engine.begin() as sa_conn:
-                return await work(await driver(sa_conn))
+                return await work(await driver_connection(sa_conn))
         finally:
             await engine.dispose()
 

@@ -7,7 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -50,10 +55,15 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ign
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+async def driver_connection(sa_conn: AsyncConnection) -> Any:
+    """The asyncpg connection under a SQLAlchemy one, for COPY and array-bound statements."""
+    raw = await sa_conn.get_raw_connection()
+    return raw.driver_connection
+
+
 @asynccontextmanager
 async def pg_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
-    """The asyncpg connection under a pooled SQLAlchemy one, for the hot paths that need
-    COPY and array-bound statements. The caller opens its own transaction on it."""
+    """A pooled asyncpg connection (see `driver_connection`); the caller opens its own
+    transaction on it."""
     async with engine.connect() as sa_conn:
-        raw = await sa_conn.get_raw_connection()
-        yield raw.driver_connection
+        yield await driver_connection(sa_conn)

@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.app import create_app
 from services.api.auth import repository as auth_repository
 from services.api.auth.keys import hash_key, new_key
-from services.api.database import driver
 from services.api.settings import ApiSettings
+from shared.db.engine import driver_connection
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 from shared.segmentation import default_definitions
 from shared.settings import ConnectionSettings
@@ -58,7 +58,7 @@ async def running_api(
 @asynccontextmanager
 async def unit_of_work(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     async with engine.begin() as sa_conn:
-        yield await driver(sa_conn)
+        yield await driver_connection(sa_conn)
 
 
 async def make_key(engine: AsyncEngine, *scopes: str, name: str = "test") -> str:

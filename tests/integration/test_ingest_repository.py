@@ -13,21 +13,19 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import repository as repo
+from shared.db.engine import pg_connection
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def conn(engine: AsyncEngine) -> AsyncIterator[Any]:
-    async with engine.connect() as sa_conn:
-        raw = await sa_conn.get_raw_connection()
-        yield raw.driver_connection
+    async with pg_connection(engine) as raw:
+        yield raw
 
 
 async def test_old_owner_cannot_commit_after_new_owner_claims(engine: AsyncEngine) -> None:
-    async with engine.connect() as a_sa, engine.connect() as b_sa:
-        a: Any = (await a_sa.get_raw_connection()).driver_connection
-        b: Any = (await b_sa.get_raw_connection()).driver_connection
+    async with pg_connection(engine) as a, pg_connection(engine) as b:
         async with a.transaction():
             [old] = await repo.claim_partitions(a, [("orders", 0)], "worker-a")
         # Worker A starts a batch and takes the offset row lock first...

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.repository import CustomerAggregates, fetch_aggregates
+from shared.db.engine import driver_connection
 from shared.events import Event, OrderCancelled, OrderPlaced, OrderRefunded, encode_event
 from shared.kafka import make_producer
 from tests.conftest import ROOT
@@ -101,8 +102,7 @@ async def read_aggregates(engine: AsyncEngine, as_of: datetime) -> dict[str, Cus
         ids = list(
             (await conn.execute(text("SELECT customer_id FROM customer_aggregates"))).scalars()
         )
-        raw = await conn.get_raw_connection()
-        return await fetch_aggregates(raw.driver_connection, ids, as_of)
+        return await fetch_aggregates(await driver_connection(conn), ids, as_of)
 
 
 class IngestProcess:
