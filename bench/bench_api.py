@@ -35,6 +35,7 @@ import httpx
 import orjson
 from sqlalchemy import text
 
+from bench.bench_ingest import stack_env
 from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
 from shared.db.engine import create_engine, driver_connection
@@ -44,17 +45,6 @@ from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment
 
 ROOT = Path(__file__).resolve().parent.parent
 SEGMENTS = {"lifecycle": "active", "value_tier": "high", "rfm": "loyal", "engagement": "engaged"}
-
-
-def stack_env() -> dict[str, str]:
-    out = subprocess.run(
-        ["bash", str(ROOT / "deploy/stack.sh"), "env"], check=True, capture_output=True, text=True
-    ).stdout
-    env = dict(os.environ)
-    for line in out.splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        env.setdefault(name, value)
-    return env
 
 
 def document(customer_id: str, now: datetime) -> CachedCustomer:

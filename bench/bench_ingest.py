@@ -29,7 +29,8 @@ from sqlalchemy import text
 
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
-from shared.events import OrderCancelled, OrderPlaced, OrderRefunded, decode_event, encode_event
+from shared.events import decode_event, encode_event
+from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
 from shared.workload import Workload
 
@@ -60,11 +61,7 @@ async def produce(
     try:
         pending = []
         for ev in work.events(n):
-            topic = (
-                orders
-                if isinstance(ev, OrderPlaced | OrderRefunded | OrderCancelled)
-                else interactions
-            )
+            topic = orders if isinstance(ev, ORDER_EVENT_CLASSES) else interactions
             pending.append(
                 await producer.send(topic, encode_event(ev), key=ev.customer_id.encode())
             )

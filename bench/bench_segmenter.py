@@ -30,12 +30,12 @@ from sqlalchemy import text
 from bench.bench_ingest import stack_env
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
-from shared.events import Login, OrderCancelled, OrderPlaced, OrderRefunded, encode_event
+from shared.events import Login, encode_event
+from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
 from shared.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER_TYPES = (OrderPlaced, OrderRefunded, OrderCancelled)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -67,7 +67,7 @@ async def produce_live(
             due = int((loop.time() - started) * rate)
             while sent < due:
                 ev = work.event_at(datetime.now(UTC))
-                topic = orders if isinstance(ev, ORDER_TYPES) else interactions
+                topic = orders if isinstance(ev, ORDER_EVENT_CLASSES) else interactions
                 pending.append(
                     await producer.send(topic, encode_event(ev), key=ev.customer_id.encode())
                 )

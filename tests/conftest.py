@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,6 +51,13 @@ def _stack_env() -> dict[str, str]:
 def stack_env() -> dict[str, str]:
     """Connection settings of the running stack, as environment variables."""
     return _stack_env()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def unique(prefix: str) -> str:

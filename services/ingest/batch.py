@@ -64,7 +64,6 @@ class PreparedBatch:
     events: dict[str, Any]
     # Built assuming every event is new; rebuilt in the rare batch that holds duplicates.
     changes: Changes
-    record_count: int
 
 
 class Screen:
@@ -149,7 +148,6 @@ def prepare(
     """
     parts: list[Part] = []
     events: dict[str, Any] = {}
-    count = 0
     for tp, records in batch.items():
         start = fetched.get(tp)
         epoch = epochs.get(tp)
@@ -160,7 +158,6 @@ def prepare(
             if rec.offset < part.end:
                 continue
             part.end = rec.offset + 1
-            count += 1
             try:
                 event = screen(rec.value or b"", now)
             except EventRejected as exc:
@@ -176,4 +173,4 @@ def prepare(
     if not parts:
         return None
     changes = build_changes(list(events.values()), rates, now - retention)
-    return PreparedBatch(parts, events, changes, count)
+    return PreparedBatch(parts, events, changes)

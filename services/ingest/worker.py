@@ -342,4 +342,4 @@ def _only(
     ids = {eid for p in parts for eid in p.event_ids}
     events = {eid: ev for eid, ev in prepared.events.items() if eid in ids}
     changes = build_changes(list(events.values()), settings.currency_rates, retention_start)
-    return PreparedBatch(parts, events, changes, prepared.record_count)
+    return PreparedBatch(parts, events, changes)

@@ -16,7 +16,8 @@ from typing import Annotated
 import structlog
 import typer
 
-from shared.events import OrderCancelled, OrderPlaced, OrderRefunded, encode_event
+from shared.events import encode_event
+from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import TopicSpec, ensure_topics, make_producer
 from shared.logging import configure_logging
 from shared.settings import ConnectionSettings
@@ -24,7 +25,6 @@ from shared.workload import Workload
 
 log = structlog.get_logger("loadgen")
 cli = typer.Typer(add_completion=False, help=__doc__)
-ORDER_TYPES = (OrderPlaced, OrderRefunded, OrderCancelled)
 
 
 async def run(
@@ -59,7 +59,7 @@ async def run(
     sent = 0
     try:
         for ev in history.events(customers * 3):
-            topic = orders_topic if isinstance(ev, ORDER_TYPES) else interactions_topic
+            topic = orders_topic if isinstance(ev, ORDER_EVENT_CLASSES) else interactions_topic
             await producer.send(topic, encode_event(ev), key=ev.customer_id.encode())
             sent += 1
         log.info("history_sent", events=sent, customers=customers)
@@ -69,7 +69,7 @@ async def run(
             due = int((time.monotonic() - started) * rate)
             while live_sent < due:
                 ev = live.event_at(datetime.now(UTC))
-                topic = orders_topic if isinstance(ev, ORDER_TYPES) else interactions_topic
+                topic = orders_topic if isinstance(ev, ORDER_EVENT_CLASSES) else interactions_topic
                 await producer.send(topic, encode_event(ev), key=ev.customer_id.encode())
                 live_sent += 1
             if live_sent and live_sent % max(1, int(rate * 10)) == 0:

@@ -67,9 +67,7 @@ async def backlog_loop(
     while not stopping.is_set():
         async with pg_connection(engine) as conn:
             due, age = await repo.backlog(conn, clock.now())
-            metrics.backlog.set(due)
-            metrics.backlog_age.set(age)
-            metrics.outbox.set(await repo.outbox_size(conn))
+            metrics.record_backlog(due, age, await repo.outbox_size(conn))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), 2.0)
 
@@ -150,7 +148,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
                     check_postgres(engine), check_redis(redis), check_kafka(conn.kafka_bootstrap)
                 )
             )
-            age = metrics.backlog_age._value.get()
+            age = metrics.oldest_due_seconds
             backlog = {
                 "component": "backlog",
                 "oldest_due_seconds": round(age, 3),

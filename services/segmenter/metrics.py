@@ -54,8 +54,18 @@ class SegmenterMetrics:
             "Changes committed but not yet acknowledged by Kafka",
             registry=registry,
         )
+        # Bound once: `labels()` on every evaluated customer costs more than the observation.
+        self.lateness_by_cause = {c: self.lateness.labels(c) for c in ("event", "time")}
+        self.oldest_due_seconds = 0.0
         self.published = Counter(
             "streamseg_segmenter_published_total",
             "Segment-change events acknowledged by Kafka",
             registry=registry,
         )
+
+    def record_backlog(self, due: int, oldest_due_seconds: float, outbox: int) -> None:
+        """Gauges for operators; the age is also kept for the readiness check."""
+        self.backlog.set(due)
+        self.backlog_age.set(oldest_due_seconds)
+        self.outbox.set(outbox)
+        self.oldest_due_seconds = oldest_due_seconds

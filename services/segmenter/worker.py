@@ -205,10 +205,9 @@ class Evaluator:
     def _observe_lateness(self, due: list[repo.Due], now: datetime) -> None:
         """How long after being due each customer was evaluated."""
         for item in due:
-            if item.cause in ("event", "time"):
-                self._metrics.lateness.labels(item.cause).observe(
-                    max(0.0, (now - item.due_at).total_seconds())
-                )
+            histogram = self._metrics.lateness_by_cause.get(item.cause)
+            if histogram is not None:
+                histogram.observe(max(0.0, (now - item.due_at).total_seconds()))
 
 
 @dataclass

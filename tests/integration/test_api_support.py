@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import tempfile
 import uuid
@@ -33,7 +32,7 @@ from shared.db.engine import driver_connection
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 from shared.segmentation import default_definitions
 from shared.settings import ConnectionSettings
-from tests.conftest import ROOT, eventually
+from tests.conftest import ROOT, eventually, free_port
 
 DEFAULT_SEGMENTS = {
     "lifecycle": "active",
@@ -211,12 +210,6 @@ async def audit_rows(engine: AsyncEngine, action: str | None = None) -> list[asy
             "SELECT * FROM audit_log WHERE $1::text IS NULL OR action = $1 ORDER BY id", action
         )
     return list(rows)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -27,8 +27,7 @@ from shared.kafka import (
     dlq_topic,
 )
 from shared.workload import Workload
-from tests.conftest import MakeTopic, eventually, unique
-from tests.integration.test_services import free_port
+from tests.conftest import MakeTopic, eventually, free_port, unique
 from tests.support.checker import differences, expected_aggregates
 from tests.support.ingest import (
     IngestProcess,

@@ -295,15 +295,7 @@ async def test_kill_9_loses_no_change_and_duplicates_none_after_dedup(
     procs: list[Any] = []
 
     def start() -> Any:
-        log = (tmp_path / f"segmenter-{len(procs)}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.segmenter"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        proc = _run_segmenter(env, tmp_path / f"segmenter-{len(procs)}.log")
         procs.append(proc)
         return proc
 

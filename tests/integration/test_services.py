@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,15 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import ROOT, eventually, unique
+from tests.conftest import ROOT, eventually, free_port, unique
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from shared.events import INTERACTION_EVENT_TYPES, Event, OrderCancelled, OrderPlaced, OrderRefunded
+from shared.events import INTERACTION_EVENT_TYPES, Event, OrderPlaced, OrderRefunded
+from shared.events.orders import ORDER_EVENT_CLASSES
 
 Q = Decimal("0.0001")
 
@@ -30,7 +31,7 @@ def expected_aggregates(
         if ev.event_id in seen:
             continue
         seen.add(ev.event_id)
-        if isinstance(ev, OrderPlaced | OrderRefunded | OrderCancelled):
+        if isinstance(ev, ORDER_EVENT_CLASSES):
             if ev.currency not in rates:
                 continue
             customers.add(ev.customer_id)

@@ -17,11 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.repository import CustomerAggregates, fetch_aggregates
 from shared.db.engine import driver_connection
-from shared.events import Event, OrderCancelled, OrderPlaced, OrderRefunded, encode_event
+from shared.events import Event, encode_event
+from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import make_producer
 from tests.conftest import ROOT
-
-ORDER_TYPES = (OrderPlaced, OrderRefunded, OrderCancelled)
 
 
 @dataclass
@@ -30,7 +29,7 @@ class Topics:
     interactions: str
 
     def for_event(self, event: Event) -> str:
-        return self.orders if isinstance(event, ORDER_TYPES) else self.interactions
+        return self.orders if isinstance(event, ORDER_EVENT_CLASSES) else self.interactions
 
 
 @dataclass

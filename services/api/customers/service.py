@@ -21,7 +21,7 @@ from services.api.errors import ApiError, not_found
 from services.api.metrics import CUSTOMER_READS
 from services.api.pagination import decode_int_cursor, encode_cursor
 from services.ingest.repository import CustomerAggregates, fetch_aggregates
-from shared.segment_cache import CachedCustomer
+from shared.segment_cache import CachedAggregates, CachedCustomer
 
 HISTORY_CURSOR = "h"
 
@@ -31,7 +31,6 @@ def _staleness(now: datetime, evaluated_at: datetime) -> float:
 
 
 def from_cache(doc: CachedCustomer, now: datetime) -> CustomerSegments:
-    agg = doc.aggregates
     return CustomerSegments(
         customer_id=doc.customer_id,
         segments={
@@ -48,23 +47,14 @@ def from_cache(doc: CachedCustomer, now: datetime) -> CustomerSegments:
         next_change_at=doc.next_change_at,
         staleness_seconds=_staleness(now, doc.evaluated_at),
         source="cache",
-        aggregates=AggregatesSummary(
-            as_of=doc.evaluated_at,
-            order_count=agg.order_count,
-            net_spend=agg.net_spend,
-            spend_365d=agg.spend_365d,
-            orders_365d=agg.orders_365d,
-            first_order_at=agg.first_order_at,
-            last_order_at=agg.last_order_at,
-            interaction_count=agg.interaction_count,
-            interactions_30d=agg.interactions_30d,
-            last_interaction_at=agg.last_interaction_at,
-            open_cart_at=agg.open_cart_at,
-        ),
+        aggregates=_summary(doc.aggregates, doc.evaluated_at),
     )
 
 
-def _summary(agg: CustomerAggregates | None, as_of: datetime) -> AggregatesSummary | None:
+def _summary(
+    agg: CachedAggregates | CustomerAggregates | None, as_of: datetime
+) -> AggregatesSummary | None:
+    """The summary from the cached document or from the database: both carry these fields."""
     if agg is None:
         return None
     return AggregatesSummary(
