@@ -87,6 +87,7 @@ class IngestWorker:
         self._stopping = asyncio.Event()
         self._last_progress = time.monotonic()
         self._last_prune = 0.0
+        self._expect_new = True
         self.batches_committed = 0
 
     @property
@@ -249,7 +250,10 @@ class IngestWorker:
                 [p.max_event_at for p in parts],
             )
             ids = sorted(prepared.events)
-            fresh = await repo.keep_new_events(conn, ids, now)
+            fresh = await repo.keep_new_events(conn, ids, now, expect_new=self._expect_new)
+            # Duplicates come in runs (a producer retrying, a replayed topic): after one,
+            # go straight to the conflict-aware insert until a batch comes clean again.
+            self._expect_new = len(fresh) == len(ids)
             if not fresh:
                 return 0
             changes = prepared.changes
@@ -261,8 +265,7 @@ class IngestWorker:
                 )
             await repo.apply_orders(conn, changes.orders)
             await repo.insert_interactions(conn, changes.window_rows)
-            await repo.touch_customers(conn, changes.touches)
-            await repo.refresh_order_aggregates(conn, changes.order_customers)
+            await repo.touch_customers(conn, changes.touches, changes.order_customers)
             await repo.mark_for_segmentation(
                 conn,
                 [t.customer_id for t in changes.touches],

@@ -65,9 +65,10 @@ async def test_windows_expire_as_time_passes_without_events(conn: Any) -> None:
         )
         await repo.insert_interactions(conn, [("c1", viewed, "page_view")])
         await repo.touch_customers(
-            conn, [repo.CustomerTouch("c1", {"page_view": 1}, viewed, last_event_at=viewed)]
+            conn,
+            [repo.CustomerTouch("c1", {"page_view": 1}, viewed, last_event_at=viewed)],
+            ["c1"],
         )
-        await repo.refresh_order_aggregates(conn, ["c1"])
 
     async def at(t: datetime) -> repo.CustomerAggregates:
         return (await repo.fetch_aggregates(conn, ["c1"], t))["c1"]
@@ -105,9 +106,52 @@ async def test_cancellation_before_placement_still_cancels(conn: Any) -> None:
             ],
         )
         await repo.apply_orders(conn, [repo.OrderChange("c1", "o2", refunded=Decimal("25"))])
-        await repo.touch_customers(conn, [repo.CustomerTouch("c1", last_event_at=t)])
-        await repo.refresh_order_aggregates(conn, ["c1"])
+        await repo.touch_customers(conn, [repo.CustomerTouch("c1", last_event_at=t)], ["c1"])
     agg = (await repo.fetch_aggregates(conn, ["c1"], t + timedelta(days=1)))["c1"]
     assert agg.order_count == 1  # o1 was cancelled, whatever the arrival order
     assert agg.net_spend == Decimal(0)  # o2 refunded beyond its amount counts as zero, not less
     assert agg.last_order_at == t
+
+
+@pytest.mark.parametrize("expect_new", [True, False])
+async def test_dedup_ledger_keeps_only_unseen_ids_either_way(conn: Any, expect_new: bool) -> None:
+    t = datetime(2026, 3, 1, tzinfo=UTC)
+    async with conn.transaction():
+        assert await repo.keep_new_events(conn, ["e1", "e2"], t, expect_new=True) == {"e1", "e2"}
+    async with conn.transaction():
+        # A batch that repeats e2 gets the same answer whichever insert is tried first, and
+        # the statements after it in the transaction still run (the savepoint rolled back).
+        fresh = await repo.keep_new_events(conn, ["e2", "e3"], t, expect_new=expect_new)
+        assert fresh == {"e3"}
+        await repo.touch_customers(conn, [repo.CustomerTouch("c1", last_event_at=t)])
+    ids = await conn.fetch("SELECT event_id FROM processed_events ORDER BY event_id")
+    assert [r["event_id"] for r in ids] == ["e1", "e2", "e3"]
+    assert await conn.fetchval("SELECT count(*) FROM customer_aggregates") == 1
+
+
+async def test_order_side_is_written_only_for_order_customers(conn: Any) -> None:
+    t = datetime(2026, 3, 1, tzinfo=UTC)
+    async with conn.transaction():
+        await repo.apply_orders(
+            conn, [repo.OrderChange("c1", "o1", placed_at=t, amount=Decimal("12"))]
+        )
+        await repo.touch_customers(
+            conn,
+            [
+                repo.CustomerTouch("c1", last_event_at=t),
+                repo.CustomerTouch("c2", {"login": 1}, t, last_event_at=t),
+            ],
+            ["c1"],
+        )
+    async with conn.transaction():
+        await repo.touch_customers(
+            conn, [repo.CustomerTouch("c1", {"login": 2}, t, last_event_at=t)]
+        )
+    rows = await conn.fetch(
+        "SELECT customer_id, order_count, net_spend, last_order_at, interaction_count, version"
+        " FROM customer_aggregates ORDER BY customer_id"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("c1", 1, Decimal("12.0000"), t, 2, 2),  # an interaction alone keeps the order side
+        ("c2", 0, Decimal("0.0000"), None, 1, 1),
+    ]

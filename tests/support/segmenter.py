@@ -60,9 +60,8 @@ async def seed(engine: AsyncEngine, histories: Sequence[History], marked_at: dat
                     max(times + [at for at, _ in h.orders], default=marked_at),
                 )
             )
-        await ingest.touch_customers(conn, touches)
         ids = [t.customer_id for t in touches]
-        await ingest.refresh_order_aggregates(conn, ids)
+        await ingest.touch_customers(conn, touches, ids)
         await ingest.mark_for_segmentation(
             conn, ids, marked_at, [t.last_event_at or marked_at for t in touches]
         )
