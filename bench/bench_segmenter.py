@@ -1,8 +1,10 @@
 """Event-to-change latency and time-driven lateness of the whole pipeline, in one run.
 
     .venv/bin/python -m bench.bench_segmenter [--rate 5000] [--seconds 60] [--customers 20000]
+        [--segmenters 1] [--profile out.folded]
 
-Runs one ingest and one segmenter process against the stack (own schema and topics), then:
+Runs one ingest and `--segmenters` segmenter processes against the stack (own schema and
+topics), then:
 1. produces events of `--quiet` customers whose last interaction turns 7 days old during the
    run, so their engagement moves from engaged to casual by time alone;
 2. produces live shopper events at `--rate` events/s for `--seconds`;
@@ -10,12 +12,18 @@ Runs one ingest and one segmenter process against the stack (own schema and topi
    change - the event's time (events carry their send time, so that is their arrival in
    Kafka to within the producer's linger); for time-driven changes, lateness = evaluation
    time - the moment the change became due.
+
+The commit time is when the change's history row became visible: the history's highest id
+is sampled every 50 ms during the run (ids follow commit order), so it is late by 25 ms on
+average. `event_to_evaluation` is the older figure, which stopped at the start of the
+evaluating batch and so left out the batch's own time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import statistics
 import subprocess
 import sys
@@ -118,6 +126,42 @@ async def sample_backlogs(engine: Any, out: list[tuple[int, float]]) -> None:
         await asyncio.sleep(1)
 
 
+async def sample_commits(engine: Any, out: list[tuple[int, float]]) -> None:
+    """(highest history id, wall time it was seen) every 50 ms, until cancelled."""
+    async with engine.connect() as conn:
+        while True:
+            top = (
+                await conn.execute(text("SELECT COALESCE(max(id), 0) FROM segment_history"))
+            ).scalar_one()
+            await conn.commit()  # a fresh snapshot each time
+            if not out or top > out[-1][0]:
+                out.append((int(top), datetime.now(UTC).timestamp()))
+            await asyncio.sleep(0.05)
+
+
+def commit_latencies(rows: list[Any], commits: list[tuple[int, float]]) -> list[float]:
+    """Seconds from each change's event to the first sample that saw its history row."""
+    ids = [i for i, _ in commits]
+    out = []
+    for row in rows:
+        at = bisect.bisect_left(ids, row.id)
+        if at < len(commits):
+            out.append(commits[at][1] - row.event_at.timestamp())
+    return out
+
+
+def start_profiler(pid: int, seconds: float, path: Path) -> subprocess.Popen[bytes]:
+    """py-spy (when installed beside this Python) on one segmenter, in raw folded form."""
+    spy = Path(sys.executable).parent / "py-spy"
+    command = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds))]
+    command.extend(["--rate", "200", "--format", "raw", "-o", str(path)])
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
@@ -125,6 +169,8 @@ async def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--quiet", type=int, default=2000)
     parser.add_argument("--warmup", type=float, default=10, help="seconds left out at the start")
+    parser.add_argument("--segmenters", type=int, default=1, help="segmenter processes")
+    parser.add_argument("--profile", type=Path, help="py-spy folded stacks of segmenter 1")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     env = stack_env()
@@ -151,15 +197,16 @@ async def main() -> None:
     }
     logs = ROOT / ".stack"
     logs.mkdir(exist_ok=True)
+    names = ["ingest", *(["segmenter"] * args.segmenters)]
     procs = [
         subprocess.Popen(  # noqa: ASYNC220 - started once, then only waited for
             [sys.executable, "-m", f"services.{name}"],
             cwd=ROOT,
             env=service_env,
-            stdout=(logs / f"bench-{name}.log").open("wb"),
+            stdout=(logs / f"bench-{name}{i}.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
-        for name in ("ingest", "segmenter")
+        for i, name in enumerate(names)
     ]
     try:
         await asyncio.sleep(3)
@@ -167,7 +214,11 @@ async def main() -> None:
         await produce_quiet(bootstrap, interactions, args.quiet, first_due, args.seconds / 2)
         started = datetime.now(UTC)
         samples: list[tuple[int, float]] = []
+        commits: list[tuple[int, float]] = []
         sampling = asyncio.create_task(sample_backlogs(engine, samples))
+        watching = asyncio.create_task(sample_commits(engine, commits))
+        if args.profile:
+            profiler = start_profiler(procs[1].pid, args.seconds, args.profile)
         sent = await produce_live(
             bootstrap, orders, interactions, args.rate, args.seconds, args.customers
         )
@@ -183,23 +234,29 @@ async def main() -> None:
             if due == 0:
                 break
             await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)
+        watching.cancel()
+        if args.profile:
+            profiler.wait(args.seconds + 30)
         async with engine.connect() as conn:
-            event_rows = (
-                (
-                    await conn.execute(
-                        text(
-                            """
-                SELECT extract(epoch FROM evaluated_at - caused_by_event_at) AS s
+            event_rows = list(
+                await conn.execute(
+                    text(
+                        """
+                SELECT id, caused_by_event_at AS event_at,
+                       extract(epoch FROM evaluated_at - caused_by_event_at) AS s
                 FROM segment_history
                 WHERE cause = 'event' AND customer_id LIKE 'c%' AND evaluated_at > :from
                 """
-                        ),
-                        {"from": started + timedelta(seconds=args.warmup)},
-                    )
+                    ),
+                    {"from": started + timedelta(seconds=args.warmup)},
                 )
-                .scalars()
-                .all()
             )
+            evaluations = (
+                await conn.execute(
+                    text("SELECT COALESCE(sum(version), 0) FROM customer_evaluations")
+                )
+            ).scalar_one()
             time_rows = (
                 (
                     await conn.execute(
@@ -229,9 +286,13 @@ async def main() -> None:
         "offered_rate_per_s": args.rate,
         "achieved_rate_per_s": round(sent / (ended - started).total_seconds()),
         "seconds": args.seconds,
-        "event_to_change": percentiles([float(v) for v in event_rows]),
+        "segmenters": args.segmenters,
+        "event_to_change": percentiles(commit_latencies(event_rows, commits)),
+        "event_to_evaluation": percentiles([float(r.s) for r in event_rows]),
         "time_driven_lateness": percentiles([float(v) for v in time_rows]),
         "time_driven_expected": args.quiet,
+        # Evaluations of the whole run (the quiet customers' and the warm-up's too).
+        "evaluations": int(evaluations),
         # Where a backlog built up, sampled each second during the live load.
         "max_segmenter_due_customers": max((d for d, _ in samples), default=0),
         "max_segmenter_oldest_due_s": round(max((a for _, a in samples), default=0.0), 2),
