@@ -6,11 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from services.api.auth.routes import router as admin_router
 from services.api.changes.routes import router as changes_router
+from services.api.customers.fast_path import SegmentsFastPath
+from services.api.customers.routes import get_customer_segments
 from services.api.customers.routes import router as customers_router
 from services.api.deps import SECURITY, SECURITY_SCHEMES
 from services.api.errors import install_error_handlers
@@ -63,10 +66,18 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
     ):
         app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    if api_settings.fast_path:
+        # Innermost of ours: the body limit and the metrics apply to its answers too.
+        route = _route_of(customers_router, get_customer_segments)
+        app.add_middleware(SegmentsFastPath, route=route)
     app.add_middleware(BodyLimitMiddleware, max_bytes=api_settings.max_body_bytes)
     # Added last, so outermost: it also times the requests the body limit turns away.
     app.add_middleware(MetricsMiddleware)
     return app
+
+
+def _route_of(router: APIRouter, endpoint: object) -> APIRoute:
+    return next(r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is endpoint)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.datastructures import Headers
 
 from services.api.auth.keys import Principal, Scope
 from services.api.errors import ApiError
@@ -34,45 +35,49 @@ SECURITY_SCHEMES: dict[str, Any] = {
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(headers: Headers) -> str | None:
     """The key from `Authorization: Bearer <key>`, else from `X-API-Key`."""
-    authorization = request.headers.get("authorization")
+    authorization = headers.get("authorization")
     if authorization:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             return credentials.strip()
-    return request.headers.get("x-api-key") or None
+    return headers.get("x-api-key") or None
+
+
+async def authorize(resources: Resources, headers: Headers, scope: Scope) -> Principal:
+    """The caller's key if it is valid, unrevoked and holds `scope`; else an ApiError."""
+    presented = presented_key(headers)
+    if not presented:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            {"WWW-Authenticate": _CHALLENGE},
+        )
+    found = await resources.keys.verify(presented)
+    if found is None:
+        raise ApiError(
+            401,
+            "invalid_api_key",
+            "the API key is unknown or revoked",
+            {"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+        )
+    if scope not in found.scopes:
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"this endpoint needs an API key with the scope {scope!r}",
+            {"WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope", scope="{scope}"'},
+        )
+    return found
 
 
 def require(scope: Scope) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency that admits a valid, unrevoked key holding `scope`."""
 
     async def principal(request: Request) -> Principal:
-        presented = presented_key(request)
-        if not presented:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "send an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-                {"WWW-Authenticate": _CHALLENGE},
-            )
-        resources: Resources = request.app.state.resources
-        found = await resources.keys.verify(presented)
-        if found is None:
-            raise ApiError(
-                401,
-                "invalid_api_key",
-                "the API key is unknown or revoked",
-                {"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
-            )
-        if scope not in found.scopes:
-            raise ApiError(
-                403,
-                "insufficient_scope",
-                f"this endpoint needs an API key with the scope {scope!r}",
-                {"WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope", scope="{scope}"'},
-            )
-        return found
+        return await authorize(request.app.state.resources, request.headers, scope)
 
     return principal
 

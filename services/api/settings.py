@@ -23,3 +23,4 @@ class ApiSettings(BaseSettings):
     stream_heartbeat_seconds: float = Field(default=15, gt=0)
     ready_backlog_seconds: float = Field(default=60, gt=0)
     ready_backlog_rows: int = Field(default=100_000, ge=1)
+    fast_path: bool = True
