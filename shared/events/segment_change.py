@@ -1,5 +1,6 @@
 """The segment-change event the segmenter publishes: CloudEvents 1.0, JSON structured mode."""
 
+import hashlib
 import uuid
 from typing import Annotated, Final, Literal
 
@@ -52,13 +53,22 @@ _decoder: Final = msgspec.json.Decoder(SegmentChangeEvent)
 _encoder: Final = msgspec.json.Encoder()
 
 
+_NAMESPACE_BYTES: Final = SEGMENT_CHANGE_ID_NAMESPACE.bytes
+
+
 def segment_change_id(customer_id: str, dimension: str, sequence: int) -> str:
     """The event id for a customer's `sequence`-th change: a UUIDv5, the same on every retry.
 
     Consumers dedupe by it. The name is a JSON array so that no two inputs can collide.
     """
-    name = msgspec.json.encode([customer_id, dimension, sequence]).decode()
-    return str(uuid.uuid5(SEGMENT_CHANGE_ID_NAMESPACE, name))
+    # uuid.uuid5 spelled out: the segmenter makes one per change, and building a UUID object
+    # only to print it took half its cost. The unit tests compare the two.
+    name = _encoder.encode((customer_id, dimension, sequence))
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = digest[6] & 0x0F | 0x50  # version 5
+    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def segment_change_event(

@@ -1,10 +1,14 @@
 """The segment-change CloudEvent: stable ids, deterministic bytes, strict decoding."""
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.events import (
     EventRejected,
@@ -17,6 +21,7 @@ from shared.events import (
 )
 from shared.events.segment_change import (
     SEGMENT_CHANGE_DATASCHEMA,
+    SEGMENT_CHANGE_ID_NAMESPACE,
     SEGMENT_CHANGED_TYPE,
     SEGMENTER_SOURCE,
 )
@@ -108,6 +113,17 @@ def test_id_is_stable_and_depends_on_every_input() -> None:
 
 def test_id_cannot_collide_across_field_boundaries() -> None:
     assert segment_change_id("a:b", "c", 1) != segment_change_id("a", "b:c", 1)
+
+
+@given(st.text(), st.text(), st.integers(0, 2**63 - 1))
+def test_change_id_is_the_uuid5_of_the_json_name(
+    customer_id: str, dimension: str, sequence: int
+) -> None:
+    name = msgspec.json.encode([customer_id, dimension, sequence]).decode()
+
+    expected = uuid.uuid5(SEGMENT_CHANGE_ID_NAMESPACE, name)
+
+    assert segment_change_id(customer_id, dimension, sequence) == str(expected)
 
 
 def test_unknown_extension_attributes_are_ignored() -> None:
