@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -271,6 +272,14 @@ async def test_outbox_waits_for_kafka_and_publishes_when_it_is_back(
         )
     assert {e.id for e in events} == ids
     assert all(r.key.decode() == e.subject for r, e in zip(records, events, strict=True))
+    # Where and how a keyed send() would have put them: the key's partition, in change order.
+    partitions = list(range(4))  # the changes_topic fixture's
+    assert all(r.partition == DefaultPartitioner()(r.key, partitions, partitions) for r in records)
+    assert all(dict(r.headers)["content-type"] == b"application/cloudevents+json" for r in records)
+    sequences: dict[tuple[str, str], list[int]] = {}
+    for e in events:
+        sequences.setdefault((e.subject, e.data.dimension), []).append(e.data.sequence)
+    assert all(seq == sorted(seq) for seq in sequences.values())
 
 
 @pytest.mark.slow
