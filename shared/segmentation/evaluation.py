@@ -15,15 +15,14 @@ from typing import Any
 from shared.segmentation.facts import Assignment, CustomerFacts
 from shared.segmentation.metrics import (
     METRICS,
-    MICROSECONDS_PER_DAY,
     MetricValue,
-    Window,
     compute_fact_metrics,
     crossing_offsets,
     days_between,
 )
 from shared.segmentation.model import Definitions, Dimension, SegmentRule
 from shared.segmentation.population import PopulationStats, cutoff_value, score_of
+from shared.segmentation.timeline import Timeline
 
 NEXT_CHANGE_HORIZON = timedelta(days=400)
 _MICROSECOND = timedelta(microseconds=1)
@@ -93,7 +92,8 @@ def evaluate(
     definitions no longer have, count as no previous segment. Set `find_next_change=False`
     to skip the next-change search (previews)."""
     _require_aware(now)
-    env = _environment(definitions, facts, now, population)
+    timeline = Timeline(facts)
+    env = _environment(definitions, timeline.metrics(now), population)
     decisions = {}
     for dimension in definitions.dimensions:
         prior = previous.get(dimension.name)
@@ -110,7 +110,7 @@ def evaluate(
     next_change_at = None
     if find_next_change:
         current = {name: Assignment(d.segment, d.since) for name, d in decisions.items()}
-        next_change_at = _next_change_at(definitions, facts, now, current, population, env)
+        next_change_at = _next_change_at(definitions, timeline, now, current, population, env)
     return Evaluation(decisions, next_change_at)
 
 
@@ -124,7 +124,7 @@ def matching_segments(
     """Every segment whose rule matches, per dimension, without settling (for previews and
     tests: valid definitions give exactly one per dimension)."""
     _require_aware(now)
-    env = _environment(definitions, facts, now, population)
+    env = _environment(definitions, compute_fact_metrics(facts, now), population)
     found = {}
     for dimension in definitions.dimensions:
         _set_previous(dimension, env, previous.get(dimension.name), now)
@@ -138,9 +138,9 @@ def _require_aware(now: datetime) -> None:
 
 
 def _environment(
-    definitions: Definitions, facts: CustomerFacts, now: datetime, population: PopulationStats
+    definitions: Definitions, env: dict[str, MetricValue], population: PopulationStats
 ) -> dict[str, MetricValue]:
-    env = compute_fact_metrics(facts, now)
+    """The fact metrics completed with scores and cut-offs (in place)."""
     for name, score in definitions.scores.items():
         env[name] = score_of(score, env[score.metric], population.edges.get(name))
     for name, cutoff in definitions.cutoffs.items():
@@ -201,7 +201,7 @@ def _match(dimension: Dimension, env: dict[str, MetricValue], customer_id: str) 
 
 def _next_change_at(
     definitions: Definitions,
-    facts: CustomerFacts,
+    timeline: Timeline,
     now: datetime,
     current: Mapping[str, Assignment],
     population: PopulationStats,
@@ -213,15 +213,16 @@ def _next_change_at(
 
     Instants are microsecond offsets from `now`, each with the bitmask of the dimensions
     whose metrics flip there: only those can change at that instant."""
-    moments = _breakpoints(definitions, facts, now, current, population, env)
+    moments = _breakpoints(definitions, timeline, now, current, population, env)
+    customer_id = timeline.facts.customer_id
     for offset in sorted(moments):
         mask = moments[offset]
         moment = now + timedelta(microseconds=offset)
-        moment_env = _environment(definitions, facts, moment, population)
+        moment_env = _environment(definitions, timeline.metrics(moment), population)
         for index, dimension in enumerate(definitions.dimensions):
             if mask >> index & 1:
                 prior = current[dimension.name]
-                rule, _ = _settle(dimension, moment_env, prior, moment, facts.customer_id, False)
+                rule, _ = _settle(dimension, moment_env, prior, moment, customer_id, False)
                 if rule.name != prior.segment:
                     return moment
     return None
@@ -229,7 +230,7 @@ def _next_change_at(
 
 def _breakpoints(
     definitions: Definitions,
-    facts: CustomerFacts,
+    timeline: Timeline,
     now: datetime,
     current: Mapping[str, Assignment],
     population: PopulationStats,
@@ -243,10 +244,11 @@ def _breakpoints(
             thresholds.extend(population.edges.get(score, ()))
         metric = METRICS[dependence.metric]
         if metric.anchor is not None:
-            offsets = _crossings(metric.anchor(facts), now, env[dependence.metric], thresholds)
+            anchor = metric.anchor(timeline.facts)
+            offsets = _crossings(anchor, now, env[dependence.metric], thresholds)
         else:
             assert metric.window is not None
-            offsets = _window_exits(metric.window, facts, now, thresholds)
+            offsets = timeline.window_exits(metric.window, now, thresholds, _HORIZON_US)
         for offset in offsets:
             moments[offset] = moments.get(offset, 0) | dependence.dimension_mask
     for index, dimension in enumerate(definitions.dimensions):
@@ -274,25 +276,3 @@ def _crossings(
             ahead = offset - since_anchor
             if 0 < ahead <= _HORIZON_US:
                 yield ahead
-
-
-def _window_exits(
-    window: Window, facts: CustomerFacts, now: datetime, thresholds: list[Any]
-) -> Iterator[int]:
-    """When events leave the window in a way that moves its value across a threshold."""
-    span = window.days * MICROSECONDS_PER_DAY
-    exits: list[tuple[int, Any]]  # amounts are Decimal (spend) or 1 (count)
-    if window.source == "orders":
-        exits = [
-            (span - (now - o.placed_at) // _MICROSECOND, o.net_amount) for o in facts.recent_orders
-        ]
-    else:
-        exits = [(span - (now - at) // _MICROSECOND, 1) for at in facts.recent_interactions]
-    inside = sorted((ahead, amount) for ahead, amount in exits if ahead > 0)
-    value: Any = sum(amount for _, amount in inside) if window.measure == "spend" else len(inside)
-    for ahead, amount in inside:
-        after = value - (amount if window.measure == "spend" else 1)
-        low, high = min(after, value), max(after, value)
-        if ahead <= _HORIZON_US and any(low <= c <= high for c in thresholds):
-            yield ahead
-        value = after

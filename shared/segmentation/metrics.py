@@ -159,24 +159,42 @@ def compute_fact_metrics(facts: CustomerFacts, now: datetime) -> dict[str, Metri
             interactions_30d += 1
             if age < _W7:
                 interactions_7d += 1
+    return fact_metrics(
+        facts,
+        now,
+        (orders_30d, orders_90d, orders_365d),
+        (spend_30d, spend_90d, spend_365d),
+        (interactions_7d, interactions_30d),
+    )
+
+
+def fact_metrics(
+    facts: CustomerFacts,
+    now: datetime,
+    orders: tuple[int, int, int],
+    spend: tuple[Decimal, Decimal, Decimal],
+    interactions: tuple[int, int],
+) -> dict[str, MetricValue]:
+    """Every fact-derived metric, given the rolling windows (30/90/365-day orders and spend,
+    7/30-day interactions) however they were counted."""
     has_ordered = facts.order_count > 0
     return {
         "orders_total": facts.order_count,
         "net_spend_total": facts.net_spend,
-        "orders_30d": orders_30d,
-        "orders_90d": orders_90d,
-        "orders_365d": orders_365d,
-        "spend_30d": spend_30d,
-        "spend_90d": spend_90d,
-        "spend_365d": spend_365d,
+        "orders_30d": orders[0],
+        "orders_90d": orders[1],
+        "orders_365d": orders[2],
+        "spend_30d": spend[0],
+        "spend_90d": spend[1],
+        "spend_365d": spend[2],
         "aov": facts.net_spend / facts.order_count if has_ordered else None,
         "days_since_first_order": days_between(facts.first_order_at, now),
         "days_since_last_order": days_between(facts.last_order_at, now),
         "days_since_last_interaction": days_between(facts.last_interaction_at, now),
         "days_since_open_cart": days_between(facts.last_cart_at, now),
         "interactions_total": facts.interaction_count,
-        "interactions_7d": interactions_7d,
-        "interactions_30d": interactions_30d,
+        "interactions_7d": interactions[0],
+        "interactions_30d": interactions[1],
         "has_ordered": has_ordered,
         "has_interacted": facts.interaction_count > 0,
         "has_open_cart": facts.last_cart_at is not None,

@@ -1,0 +1,184 @@
+"""The time-indexed facts agree with walking every event: metrics at any instant, and the
+next change found with them equals the one found by the walk it replaced."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.segmentation import (
+    Assignment,
+    CustomerFacts,
+    Interaction,
+    OrderFact,
+    PopulationStats,
+    build_facts,
+    compute_fact_metrics,
+    evaluate,
+)
+from shared.segmentation import evaluation as core
+from shared.segmentation.metrics import METRICS, MICROSECONDS_PER_DAY, Window, days_between
+from shared.segmentation.timeline import Timeline
+from tests.unit.test_segmentation_properties import (
+    BASE,
+    DAY_US,
+    DEFINITIONS,
+    ages,
+    populations,
+    previous_assignments,
+)
+
+MICROSECOND = timedelta(microseconds=1)
+WINDOW_DAYS = (7, 30, 90, 365)
+
+
+@st.composite
+def busy_customers(draw: st.DrawFn) -> tuple[CustomerFacts, datetime]:
+    """Up to 40 orders and interactions, with ties in time, zero and (rarely) negative
+    amounts, so that the search from the newest end meets every case."""
+    now = BASE + timedelta(microseconds=draw(st.integers(0, 10 * DAY_US)))
+    some_ages = st.lists(ages, min_size=1, max_size=5)
+    pool = draw(some_ages)  # repeated ages give ties
+    age = st.sampled_from(pool) | ages
+    amount = st.integers(-2_000, 50_000).map(lambda cents: Decimal(cents) / 100) | st.just(
+        Decimal(0)
+    )
+    if draw(st.booleans()):
+        amount = st.integers(0, 50_000).map(lambda cents: Decimal(cents) / 100)
+    orders = [
+        OrderFact(now - timedelta(microseconds=a), m)
+        for a, m in draw(st.lists(st.tuples(age, amount), max_size=40))
+    ]
+    interactions = [
+        Interaction(now - timedelta(microseconds=a)) for a in draw(st.lists(age, max_size=40))
+    ]
+    return build_facts("c-1", now, orders, interactions), now
+
+
+def instants(facts: CustomerFacts, now: datetime) -> Iterator[datetime]:
+    """`now` and every instant where some event enters or leaves a window, and a microsecond
+    either side of it."""
+    yield now
+    times = [o.placed_at for o in facts.recent_orders] + list(facts.recent_interactions)
+    for at in times:
+        for days in WINDOW_DAYS:
+            edge = at + timedelta(days=days)
+            yield from (edge - MICROSECOND, edge, edge + MICROSECOND)
+
+
+@settings(max_examples=300)
+@given(busy_customers())
+def test_metrics_at_any_instant_equal_the_walk(customer: tuple[CustomerFacts, datetime]) -> None:
+    facts, now = customer
+    timeline = Timeline(facts)
+
+    for moment in instants(facts, now):
+        assert timeline.metrics(moment) == compute_fact_metrics(facts, moment), moment
+
+
+WINDOWED = sorted(name for name, metric in METRICS.items() if metric.window is not None)
+
+
+@settings(max_examples=500)
+@given(busy_customers(), st.sampled_from(WINDOWED), st.data())
+def test_window_exits_equal_the_walk(
+    customer: tuple[CustomerFacts, datetime], name: str, data: st.DataObject
+) -> None:
+    facts, now = customer
+    window = METRICS[name].window
+    assert window is not None
+    # Thresholds the value actually takes on the way down, so that landing exactly on one
+    # is tried, beside arbitrary ones and an unresolved cut-off.
+    taken: list[Any] = [compute_fact_metrics(facts, m)[name] for m in instants(facts, now)]
+    threshold = (
+        st.sampled_from(taken)
+        | st.integers(-1, 12)
+        | st.just(Decimal("Infinity"))
+        | st.floats(0, 1000, allow_nan=False)
+    )
+    thresholds = data.draw(st.lists(threshold, max_size=5))
+
+    found = set(Timeline(facts).window_exits(window, now, thresholds, core._HORIZON_US))
+
+    assert found == set(walked_window_exits(window, facts, now, thresholds))
+
+
+@settings(max_examples=500)
+@given(st.data())
+def test_next_change_equals_the_walk_it_replaced(data: st.DataObject) -> None:
+    facts, now = data.draw(busy_customers())
+    previous = data.draw(previous_assignments(now))
+    population = data.draw(populations())
+
+    found = evaluate(DEFINITIONS, facts, now, previous, population)
+
+    assert found.next_change_at == walked_next_change_at(facts, now, found.current, population)
+
+
+# The search as it was before the timeline: every instant's metrics by walking every event,
+# and window exits by walking every event oldest first.
+def walked_next_change_at(
+    facts: CustomerFacts,
+    now: datetime,
+    current: Mapping[str, Assignment],
+    population: PopulationStats,
+) -> datetime | None:
+    env = core._environment(DEFINITIONS, compute_fact_metrics(facts, now), population)
+    moments: dict[int, int] = {}
+    for dependence in DEFINITIONS.time_dependences:
+        thresholds: list[Any] = [*dependence.constants]
+        thresholds.extend(env[cutoff] for cutoff in dependence.cutoffs)
+        for score in dependence.scores:
+            thresholds.extend(population.edges.get(score, ()))
+        metric = METRICS[dependence.metric]
+        if metric.anchor is not None:
+            offsets = core._crossings(metric.anchor(facts), now, env[dependence.metric], thresholds)
+        else:
+            assert metric.window is not None
+            offsets = walked_window_exits(metric.window, facts, now, thresholds)
+        for offset in offsets:
+            moments[offset] = moments.get(offset, 0) | dependence.dimension_mask
+    for index, dimension in enumerate(DEFINITIONS.dimensions):
+        limits = [*dimension.thresholds.get("days_in_segment", ())]
+        limits.extend(env[c] for c in dimension.cutoff_refs.get("days_in_segment", ()))
+        if limits:
+            since = current[dimension.name].since
+            days = days_between(since, now)
+            for offset in core._crossings(since, now, days, limits):
+                moments[offset] = moments.get(offset, 0) | 1 << index
+    for offset in sorted(moments):
+        moment = now + timedelta(microseconds=offset)
+        moment_env = core._environment(DEFINITIONS, compute_fact_metrics(facts, moment), population)
+        for index, dimension in enumerate(DEFINITIONS.dimensions):
+            if moments[offset] >> index & 1:
+                prior = current[dimension.name]
+                rule, _ = core._settle(dimension, moment_env, prior, moment, "c-1", False)
+                if rule.name != prior.segment:
+                    return moment
+    return None
+
+
+def walked_window_exits(
+    window: Window, facts: CustomerFacts, now: datetime, thresholds: list[Any]
+) -> Iterator[int]:
+    span = window.days * MICROSECONDS_PER_DAY
+    exits: list[tuple[int, Any]]
+    if window.source == "orders":
+        exits = [
+            (span - (now - o.placed_at) // MICROSECOND, o.net_amount) for o in facts.recent_orders
+        ]
+    else:
+        exits = [(span - (now - at) // MICROSECOND, 1) for at in facts.recent_interactions]
+    inside = sorted((ahead, amount) for ahead, amount in exits if ahead > 0)
+    value: Any = sum(amount for _, amount in inside) if window.measure == "spend" else len(inside)
+    for ahead, amount in inside:
+        after = value - (amount if window.measure == "spend" else 1)
+        low, high = min(after, value), max(after, value)
+        if ahead <= core._HORIZON_US and any(low <= c <= high for c in thresholds):
+            yield ahead
+        value = after
