@@ -6,6 +6,7 @@ previous one commits, which is how one worker keeps both cores busy.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -19,6 +20,8 @@ from shared.events import EventRejected, RejectReason, check_occurred_at, decode
 from shared.events.orders import ORDER_EVENT_CLASSES
 
 AMOUNT_QUANTUM = Decimal("0.0001")
+# About 3 ms of decoding between chances for the commit stage to run.
+YIELD_EVERY_RECORDS = 256
 _ORDER_CLASSES = frozenset(ORDER_EVENT_CLASSES)
 
 
@@ -132,7 +135,7 @@ def build_changes(
     )
 
 
-def prepare(
+async def prepare(
     batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
     fetched: dict[TopicPartition, int],
     epochs: dict[TopicPartition, int],
@@ -148,15 +151,22 @@ def prepare(
     """
     parts: list[Part] = []
     events: dict[str, Any] = {}
+    screened = 0
     for tp, records in batch.items():
         start = fetched.get(tp)
         epoch = epochs.get(tp)
         if start is None or epoch is None:
             continue
         part = Part(tp, epoch, start, start)
+        found: list[Any] = []
         for rec in records:
             if rec.offset < part.end:
                 continue
+            screened += 1
+            if screened % YIELD_EVERY_RECORDS == 0:
+                # The commit stage can send its next statement only when we hand the loop
+                # back: without this, PostgreSQL idles while a whole batch is decoded.
+                await asyncio.sleep(0)
             part.end = rec.offset + 1
             try:
                 event = screen(rec.value or b"", now)
@@ -166,10 +176,14 @@ def prepare(
             part.event_ids.append(event.event_id)
             if part.max_event_at is None or event.occurred_at > part.max_event_at:
                 part.max_event_at = event.occurred_at
-            events.setdefault(event.event_id, event)
-        if part.end > part.start:
+            found.append(event)
+        # A rebalance may have run while we yielded; a partition lost or sought meanwhile
+        # is read again by its owner from its own position.
+        if part.end > part.start and epochs.get(tp) == epoch and fetched.get(tp) == start:
             fetched[tp] = part.end
             parts.append(part)
+            for event in found:
+                events.setdefault(event.event_id, event)
     if not parts:
         return None
     changes = build_changes(list(events.values()), rates, now - retention)

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import repository as repo
@@ -27,6 +28,9 @@ from services.ingest.settings import IngestSettings
 from shared.clock import Clock
 from shared.db.engine import pg_connection
 from shared.kafka import dlq_headers, dlq_topic, locate
+
+# Records per getmany: about 5 ms of aiokafka's record building at a time.
+_FETCH_SLICE = 1000
 
 log = structlog.get_logger("ingest")
 
@@ -157,13 +161,10 @@ class IngestWorker:
 
     async def _fetch_loop(self, ready: asyncio.Queue[PreparedBatch]) -> None:
         while True:
-            records = await self._consumer.getmany(
-                timeout_ms=self._settings.poll_timeout_ms,
-                max_records=self._settings.max_batch_records,
-            )
+            records = await self._fetch()
             if not records:
                 continue
-            prepared = prepare(
+            prepared = await prepare(
                 records,
                 self._fetched,
                 self._epochs,
@@ -174,6 +175,27 @@ class IngestWorker:
             )
             if prepared is not None:
                 await ready.put(prepared)
+
+    async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """Up to one batch of records, taken in slices: aiokafka builds the records of a
+        getmany in one go, and the commit stage needs the loop back now and then."""
+        limit = self._settings.max_batch_records
+        out: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+        out = await self._consumer.getmany(
+            timeout_ms=self._settings.poll_timeout_ms, max_records=min(limit, _FETCH_SLICE)
+        )
+        taken = sum(len(r) for r in out.values())
+        while out and taken < limit:
+            await asyncio.sleep(0)
+            more = await self._consumer.getmany(
+                timeout_ms=0, max_records=min(limit - taken, _FETCH_SLICE)
+            )
+            if not more:
+                break
+            for tp, records in more.items():
+                out.setdefault(tp, []).extend(records)
+            taken += sum(len(r) for r in more.values())
+        return out
 
     async def _process(self, prepared: PreparedBatch) -> None:
         started = time.perf_counter()
