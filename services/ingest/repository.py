@@ -102,6 +102,12 @@ async def advance_offsets(
         raise FencedError(f"partitions now owned by another worker: {', '.join(lost)}")
 
 
+async def skip_flush_wait(conn: asyncpg.Connection) -> None:
+    """Let this transaction's commit return before its WAL reaches disk (see the worker's
+    `_commit` for why that is safe for a batch)."""
+    await conn.execute("SET LOCAL synchronous_commit = off")
+
+
 async def keep_new_events(
     conn: asyncpg.Connection, event_ids: Sequence[str], seen_at: datetime, *, expect_new: bool
 ) -> set[str]:

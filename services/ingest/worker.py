@@ -92,6 +92,8 @@ class IngestWorker:
         self._last_progress = time.monotonic()
         self._last_prune = 0.0
         self._expect_new = True
+        self._unreported: dict[TopicPartition, int] = {}
+        self._reporting: asyncio.Task[None] | None = None
         self.batches_committed = 0
 
     @property
@@ -135,6 +137,7 @@ class IngestWorker:
         self._epochs.pop(tp, None)
         self._committed.pop(tp, None)
         self._fetched.pop(tp, None)
+        self._unreported.pop(tp, None)
 
     # ------------------------------------------------------------------ the two stages
     async def run(self) -> None:
@@ -158,6 +161,8 @@ class IngestWorker:
             fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fetcher
+            if self._reporting is not None:
+                await self._reporting
 
     async def _fetch_loop(self, ready: asyncio.Queue[PreparedBatch]) -> None:
         while True:
@@ -240,10 +245,22 @@ class IngestWorker:
         self._metrics.observe_batch(
             applied, len(prepared.events) - applied, time.perf_counter() - started
         )
-        # Kafka's committed offsets are informational (lag in standard tools); the truth
-        # is in PostgreSQL, so a failure here loses nothing.
-        with contextlib.suppress(Exception):
-            await self._consumer.commit({p.tp: p.end for p in parts})
+        self._report_offsets({p.tp: p.end for p in parts})
+
+    def _report_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+        """Copy committed offsets to Kafka in the background, one request at a time.
+
+        They are informational (lag in standard tools); the truth is in PostgreSQL, so a
+        failure loses nothing, and the next batch need not wait for the round trip."""
+        self._unreported.update(offsets)
+        if self._reporting is None or self._reporting.done():
+            self._reporting = asyncio.create_task(self._report_loop(), name="ingest-report")
+
+    async def _report_loop(self) -> None:
+        while self._unreported:
+            offsets, self._unreported = self._unreported, {}
+            with contextlib.suppress(Exception):
+                await self._consumer.commit(offsets)
 
     async def _commit(self, prepared: PreparedBatch) -> int:
         """Apply one batch; returns how many events were new. The order is the guarantee:
@@ -256,12 +273,18 @@ class IngestWorker:
            row locks are taken early), the dedup ledger, the aggregates and the segmentation
            queue. After a crash either all of it is there, or none of it and the batch is
            read again from the stored offsets.
+
+        That is also why the transaction need not wait for its WAL flush: a PostgreSQL crash
+        that loses an acknowledged batch loses its offsets with it, so the batch is read
+        again. Nothing outside sees it first: the segmenter's own commits are synchronous
+        and flush the WAL up to and past every batch it has read.
         """
         letters = [d for p in prepared.parts for d in p.dead_letters]
         if letters:
             await self._send_dead_letters(letters)
         now = self._clock.now()
         async with pg_connection(self._engine) as conn, conn.transaction():
+            await repo.skip_flush_wait(conn)
             parts = sorted(prepared.parts, key=lambda p: (p.tp.topic, p.tp.partition))
             await repo.advance_offsets(
                 conn,

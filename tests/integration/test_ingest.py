@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -125,6 +126,21 @@ async def test_aggregates_match_the_checker(harness: Harness) -> None:
             await conn.execute(text("SELECT max(max_event_at) FROM ingest_offsets"))
         ).scalar_one()
     assert watermark == max(e.occurred_at for e in events)
+    # Kafka's own committed offsets follow (in the background) for standard lag tools.
+    admin = AIOKafkaAdminClient(bootstrap_servers=harness.bootstrap)
+    await admin.start()
+    try:
+
+        async def reported() -> bool:
+            group = harness.env["STREAMSEG_INGEST_GROUP_ID"]
+            offsets = await admin.list_consumer_group_offsets(group)
+            return {(tp.topic, tp.partition): m.offset for tp, m in offsets.items()} == (
+                produced.ends
+            )
+
+        await eventually(reported, message="Kafka committed offsets reach the end")
+    finally:
+        await admin.close()
 
 
 async def test_duplicates_and_reordering_change_nothing(harness: Harness) -> None:
