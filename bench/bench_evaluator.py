@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+import services.segmenter.queue as queue
 import services.segmenter.repository as repo
 from bench.bench_ingest import stack_env
 from services.ingest import repository as ingest
@@ -51,16 +52,19 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=5000)
     args = parser.parse_args()
-    for name in (
-        "claim_due",
-        "load_customers",
-        "load_states",
-        "save_evaluations",
-        "save_segments",
-        "insert_changes",
-        "schedule",
+    for module, name in (
+        (queue, "lease_due"),
+        (queue, "read_due"),
+        (queue, "settle"),
+        (queue, "release_leases"),
+        (repo, "load_customers"),
+        (repo, "load_states"),
+        (repo, "save_evaluations"),
+        (repo, "save_segments"),
+        (repo, "insert_changes"),
+        (repo, "schedule"),
     ):
-        setattr(repo, name, timed(name, getattr(repo, name)))
+        setattr(module, name, timed(name, getattr(module, name)))
     env = stack_env()
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     engine = create_engine(env["STREAMSEG_DATABASE_URL"], schema)

@@ -20,16 +20,6 @@ INTERACTION_WINDOW = timedelta(days=30)
 
 
 @dataclass(frozen=True, slots=True)
-class Due:
-    """A queued customer, claimed by this transaction."""
-
-    customer_id: str
-    due_at: datetime
-    cause: str
-    cause_event_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
 class Loaded:
     """What evaluation needs of one customer, read in one snapshot."""
 
@@ -138,31 +128,6 @@ async def save_population_stats(
             customers,
             orjson.dumps(stats).decode(),
         )
-    )
-
-
-async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[Due]:
-    """Take up to `limit` customers due by `now` off the queue, oldest first.
-
-    SKIP LOCKED lets several segmenters share the queue without ever holding the same
-    customer; the rows are deleted in this transaction, so a crash puts them back.
-    """
-    rows = await conn.fetch(
-        """
-        WITH due AS (
-            SELECT customer_id FROM segmentation_queue
-            WHERE due_at <= $1 ORDER BY due_at LIMIT $2
-            FOR UPDATE SKIP LOCKED
-        )
-        DELETE FROM segmentation_queue q USING due WHERE q.customer_id = due.customer_id
-        RETURNING q.customer_id, q.due_at, q.cause, q.cause_event_at
-        """,
-        now,
-        limit,
-    )
-    return sorted(
-        (Due(r["customer_id"], r["due_at"], r["cause"], r["cause_event_at"]) for r in rows),
-        key=lambda d: d.customer_id,
     )
 
 
@@ -299,9 +264,14 @@ async def load_states(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> 
 async def save_evaluations(
     conn: asyncpg.Connection,
     rows: Sequence[tuple[str, int, int, int, datetime, datetime | None]],
-) -> None:
-    """(customer_id, version, change_sequence, definition_version, evaluated_at, next_change_at)"""
-    await conn.execute(
+) -> int:
+    """(customer_id, version, change_sequence, definition_version, evaluated_at, next_change_at)
+
+    A version is written only over the one before it; returns how many rows were, so the
+    caller can tell that no other evaluation got in between."""
+    if not rows:
+        return 0
+    status = await conn.execute(
         """
         INSERT INTO customer_evaluations AS e (customer_id, version, change_sequence,
                                                definition_version, evaluated_at, next_change_at)
@@ -313,9 +283,11 @@ async def save_evaluations(
             definition_version = EXCLUDED.definition_version,
             evaluated_at = EXCLUDED.evaluated_at,
             next_change_at = EXCLUDED.next_change_at
+        WHERE e.version = EXCLUDED.version - 1
         """,
         *(list(col) for col in zip(*rows, strict=True)),
     )
+    return int(status.split()[-1])
 
 
 async def save_segments(

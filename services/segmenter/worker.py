@@ -1,7 +1,8 @@
 """The evaluation loop: take due customers off the queue, evaluate, record every change.
 
 Delivery guarantee (`evaluate_due`): the claim, the new assignments, the history, the
-outbox records and the next wake-up commit in one PostgreSQL transaction. Redis and Kafka
+outbox records and the next wake-up commit in one PostgreSQL transaction (`_commit`); how
+a claim avoids holding queue rows while evaluating is in queue.py. Redis and Kafka
 are written after commit, from what was committed, so neither can show a change that the
 database does not have; the outbox publishes each change at least once, under a stable id.
 """
@@ -19,6 +20,7 @@ import msgspec
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.segmenter import queue
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from shared.clock import Clock
@@ -83,36 +85,35 @@ class Evaluator:
         self._change_counters: dict[tuple[str, str], Any] = {}
 
     async def evaluate_due(self) -> int:
-        """Evaluate one batch of due customers; returns how many were claimed."""
+        """Evaluate one batch of due customers; returns how many were leased."""
         now = self._clock.now()
         rules = self.ruleset
         started = time.perf_counter()
         writes = Writes()
-        async with pg_connection(self._engine) as conn, conn.transaction():
-            due = await repo.claim_due(conn, now, self._batch_size)
-            if not due:
-                return 0
-            ids = [d.customer_id for d in due]
-            loaded = await repo.load_customers(
-                conn, ids, now, with_interactions=rules.counts_interactions
-            )
-            states = await repo.load_states(conn, ids)
-            for item in due:
-                data = loaded.get(item.customer_id)
-                if data is None:
-                    continue  # erased, or queued before its first aggregate committed
-                state = states.get(item.customer_id) or repo.State(0, 0, {}, {})
-                self._evaluate_one(item, data, state, now, rules, writes)
-            await repo.save_evaluations(conn, writes.evaluations)
-            await repo.save_segments(conn, writes.segments)
-            await repo.schedule(conn, writes.wakeups, "time")
-            if writes.history:
-                # Last, under a lock held to commit: history ids are then assigned in commit
-                # order across segmenter processes, so a reader resuming "after id N" (the
-                # API's change stream) can never miss a change committed later with a
-                # smaller id. Only this short tail of the transaction is serialised.
-                await repo.lock_history(conn)
-                await repo.insert_changes(conn, writes.history, writes.payloads)
+        async with pg_connection(self._engine) as conn:
+            try:
+                ids = await queue.lease_due(conn, now, self._batch_size)
+                if not ids:
+                    return 0
+                # One snapshot for the queue rows, facts and state, so that a queue row
+                # still unchanged at commit vouches for exactly the facts evaluated here.
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    due = await queue.read_due(conn, ids)
+                    loaded = await repo.load_customers(
+                        conn, ids, now, with_interactions=rules.counts_interactions
+                    )
+                    states = await repo.load_states(conn, ids)
+                # Evaluating holds no row lock: ingest can queue these customers meanwhile.
+                for item in due:
+                    data = loaded.get(item.customer_id)
+                    if data is None:
+                        continue  # erased, or queued before its first aggregate committed
+                    state = states.get(item.customer_id) or repo.State(0, 0, {}, {})
+                    self._evaluate_one(item, data, state, now, rules, writes)
+                async with conn.transaction():
+                    await self._commit(conn, due, now, writes)
+            finally:
+                await queue.release_leases(conn)
         self._metrics.evaluations.inc(len(writes.evaluations))
         self._metrics.evaluation_seconds.observe(time.perf_counter() - started)
         self._observe_lateness(due, now)
@@ -127,9 +128,33 @@ class Evaluator:
             self._on_changes()
         return len(due)
 
+    async def _commit(self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes) -> None:
+        """The batch's one transaction: queue rows, state, wake-ups, then history and outbox.
+
+        The evaluation version only moves from the version read to the next one, and the
+        customer is leased meanwhile, so no other evaluation can have committed in between;
+        if one did, the write stops here and the transaction rolls back.
+        """
+        settled = await queue.settle(conn, due, now)
+        written = await repo.save_evaluations(conn, writes.evaluations)
+        if written != len(writes.evaluations):
+            raise EvaluationRaceError(len(writes.evaluations) - written)
+        await repo.save_segments(conn, writes.segments)
+        # A customer whose row ingest changed meanwhile is still queued, due now, and
+        # schedules its wake-up when evaluated again; queueing it here would wait for
+        # ingest's transaction while ingest may be waiting for this one.
+        await repo.schedule(conn, [w for w in writes.wakeups if w[0] in settled], "time")
+        if writes.history:
+            # Last, under a lock held to commit: history ids are then assigned in commit
+            # order across segmenter processes, so a reader resuming "after id N" (the
+            # API's change stream) can never miss a change committed later with a
+            # smaller id. Only this short tail of the transaction is serialised.
+            await repo.lock_history(conn)
+            await repo.insert_changes(conn, writes.history, writes.payloads)
+
     def _evaluate_one(
         self,
-        item: repo.Due,
+        item: queue.Due,
         data: repo.Loaded,
         state: repo.State,
         now: datetime,
@@ -202,12 +227,19 @@ class Evaluator:
             self._change_counters[(dimension, segment)] = counter
         counter.inc()
 
-    def _observe_lateness(self, due: list[repo.Due], now: datetime) -> None:
+    def _observe_lateness(self, due: list[queue.Due], now: datetime) -> None:
         """How long after being due each customer was evaluated."""
         for item in due:
             histogram = self._metrics.lateness_by_cause.get(item.cause)
             if histogram is not None:
                 histogram.observe(max(0.0, (now - item.due_at).total_seconds()))
+
+
+class EvaluationRaceError(RuntimeError):
+    """Another evaluation of a leased customer committed: a broken lease, never expected."""
+
+    def __init__(self, customers: int) -> None:
+        super().__init__(f"{customers} customers were evaluated elsewhere meanwhile")
 
 
 @dataclass

@@ -1,0 +1,118 @@
+"""Taking customers off the segmentation queue without holding its rows while evaluating.
+
+Ingest upserts a customer's queue row in the same transaction as the customer's new facts.
+A claim that deleted the row at the start of the evaluating transaction made every ingest
+batch touching a claimed customer wait for that whole transaction (a busy customer is in
+nearly every batch of both). So a claim is three short steps instead:
+
+1. `lease_due`: a session advisory lock per due customer (several segmenters never evaluate
+   one customer at once; ingest never waits on these locks);
+2. `read_due`: the leased rows with their row version (`xmin`), read in the same snapshot
+   as the customers' facts and state;
+3. `settle`: in the transaction that writes the evaluations, delete each row only if it is
+   still the version that was read. A row that ingest changed meanwhile stays queued: its
+   customer has facts newer than this evaluation saw, and is evaluated again.
+
+A crash releases the leases with the connection and rolls the writes and deletes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+# The two-key form of advisory locks is a key space of its own, apart from the one-key
+# locks in repository.py; the first key keeps schemas sharing a database apart.
+_LEASE = "pg_try_advisory_lock(hashtext(current_schema()), hashtext(customer_id))"
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A leased customer's queue row as read: why it is queued, and the row's version."""
+
+    customer_id: str
+    due_at: datetime
+    cause: str
+    cause_event_at: datetime | None
+    row_version: str
+
+
+async def lease_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[str]:
+    """Lease up to `limit` customers due by `now`, oldest first, for this session.
+
+    Rows leased by other segmenters are passed over; a window three times `limit` deep is
+    looked at so that a second segmenter still finds work behind the first one's batch.
+    """
+    rows = await conn.fetch(
+        f"""
+        WITH due AS MATERIALIZED (
+            SELECT customer_id FROM segmentation_queue
+            WHERE due_at <= $1 ORDER BY due_at LIMIT $2 * 3
+        )
+        SELECT customer_id FROM due WHERE {_LEASE} LIMIT $2
+        """,  # noqa: S608 - a constant
+        now,
+        limit,
+    )
+    return [r["customer_id"] for r in rows]
+
+
+async def release_leases(conn: asyncpg.Connection) -> None:
+    """Release every lease of this session (the evaluator's connection holds no other
+    session locks)."""
+    await conn.execute("SELECT pg_advisory_unlock_all()")
+
+
+async def read_due(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> list[Due]:
+    """The queue rows of leased customers, in customer order (the order rows are written
+    in, so that concurrent writers never deadlock)."""
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, due_at, cause, cause_event_at, xmin::text AS row_version
+        FROM segmentation_queue WHERE customer_id = ANY($1::text[])
+        ORDER BY customer_id
+        """,
+        list(customer_ids),
+    )
+    return [
+        Due(r["customer_id"], r["due_at"], r["cause"], r["cause_event_at"], r["row_version"])
+        for r in rows
+    ]
+
+
+async def settle(conn: asyncpg.Connection, due: Sequence[Due], evaluated_at: datetime) -> set[str]:
+    """Delete the queue rows that are still as read; returns their customers.
+
+    A row ingest changed meanwhile stays queued, due from `evaluated_at` on (what came
+    before was evaluated), so the age of the oldest due row keeps meaning how far behind
+    evaluation is. A row locked by an ingest transaction in flight is skipped, never waited
+    for. The rows deleted stay locked by this transaction until it ends, so it can queue
+    their customers' wake-ups without waiting on anyone either.
+    """
+    if not due:
+        return set()
+    rows = await conn.fetch(
+        """
+        WITH locked AS (
+            SELECT q.customer_id, q.xmin::text = read.row_version AS unchanged
+            FROM segmentation_queue q
+            JOIN unnest($1::text[], $2::text[]) AS read(customer_id, row_version)
+              ON q.customer_id = read.customer_id
+            ORDER BY q.customer_id
+            FOR UPDATE OF q SKIP LOCKED
+        ), moved AS (
+            UPDATE segmentation_queue q SET due_at = GREATEST(q.due_at, $3)
+            FROM locked WHERE q.customer_id = locked.customer_id AND NOT locked.unchanged
+        )
+        DELETE FROM segmentation_queue q USING locked
+        WHERE q.customer_id = locked.customer_id AND locked.unchanged
+        RETURNING q.customer_id
+        """,
+        [d.customer_id for d in due],
+        [d.row_version for d in due],
+        evaluated_at,
+    )
+    return {r["customer_id"] for r in rows}

@@ -1,0 +1,128 @@
+"""Claiming without holding queue rows: ingest never waits for an evaluation, a customer
+queued again meanwhile is evaluated again, and segmenters never lease the same customer."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ingest import repository as ingest
+from services.segmenter import queue
+from services.segmenter.metrics import SegmenterMetrics
+from services.segmenter.worker import Evaluator, Writes
+from shared.clock import FixedClock
+from shared.db.engine import pg_connection
+from shared.segment_cache import SegmentCache
+from shared.segmentation.facts import Interaction
+from shared.settings import ConnectionSettings
+from tests.support.segmenter import History, ruleset, scalar, seed, segments
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def browsers(n: int) -> list[History]:
+    return [History(f"c{i}", interactions=[Interaction(NOW - DAY)]) for i in range(n)]
+
+
+async def test_ingest_requeues_a_customer_mid_evaluation_without_waiting(
+    engine: AsyncEngine,
+) -> None:
+    await seed(engine, browsers(3), NOW)
+    async with pg_connection(engine) as segmenter, pg_connection(engine) as ingester:
+        leased = await queue.lease_due(segmenter, NOW, 10)
+        async with segmenter.transaction(isolation="repeatable_read", readonly=True):
+            due = await queue.read_due(segmenter, leased)
+        assert sorted(leased) == [d.customer_id for d in due] == ["c0", "c1", "c2"]
+
+        async def requeue() -> None:
+            async with ingester.transaction():
+                await ingest.mark_for_segmentation(ingester, ["c1"], NOW, [NOW])
+
+        await asyncio.wait_for(requeue(), timeout=5)  # while c1 is leased and read
+        async with segmenter.transaction():
+            settled = await queue.settle(segmenter, due, NOW + timedelta(seconds=2))
+        await queue.release_leases(segmenter)
+
+    assert settled == {"c0", "c2"}
+    # Still queued for what came after the read, due from the evaluation on.
+    assert await scalar(engine, "SELECT count(*) FROM segmentation_queue") == 1
+    assert await scalar(
+        engine, "SELECT due_at FROM segmentation_queue WHERE customer_id = 'c1'"
+    ) == NOW + timedelta(seconds=2)
+
+
+async def test_a_row_locked_by_ingest_is_skipped_not_waited_for(engine: AsyncEngine) -> None:
+    await seed(engine, browsers(2), NOW)
+    async with pg_connection(engine) as segmenter, pg_connection(engine) as ingester:
+        leased = await queue.lease_due(segmenter, NOW, 10)
+        due = await queue.read_due(segmenter, leased)
+        async with ingester.transaction():
+            await ingest.mark_for_segmentation(ingester, ["c1"], NOW, [NOW])
+            async with segmenter.transaction():
+                settled = await asyncio.wait_for(queue.settle(segmenter, due, NOW), timeout=5)
+        await queue.release_leases(segmenter)
+
+    assert settled == {"c0"}
+    assert await scalar(engine, "SELECT count(*) FROM segmentation_queue") == 1
+
+
+async def test_segmenters_never_lease_the_same_customer(
+    engine: AsyncEngine, settings: ConnectionSettings
+) -> None:
+    await seed(engine, browsers(6), NOW)
+    async with pg_connection(engine) as first, pg_connection(engine) as second:
+        a = await queue.lease_due(first, NOW, 4)
+        b = await queue.lease_due(second, NOW, 4)
+        assert len(a) == 4
+        assert sorted(a + b) == [f"c{i}" for i in range(6)]  # the second finds the rest
+        await queue.release_leases(first)
+        assert len(await queue.lease_due(second, NOW, 10)) == 6  # its own again, and a's
+        await queue.release_leases(second)
+
+
+class IngestMidBatch(Evaluator):
+    """Lets ingest commit a new order for `c0` after the batch read it, before it commits."""
+
+    engine: AsyncEngine
+    ordered = False
+
+    async def _commit(self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes) -> None:
+        if not self.ordered:
+            self.ordered = True
+            order = History("c0", orders=[(NOW - DAY, Decimal("20.00"))])
+            await asyncio.wait_for(seed(self.engine, [order], NOW), timeout=5)
+        await super()._commit(conn, due, now, writes)
+
+
+async def test_facts_that_arrive_mid_batch_are_evaluated_next(
+    engine: AsyncEngine, redis: Redis, settings: ConnectionSettings
+) -> None:
+    await seed(engine, browsers(2), NOW)
+    cache = SegmentCache(redis, settings.redis_key_prefix)
+    rules = await ruleset(engine)
+    ev = IngestMidBatch(
+        engine, cache, FixedClock(NOW), SegmenterMetrics(CollectorRegistry()), rules
+    )
+    ev.engine = engine
+
+    assert await ev.evaluate_due() == 2
+    assert (await segments(engine))[("c0", "lifecycle")] == "prospect"  # as read
+    due = "SELECT customer_id FROM segmentation_queue WHERE due_at <= :now"
+    assert await scalar(engine, due, now=NOW) == "c0"
+    while await ev.evaluate_due():
+        pass
+
+    assert (await segments(engine))[("c0", "lifecycle")] == "new"
+    versions = "SELECT version FROM customer_evaluations WHERE customer_id = :c"
+    assert await scalar(engine, versions, c="c0") == 2
+    assert await scalar(engine, versions, c="c1") == 1
