@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import os
 import statistics
 import subprocess
 import sys
@@ -150,6 +151,12 @@ def commit_latencies(rows: list[Any], commits: list[tuple[int, float]]) -> list[
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_profiler(pid: int, seconds: float, path: Path) -> subprocess.Popen[bytes]:
     """py-spy (when installed beside this Python) on one segmenter, in raw folded form."""
     spy = Path(sys.executable).parent / "py-spy"
@@ -273,6 +280,7 @@ async def main() -> None:
                 .scalars()
                 .all()
             )
+        cpu = [cpu_seconds(p.pid) for p in procs]
     finally:
         for p in procs:
             p.terminate()
@@ -293,6 +301,10 @@ async def main() -> None:
         "time_driven_expected": args.quiet,
         # Evaluations of the whole run (the quiet customers' and the warm-up's too).
         "evaluations": int(evaluations),
+        # CPU seconds of each process over the whole run, less noisy than rates on a shared
+        # machine: segmenter CPU per evaluation is the figure to compare between versions.
+        "cpu_s": {f"{n}{i}": round(c, 1) for i, (n, c) in enumerate(zip(names, cpu, strict=True))},
+        "segmenter_cpu_ms_per_evaluation": round(1000 * sum(cpu[1:]) / max(1, int(evaluations)), 3),
         # Where a backlog built up, sampled each second during the live load.
         "max_segmenter_due_customers": max((d for d, _ in samples), default=0),
         "max_segmenter_oldest_due_s": round(max((a for _, a in samples), default=0.0), 2),
