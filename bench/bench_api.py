@@ -261,6 +261,20 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("the API did not start within 30 s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by process `pid` and its children alive now (API workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone in the meantime
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def is_sustained(result: dict[str, float], max_p99_ms: float) -> bool:
     return (
         result["answered"] >= 0.97 * result["sent"]
@@ -320,7 +334,9 @@ def main() -> None:
                 if not is_sustained(result, args.max_p99_ms) or rate >= args.max_rate:
                     break
                 rate += args.step
+            cpu_before = cpu_seconds(proc.pid)
             fixed = run_load(api_url, key, ids_path, args.rate, args.duration)
+            api_cpu = cpu_seconds(proc.pid) - cpu_before
         finally:
             proc.terminate()
             try:
@@ -342,6 +358,7 @@ def main() -> None:
         "p99_ms": fixed["p99_ms"],
         "max_ms": fixed["max_ms"],
         "max_sustained_per_s": max(sustained) if sustained else 0,
+        "api_cpu_ms_per_request": round(api_cpu * 1000 / max(fixed["answered"], 1), 3),
         "machine_load_1m_before": round(load_before, 2),
         "sustained_means": f"errors 0, >= 97% answered, p99 <= {args.max_p99_ms} ms",
         "first_unsustained": steps[-1],

@@ -18,6 +18,7 @@ from services.api.auth.service import KeyVerifier
 from services.api.customers.cache import CacheReader
 from services.api.customers.service import FallbackGate
 from services.api.database import Database
+from services.api.redis_pipe import RedisPipe
 from services.api.segments.service import DefinitionsCache
 from services.api.settings import ApiSettings
 from shared.db.engine import create_engine
@@ -90,8 +91,13 @@ async def open_resources(
         db = Database(engine, settings.database_timeout_ms / 1000)
         redis = _redis(conn.redis_url, settings.cache_timeout_ms / 1000)
         stack.push_async_callback(redis.aclose)
+        pipe = RedisPipe.from_url(conn.redis_url, settings.cache_timeout_ms / 1000)
+        if pipe is not None:
+            stack.callback(pipe.close)
         cache = CacheReader(
             SegmentCache(redis, conn.redis_key_prefix),
+            pipe,
+            conn.redis_key_prefix,
             settings.cache_timeout_ms / 1000,
             settings.cache_retry_after_ms / 1000,
         )

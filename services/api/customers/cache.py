@@ -18,14 +18,28 @@ from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.api.metrics import CACHE_FAILURES
-from shared.segment_cache import CachedCustomer, SegmentCache
+from services.api.redis_pipe import RedisPipe
+from shared.segment_cache import CachedCustomer, SegmentCache, customer_key
 
 log = structlog.get_logger("api")
 
+_DOCUMENT = msgspec.json.Decoder(CachedCustomer)
+
 
 class CacheReader:
-    def __init__(self, cache: SegmentCache, timeout_seconds: float, retry_after_seconds: float):
+    """Single reads go through `pipe` when there is one (the hot path), batches through redis-py."""
+
+    def __init__(
+        self,
+        cache: SegmentCache,
+        pipe: RedisPipe | None,
+        prefix: str,
+        timeout_seconds: float,
+        retry_after_seconds: float,
+    ):
         self._cache = cache
+        self._pipe = pipe
+        self._prefix = prefix
         self._timeout = timeout_seconds
         self._retry_after = retry_after_seconds
         self._skip_until = 0.0
@@ -45,7 +59,7 @@ class CacheReader:
         try:
             async with asyncio.timeout(self._timeout):
                 if len(customer_ids) == 1:
-                    doc = await self._cache.get(customer_ids[0])
+                    doc = await self._get_one(customer_ids[0])
                     found = {} if doc is None else {customer_ids[0]: doc}
                 else:
                     found = await self._cache.get_many(customer_ids)
@@ -56,6 +70,12 @@ class CacheReader:
             log.warning("cache_read_failed", error=f"{type(exc).__name__}: {exc}")
             return {}
         return found
+
+    async def _get_one(self, customer_id: str) -> CachedCustomer | None:
+        if self._pipe is None:
+            return await self._cache.get(customer_id)
+        raw = await self._pipe.hget(customer_key(self._prefix, customer_id).encode(), b"doc")
+        return None if raw is None else _DOCUMENT.decode(raw)
 
     def _note_failure(self, exc: Exception) -> None:
         if isinstance(exc, msgspec.DecodeError | TimeoutError | RedisTimeoutError):
