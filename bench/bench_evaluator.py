@@ -54,11 +54,9 @@ async def main() -> None:
     args = parser.parse_args()
     for module, name in (
         (queue, "lease_due"),
-        (queue, "read_due"),
         (queue, "settle"),
         (queue, "release_leases"),
-        (repo, "load_customers"),
-        (repo, "load_states"),
+        (repo, "load_leased"),
         (repo, "save_evaluations"),
         (repo, "save_segments"),
         (repo, "insert_changes"),

@@ -129,7 +129,10 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             on_changes=publisher.wake,
         )
         jobs: list[Coroutine[Any, Any, None]] = [
-            evaluate_loop(evaluator, stopping, settings.idle_poll_seconds),
+            *(
+                evaluate_loop(evaluator, stopping, settings.idle_poll_seconds)
+                for _ in range(settings.evaluators)
+            ),
             publisher.run(stopping),
             population_loop(engine, ruleset, clock, settings, stopping),
             backlog_loop(engine, clock, metrics, stopping),

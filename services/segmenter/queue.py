@@ -7,8 +7,8 @@ nearly every batch of both). So a claim is three short steps instead:
 
 1. `lease_due`: a session advisory lock per due customer (several segmenters never evaluate
    one customer at once; ingest never waits on these locks);
-2. `read_due`: the leased rows with their row version (`xmin`), read in the same snapshot
-   as the customers' facts and state;
+2. `repository.load_leased`: the leased rows with their row version (`xmin`), read in the
+   same snapshot as the customers' facts and state;
 3. `settle`: in the transaction that writes the evaluations, delete each row only if it is
    still the version that was read. A row that ingest changed meanwhile stays queued: its
    customer has facts newer than this evaluation saw, and is evaluated again.
@@ -64,23 +64,6 @@ async def release_leases(conn: asyncpg.Connection) -> None:
     """Release every lease of this session (the evaluator's connection holds no other
     session locks)."""
     await conn.execute("SELECT pg_advisory_unlock_all()")
-
-
-async def read_due(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> list[Due]:
-    """The queue rows of leased customers, in customer order (the order rows are written
-    in, so that concurrent writers never deadlock)."""
-    rows = await conn.fetch(
-        """
-        SELECT customer_id, due_at, cause, cause_event_at, xmin::text AS row_version
-        FROM segmentation_queue WHERE customer_id = ANY($1::text[])
-        ORDER BY customer_id
-        """,
-        list(customer_ids),
-    )
-    return [
-        Due(r["customer_id"], r["due_at"], r["cause"], r["cause_event_at"], r["row_version"])
-        for r in rows
-    ]
 
 
 async def settle(conn: asyncpg.Connection, due: Sequence[Due], evaluated_at: datetime) -> set[str]:

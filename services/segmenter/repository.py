@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 
 from services.ingest.repository import INTERACTION_TYPES
+from services.segmenter.queue import Due
 from shared.segmentation import Assignment, CustomerFacts, OrderFact
 
 ORDER_WINDOW = timedelta(days=365)
@@ -202,63 +203,141 @@ async def load_customers(
         ):
             counts_30d[r["customer_id"]] = r["n"]
 
-    out: dict[str, Loaded] = {}
-    for r in aggregates:
-        cid = r["customer_id"]
-        cart = r["last_add_to_cart_at"]
-        open_cart = (
-            cart
-            if cart is not None and (r["last_order_at"] is None or cart > r["last_order_at"])
-            else None
+    return {
+        r["customer_id"]: _loaded(
+            r,
+            orders.get(r["customer_id"], ()),
+            spends.get(r["customer_id"], Decimal(0)),
+            tuple(interactions.get(r["customer_id"], ())),
+            counts_30d.get(r["customer_id"], 0),
         )
-        recent = orders.get(cid, ())
-        recent_interactions = tuple(interactions.get(cid, ()))
-        facts = CustomerFacts(
-            customer_id=cid,
-            order_count=r["order_count"],
-            net_spend=r["net_spend"],
-            first_order_at=r["first_order_at"],
-            last_order_at=r["last_order_at"],
-            recent_orders=recent,
-            interaction_count=r["interaction_count"],
-            interaction_counts_by_type={t: r[f"{t}_count"] for t in INTERACTION_TYPES},
-            last_interaction_at=r["last_interaction_at"],
-            recent_interactions=recent_interactions,
-            last_cart_at=open_cart,
-        )
-        out[cid] = Loaded(
-            facts=facts,
-            open_cart_at=open_cart,
-            orders_365d=len(recent),
-            spend_365d=spends.get(cid, Decimal(0)),
-            interactions_30d=counts_30d.get(cid, 0),
-        )
+        for r in aggregates
+    }
+
+
+def _loaded(
+    r: Any,
+    recent: tuple[OrderFact, ...],
+    spend_365d: Decimal,
+    recent_interactions: tuple[datetime, ...],
+    interactions_30d: int,
+) -> Loaded:
+    """A customer_aggregates row and the customer's recent events as `Loaded`."""
+    cart = r["last_add_to_cart_at"]
+    open_cart = (
+        cart
+        if cart is not None and (r["last_order_at"] is None or cart > r["last_order_at"])
+        else None
+    )
+    facts = CustomerFacts(
+        customer_id=r["customer_id"],
+        order_count=r["order_count"],
+        net_spend=r["net_spend"],
+        first_order_at=r["first_order_at"],
+        last_order_at=r["last_order_at"],
+        recent_orders=recent,
+        interaction_count=r["interaction_count"],
+        interaction_counts_by_type={t: r[f"{t}_count"] for t in INTERACTION_TYPES},
+        last_interaction_at=r["last_interaction_at"],
+        recent_interactions=recent_interactions,
+        last_cart_at=open_cart,
+    )
+    return Loaded(
+        facts=facts,
+        open_cart_at=open_cart,
+        orders_365d=len(recent),
+        spend_365d=spend_365d,
+        interactions_30d=interactions_30d,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """One leased customer as read for evaluation: its queue row, facts and state."""
+
+    due: Due
+    loaded: Loaded | None  # None: no aggregates (erased, or queued before they committed)
+    state: State
+
+
+_BATCH_SQL = """
+    SELECT q.customer_id, q.due_at, q.cause, q.cause_event_at, q.xmin::text AS row_version,
+           a.customer_id IS NOT NULL AS has_facts, a.order_count, a.net_spend,
+           a.first_order_at, a.last_order_at, a.interaction_count, a.last_interaction_at,
+           a.last_add_to_cart_at, {counts},
+           o.placed, o.net, i.n AS interactions_30d, {times} AS interaction_times,
+           e.version, e.change_sequence, s.dimensions, s.segments, s.sinces, s.reasons
+    FROM segmentation_queue q
+    LEFT JOIN customer_aggregates a ON a.customer_id = q.customer_id
+    LEFT JOIN LATERAL (
+        SELECT array_agg(placed_at ORDER BY placed_at, order_id) AS placed,
+               array_agg(GREATEST(amount - refunded, 0) ORDER BY placed_at, order_id) AS net
+        FROM orders WHERE customer_id = q.customer_id AND cancelled_at IS NULL
+          AND placed_at > $2::timestamptz - interval '365 days' AND placed_at <= $2
+    ) o ON a.customer_id IS NOT NULL
+    LEFT JOIN LATERAL (
+        SELECT count(*) AS n, {times_agg} AS times FROM interactions
+        WHERE customer_id = q.customer_id
+          AND occurred_at > $2::timestamptz - interval '30 days' AND occurred_at <= $2
+    ) i ON a.customer_id IS NOT NULL
+    LEFT JOIN customer_evaluations e ON e.customer_id = q.customer_id
+    LEFT JOIN LATERAL (
+        SELECT array_agg(dimension) AS dimensions, array_agg(segment) AS segments,
+               array_agg(since) AS sinces, array_agg(reason) AS reasons
+        FROM customer_segments WHERE customer_id = q.customer_id
+    ) s ON e.customer_id IS NOT NULL
+    WHERE q.customer_id = ANY($1::text[])
+    ORDER BY q.customer_id
+"""
+_COUNTS = ", ".join(f"a.{t}_count" for t in INTERACTION_TYPES)
+_BATCH = {
+    with_times: _BATCH_SQL.format(
+        counts=_COUNTS,
+        times="i.times" if with_times else "NULL::timestamptz[]",
+        times_agg="array_agg(occurred_at ORDER BY occurred_at)" if with_times else "NULL",
+    )
+    for with_times in (False, True)
+}
+
+
+async def load_leased(
+    conn: asyncpg.Connection,
+    customer_ids: Sequence[str],
+    now: datetime,
+    *,
+    with_interactions: bool = True,
+) -> list[Leased]:
+    """Queue rows (with their versions), facts as of `now` and state of leased customers,
+    in customer order, in one statement and so one snapshot: a queue row version read here
+    vouches for exactly the facts read beside it (see queue.settle). Customers whose queue
+    row is gone are left out."""
+    out = []
+    for r in await conn.fetch(_BATCH[with_interactions], list(customer_ids), now):
+        due = Due(r["customer_id"], r["due_at"], r["cause"], r["cause_event_at"], r["row_version"])
+        loaded = None
+        if r["has_facts"]:
+            placed, net = r["placed"] or [], r["net"] or []
+            loaded = _loaded(
+                r,
+                tuple(map(OrderFact, placed, net)),
+                sum(net, Decimal(0)),
+                tuple(r["interaction_times"] or ()),
+                r["interactions_30d"],
+            )
+        state = State(0, 0, {}, {})
+        if r["version"] is not None:
+            state = State(r["version"], r["change_sequence"], {}, {})
+            for dimension, segment, since, reason in zip(
+                r["dimensions"] or (),
+                r["segments"] or (),
+                r["sinces"] or (),
+                r["reasons"] or (),
+                strict=True,
+            ):
+                state.assignments[dimension] = Assignment(segment, since)
+                state.reasons[dimension] = reason
+        out.append(Leased(due, loaded, state))
     return out
-
-
-async def load_states(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> dict[str, State]:
-    """Current assignments and bookkeeping; customers never evaluated are absent."""
-    states: dict[str, State] = {}
-    for r in await conn.fetch(
-        """
-        SELECT customer_id, version, change_sequence FROM customer_evaluations
-        WHERE customer_id = ANY($1::text[])
-        """,
-        list(customer_ids),
-    ):
-        states[r["customer_id"]] = State(r["version"], r["change_sequence"], {}, {})
-    for r in await conn.fetch(
-        """
-        SELECT customer_id, dimension, segment, since, reason FROM customer_segments
-        WHERE customer_id = ANY($1::text[])
-        """,
-        list(customer_ids),
-    ):
-        state = states.get(r["customer_id"])
-        if state is not None:
-            state.assignments[r["dimension"]] = Assignment(r["segment"], r["since"])
-            state.reasons[r["dimension"]] = r["reason"]
-    return states
 
 
 async def save_evaluations(

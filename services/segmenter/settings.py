@@ -23,6 +23,9 @@ class SegmenterSettings(BaseSettings):
     # None: the defaults shipped in shared/segmentation/definitions/default.yaml.
     definitions_path: Path | None = None
     batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Evaluation loops per process, each with its own connection: while one waits for
+    # PostgreSQL, another evaluates. Leases keep their customers apart.
+    evaluators: int = Field(default=3, ge=1, le=16)
     idle_poll_seconds: float = Field(default=0.1, gt=0, le=5)
     population_interval_seconds: float = Field(default=300.0, gt=0)
     stats_refresh_seconds: float = Field(default=5.0, gt=0)

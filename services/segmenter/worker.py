@@ -95,21 +95,16 @@ class Evaluator:
                 ids = await queue.lease_due(conn, now, self._batch_size)
                 if not ids:
                     return 0
-                # One snapshot for the queue rows, facts and state, so that a queue row
-                # still unchanged at commit vouches for exactly the facts evaluated here.
-                async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    due = await queue.read_due(conn, ids)
-                    loaded = await repo.load_customers(
-                        conn, ids, now, with_interactions=rules.counts_interactions
-                    )
-                    states = await repo.load_states(conn, ids)
+                batch = await repo.load_leased(
+                    conn, ids, now, with_interactions=rules.counts_interactions
+                )
                 # Evaluating holds no row lock: ingest can queue these customers meanwhile.
-                for item in due:
-                    data = loaded.get(item.customer_id)
-                    if data is None:
-                        continue  # erased, or queued before its first aggregate committed
-                    state = states.get(item.customer_id) or repo.State(0, 0, {}, {})
-                    self._evaluate_one(item, data, state, now, rules, writes)
+                for leased in batch:
+                    if leased.loaded is not None:
+                        self._evaluate_one(
+                            leased.due, leased.loaded, leased.state, now, rules, writes
+                        )
+                due = [leased.due for leased in batch]
                 async with conn.transaction():
                     await self._commit(conn, due, now, writes)
             finally:

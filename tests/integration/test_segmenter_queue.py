@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import repository as ingest
 from services.segmenter import queue
+from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.worker import Evaluator, Writes
 from shared.clock import FixedClock
@@ -22,7 +23,8 @@ from shared.db.engine import pg_connection
 from shared.segment_cache import SegmentCache
 from shared.segmentation.facts import Interaction
 from shared.settings import ConnectionSettings
-from tests.support.segmenter import History, ruleset, scalar, seed, segments
+from tests.integration.test_segmenter import random_histories
+from tests.support.segmenter import History, evaluator, ruleset, scalar, seed, segments
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +42,7 @@ async def test_ingest_requeues_a_customer_mid_evaluation_without_waiting(
     await seed(engine, browsers(3), NOW)
     async with pg_connection(engine) as segmenter, pg_connection(engine) as ingester:
         leased = await queue.lease_due(segmenter, NOW, 10)
-        async with segmenter.transaction(isolation="repeatable_read", readonly=True):
-            due = await queue.read_due(segmenter, leased)
+        due = [b.due for b in await repo.load_leased(segmenter, leased, NOW)]
         assert sorted(leased) == [d.customer_id for d in due] == ["c0", "c1", "c2"]
 
         async def requeue() -> None:
@@ -65,7 +66,7 @@ async def test_a_row_locked_by_ingest_is_skipped_not_waited_for(engine: AsyncEng
     await seed(engine, browsers(2), NOW)
     async with pg_connection(engine) as segmenter, pg_connection(engine) as ingester:
         leased = await queue.lease_due(segmenter, NOW, 10)
-        due = await queue.read_due(segmenter, leased)
+        due = [b.due for b in await repo.load_leased(segmenter, leased, NOW)]
         async with ingester.transaction():
             await ingest.mark_for_segmentation(ingester, ["c1"], NOW, [NOW])
             async with segmenter.transaction():
@@ -126,3 +127,40 @@ async def test_facts_that_arrive_mid_batch_are_evaluated_next(
     versions = "SELECT version FROM customer_evaluations WHERE customer_id = :c"
     assert await scalar(engine, versions, c="c0") == 2
     assert await scalar(engine, versions, c="c1") == 1
+
+
+@pytest.mark.parametrize("with_interactions", [False, True])
+async def test_a_leased_batch_reads_the_facts_load_customers_reads(
+    engine: AsyncEngine, with_interactions: bool
+) -> None:
+    histories = random_histories(60, 5, NOW)
+    await seed(engine, histories, NOW)
+    ids = [h.customer_id for h in histories]
+    async with pg_connection(engine) as conn:
+        batch = await repo.load_leased(conn, ids, NOW, with_interactions=with_interactions)
+        expected = await repo.load_customers(conn, ids, NOW, with_interactions=with_interactions)
+
+    assert [b.due.customer_id for b in batch] == sorted(ids)
+    assert {b.due.customer_id: b.loaded for b in batch} == expected
+    assert all(b.state == repo.State(0, 0, {}, {}) for b in batch)
+
+
+async def test_evaluation_loops_of_one_process_share_the_queue(
+    engine: AsyncEngine, redis: Redis, settings: ConnectionSettings
+) -> None:
+    await seed(engine, random_histories(600, 6, NOW), NOW)
+    cache = SegmentCache(redis, settings.redis_key_prefix)
+    ev = evaluator(engine, cache, FixedClock(NOW), await ruleset(engine), batch_size=40)
+
+    async def until_idle() -> None:
+        while await ev.evaluate_due():
+            pass
+
+    await asyncio.gather(*(until_idle() for _ in range(3)))
+
+    # Each customer evaluated exactly once, by one of the loops.
+    assert await scalar(engine, "SELECT count(*) FROM customer_evaluations") == 600
+    assert await scalar(engine, "SELECT max(version) FROM customer_evaluations") == 1
+    assert await scalar(engine, "SELECT count(*) FROM segment_history") == len(
+        await segments(engine)
+    )
