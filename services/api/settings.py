@@ -24,3 +24,4 @@ class ApiSettings(BaseSettings):
     ready_backlog_seconds: float = Field(default=60, gt=0)
     ready_backlog_rows: int = Field(default=100_000, ge=1)
     fast_path: bool = True
+    workers: int = Field(default=1, ge=1, le=32)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.api.deps import ResourcesDep
 from services.api.health import service
 from services.api.health.schemas import Liveness, Readiness
+from services.api.workers import METRICS_DIR
 
 router = APIRouter(tags=["ops"])
 
@@ -39,4 +43,13 @@ async def readyz(resources: ResourcesDep, response: Response) -> Readiness:
 )
 async def metrics() -> Response:
     """Prometheus metrics."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def _registry() -> CollectorRegistry:
+    """This process's metrics; with several workers, all of theirs added up (workers.py)."""
+    if METRICS_DIR not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
