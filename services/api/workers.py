@@ -51,6 +51,8 @@ def serve_workers(count: int, sock: socket.socket, worker: Callable[[socket.sock
         try:
             for proc in procs:
                 proc.start()
+            if is_asked_to_stop:
+                _terminate(procs)  # the signal came while they were starting
             log.info("api_workers_started", pids=[p.pid for p in procs])
             wait([p.sentinel for p in procs])  # the first to exit, asked to or not
             is_failed = not is_asked_to_stop

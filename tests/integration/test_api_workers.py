@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.conftest import eventually
 from tests.integration.test_api_stream import FAST, EventReader, changes
 from tests.integration.test_api_support import api_process, bearer, make_key, seed_history
 
@@ -47,6 +48,12 @@ async def test_sigterm_ends_open_streams_in_every_worker_and_the_server(
     await seed_history(engine, changes(1))
     headers = bearer(await make_key(engine, "segments:read"))
     async with api_process(service_env, WORKERS) as api, AsyncExitStack() as stack:
+
+        async def both_started() -> bool:
+            return api.output().count("Application startup complete") == 2
+
+        # The port answers once one worker is up; a worker stopped while it starts says nothing.
+        await eventually(both_started, within_seconds=30, message="both workers started")
         # Four connections, so that (most likely) each worker has a stream open.
         for _ in range(4):
             client = await stack.enter_async_context(httpx.AsyncClient(base_url=api.url))
