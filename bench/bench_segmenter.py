@@ -42,6 +42,7 @@ from shared.db.migrate import upgrade
 from shared.events import Login, encode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
+from shared.redis import make_redis
 from shared.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,6 +170,17 @@ def start_profiler(pid: int, seconds: float, path: Path) -> subprocess.Popen[byt
     )
 
 
+async def forget_cache(url: str, prefix: str) -> None:
+    """Delete the run's cache documents, so runs do not pile up in the shared Redis."""
+    redis = make_redis(url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=prefix + "*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await redis.delete(*keys[start : start + 1000])
+    finally:
+        await redis.aclose()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
@@ -290,6 +302,7 @@ async def main() -> None:
             await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         await engine.dispose()
         await delete_topics(bootstrap, [*topics, dlq_topic(orders), dlq_topic(interactions)])
+        await forget_cache(env["STREAMSEG_REDIS_URL"], f"bench:{tag}:")
     figures: dict[str, Any] = {
         "offered_rate_per_s": args.rate,
         "achieved_rate_per_s": round(sent / (ended - started).total_seconds()),

@@ -126,7 +126,9 @@ async def redis(settings: ConnectionSettings) -> AsyncIterator[Redis]:
     try:
         yield client
     finally:
-        keys = [k async for k in client.scan_iter(match=settings.redis_key_prefix + "*")]
+        keys = [
+            k async for k in client.scan_iter(match=settings.redis_key_prefix + "*", count=1000)
+        ]
         if keys:
             await client.delete(*keys)
         await client.aclose()
