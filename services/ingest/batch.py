@@ -16,6 +16,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from services.ingest import repository as repo
+from services.ingest.literals import text_array
 from shared.events import EventRejected, RejectReason, check_occurred_at, decode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
 
@@ -58,6 +59,10 @@ class Changes:
     window_rows: list[tuple[str, datetime, str]]
     touches: list[repo.CustomerTouch]
     order_customers: list[str]
+    # The statements' arguments, encoded here so that the commit stage only sends them.
+    order_args: tuple[Any, ...]
+    touch_args: list[tuple[str, tuple[Any, ...]]]
+    queue_args: tuple[Any, ...]
 
 
 @dataclass(slots=True)
@@ -67,6 +72,14 @@ class PreparedBatch:
     events: dict[str, Any]
     # Built assuming every event is new; rebuilt in the rare batch that holds duplicates.
     changes: Changes
+    # The event ids sorted (so concurrent workers lock ledger rows in one order), and as
+    # the dedup statement's argument.
+    event_ids: list[str] = field(init=False)
+    event_ids_arg: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.event_ids = sorted(self.events)
+        self.event_ids_arg = text_array(self.event_ids)
 
 
 class Screen:
@@ -127,11 +140,19 @@ def build_changes(
             touch.last_add_to_cart_at = at
         if at > retention_start:
             window_rows.append((cid, at, ev.type))
+    order_changes = [orders[k] for k in sorted(orders)]
+    touch_list = [touches[k] for k in sorted(touches)]
+    order_ids = sorted(order_customers)
     return Changes(
-        orders=[orders[k] for k in sorted(orders)],
+        orders=order_changes,
         window_rows=window_rows,
-        touches=[touches[k] for k in sorted(touches)],
-        order_customers=sorted(order_customers),
+        touches=touch_list,
+        order_customers=order_ids,
+        order_args=repo.order_args(order_changes),
+        touch_args=repo.touch_args(touch_list, order_ids),
+        queue_args=repo.queue_args(
+            [t.customer_id for t in touch_list], [t.last_event_at for t in touch_list]
+        ),
     )
 
 

@@ -10,9 +10,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
+from services.ingest.literals import decimal_array, int_array, text_array
 from shared.events import INTERACTION_EVENT_TYPES
 
 # Column order of the per-type counters in customer_aggregates.
@@ -109,21 +111,28 @@ async def skip_flush_wait(conn: asyncpg.Connection) -> None:
 
 
 async def keep_new_events(
-    conn: asyncpg.Connection, event_ids: Sequence[str], seen_at: datetime, *, expect_new: bool
+    conn: asyncpg.Connection,
+    event_ids: Sequence[str],
+    seen_at: datetime,
+    *,
+    expect_new: bool,
+    arg: str | None = None,
 ) -> set[str]:
     """Record these event ids as processed; return those not seen within the dedup window.
 
     With `expect_new` (the last batch had no duplicate) a plain insert in a savepoint comes
     first: it costs about 40% less per id than ON CONFLICT's speculative insertion, and a
-    duplicate rolls it back to the conflict-aware insert, so the result is the same.
+    duplicate rolls it back to the conflict-aware insert, so the result is the same. `arg`
+    is `text_array(event_ids)` when the caller built it ahead.
     """
+    ids = text_array(event_ids) if arg is None else arg
     if expect_new:
         try:
             async with conn.transaction():
                 await conn.execute(
                     "INSERT INTO processed_events (event_id, seen_at)"
-                    " SELECT unnest($1::text[]), $2",
-                    list(event_ids),
+                    " SELECT unnest($1::text::text[]), $2",
+                    ids,
                     seen_at,
                 )
             return set(event_ids)
@@ -132,14 +141,27 @@ async def keep_new_events(
     rows = await conn.fetch(
         """
         INSERT INTO processed_events (event_id, seen_at)
-        SELECT unnest($1::text[]), $2
+        SELECT unnest($1::text::text[]), $2
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
         """,
-        list(event_ids),
+        ids,
         seen_at,
     )
     return {r["event_id"] for r in rows}
+
+
+def order_args(changes: Sequence[OrderChange]) -> tuple[Any, ...]:
+    """`apply_orders`'s statement arguments, built ahead of the commit."""
+    return (
+        text_array([c.customer_id for c in changes]),
+        text_array([c.order_id for c in changes]),
+        [c.placed_at for c in changes],
+        decimal_array([c.amount for c in changes]),
+        text_array([c.channel for c in changes]),
+        decimal_array([c.refunded for c in changes]),
+        [c.cancelled_at for c in changes],
+    )
 
 
 async def apply_orders(conn: asyncpg.Connection, changes: Sequence[OrderChange]) -> None:
@@ -148,29 +170,28 @@ async def apply_orders(conn: asyncpg.Connection, changes: Sequence[OrderChange])
     A placement fills placed_at and amount once (a second placement of the same order_id
     is ignored), refunds add up, and the earliest cancellation wins.
     """
-    if not changes:
-        return
-    await conn.execute(
-        """
-        INSERT INTO orders AS o (customer_id, order_id, placed_at, amount, channel, refunded,
-                                 cancelled_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::numeric[],
-                             $5::text[], $6::numeric[], $7::timestamptz[])
-        ON CONFLICT (customer_id, order_id) DO UPDATE SET
-            placed_at = COALESCE(o.placed_at, EXCLUDED.placed_at),
-            amount = CASE WHEN o.placed_at IS NULL THEN EXCLUDED.amount ELSE o.amount END,
-            channel = COALESCE(o.channel, EXCLUDED.channel),
-            refunded = o.refunded + EXCLUDED.refunded,
-            cancelled_at = LEAST(o.cancelled_at, EXCLUDED.cancelled_at)
-        """,
-        [c.customer_id for c in changes],
-        [c.order_id for c in changes],
-        [c.placed_at for c in changes],
-        [c.amount for c in changes],
-        [c.channel for c in changes],
-        [c.refunded for c in changes],
-        [c.cancelled_at for c in changes],
-    )
+    if changes:
+        await apply_order_args(conn, order_args(changes))
+
+
+async def apply_order_args(conn: asyncpg.Connection, args: tuple[Any, ...]) -> None:
+    """`apply_orders` with its arguments built ahead by `order_args`."""
+    await conn.execute(_ORDERS_SQL, *args)
+
+
+_ORDERS_SQL = """
+    INSERT INTO orders AS o (customer_id, order_id, placed_at, amount, channel, refunded,
+                             cancelled_at)
+    SELECT * FROM unnest($1::text::text[], $2::text::text[], $3::timestamptz[],
+                         $4::text::numeric[], $5::text::text[], $6::text::numeric[],
+                         $7::timestamptz[])
+    ON CONFLICT (customer_id, order_id) DO UPDATE SET
+        placed_at = COALESCE(o.placed_at, EXCLUDED.placed_at),
+        amount = CASE WHEN o.placed_at IS NULL THEN EXCLUDED.amount ELSE o.amount END,
+        channel = COALESCE(o.channel, EXCLUDED.channel),
+        refunded = o.refunded + EXCLUDED.refunded,
+        cancelled_at = LEAST(o.cancelled_at, EXCLUDED.cancelled_at)
+"""
 
 
 async def insert_interactions(
@@ -204,8 +225,14 @@ _TOUCH_COLUMNS = [
     *_COUNT_COLUMNS,
 ]
 _TOUCH_ARRAYS = ", ".join(
-    ["$1::text[]", "$2::bigint[]", "$3::timestamptz[]", "$4::timestamptz[]", "$5::timestamptz[]"]
-    + [f"${i}::bigint[]" for i in range(6, 6 + len(_COUNT_COLUMNS))]
+    [
+        "$1::text::text[]",
+        "$2::text::bigint[]",
+        "$3::timestamptz[]",
+        "$4::timestamptz[]",
+        "$5::timestamptz[]",
+    ]
+    + [f"${i}::text::bigint[]" for i in range(6, 6 + len(_COUNT_COLUMNS))]
 )
 _TOUCH_UPDATES = """
         interaction_count = a.interaction_count + EXCLUDED.interaction_count,
@@ -246,6 +273,29 @@ _TOUCH_WITH_ORDERS_SQL = f"""
 """  # noqa: S608
 
 
+def touch_args(
+    touches: Sequence[CustomerTouch], order_customers: Collection[str] = frozenset()
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """`touch_customers`'s statements and arguments, built ahead of the commit."""
+    with_orders = set(order_customers)
+    out = []
+    for sql, part in (
+        (_TOUCH_SQL, [t for t in touches if t.customer_id not in with_orders]),
+        (_TOUCH_WITH_ORDERS_SQL, [t for t in touches if t.customer_id in with_orders]),
+    ):
+        if part:
+            args = (
+                text_array([t.customer_id for t in part]),
+                int_array([sum(t.counts.values()) for t in part]),
+                [t.last_interaction_at for t in part],
+                [t.last_add_to_cart_at for t in part],
+                [t.last_event_at for t in part],
+                *(int_array([t.counts.get(kind, 0) for t in part]) for kind in INTERACTION_TYPES),
+            )
+            out.append((sql, args))
+    return out
+
+
 async def touch_customers(
     conn: asyncpg.Connection,
     touches: Sequence[CustomerTouch],
@@ -257,21 +307,22 @@ async def touch_customers(
     customers in `order_customers` also get their order side recomputed from their order
     rows, so `apply_orders` must run first in the same transaction.
     """
-    with_orders = set(order_customers)
-    for sql, part in (
-        (_TOUCH_SQL, [t for t in touches if t.customer_id not in with_orders]),
-        (_TOUCH_WITH_ORDERS_SQL, [t for t in touches if t.customer_id in with_orders]),
-    ):
-        if part:
-            await conn.execute(
-                sql,
-                [t.customer_id for t in part],
-                [sum(t.counts.values()) for t in part],
-                [t.last_interaction_at for t in part],
-                [t.last_add_to_cart_at for t in part],
-                [t.last_event_at for t in part],
-                *([t.counts.get(kind, 0) for t in part] for kind in INTERACTION_TYPES),
-            )
+    await touch_with_args(conn, touch_args(touches, order_customers))
+
+
+async def touch_with_args(
+    conn: asyncpg.Connection, statements: Sequence[tuple[str, tuple[Any, ...]]]
+) -> None:
+    """`touch_customers` with its statements built ahead by `touch_args`."""
+    for sql, args in statements:
+        await conn.execute(sql, *args)
+
+
+def queue_args(
+    customer_ids: Sequence[str], cause_event_at: Sequence[datetime | None]
+) -> tuple[Any, ...]:
+    """`mark_for_segmentation`'s arguments but the due time, built ahead of the commit."""
+    return (text_array(customer_ids), list(cause_event_at))
 
 
 async def mark_for_segmentation(
@@ -280,22 +331,28 @@ async def mark_for_segmentation(
     due_at: datetime,
     cause_event_at: Sequence[datetime],
 ) -> None:
-    """Queue these customers for re-evaluation now, in the same transaction as their data."""
+    """Queue these customers for re-evaluation at `due_at`, in the same transaction as
+    their data."""
+    await mark_with_args(conn, queue_args(customer_ids, cause_event_at), due_at)
+
+
+async def mark_with_args(conn: asyncpg.Connection, args: tuple[Any, ...], due_at: datetime) -> None:
+    """`mark_for_segmentation` with its arguments built ahead by `queue_args`."""
+    ids, causes = args
     await conn.execute(
         """
         INSERT INTO segmentation_queue AS q (customer_id, due_at, cause_event_at)
-        SELECT * FROM unnest($1::text[], array_fill($2::timestamptz, ARRAY[$4::int]),
-                             $3::timestamptz[])
+        SELECT u.customer_id, $2, u.cause_event_at
+        FROM unnest($1::text::text[], $3::timestamptz[]) AS u(customer_id, cause_event_at)
         ON CONFLICT (customer_id) DO UPDATE SET
             due_at = LEAST(q.due_at, EXCLUDED.due_at),
             cause_event_at = GREATEST(q.cause_event_at, EXCLUDED.cause_event_at),
             cause = 'event',
             enqueued_at = now()
         """,
-        list(customer_ids),
+        ids,
         due_at,
-        list(cause_event_at),
-        len(customer_ids),
+        causes,
     )
 
 

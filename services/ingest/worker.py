@@ -294,8 +294,10 @@ class IngestWorker:
                 ],
                 [p.max_event_at for p in parts],
             )
-            ids = sorted(prepared.events)
-            fresh = await repo.keep_new_events(conn, ids, now, expect_new=self._expect_new)
+            ids = prepared.event_ids
+            fresh = await repo.keep_new_events(
+                conn, ids, now, expect_new=self._expect_new, arg=prepared.event_ids_arg
+            )
             # Duplicates come in runs (a producer retrying, a replayed topic): after one,
             # go straight to the conflict-aware insert until a batch comes clean again.
             self._expect_new = len(fresh) == len(ids)
@@ -308,15 +310,11 @@ class IngestWorker:
                     self._settings.currency_rates,
                     now - self._retention,
                 )
-            await repo.apply_orders(conn, changes.orders)
+            if changes.orders:
+                await repo.apply_order_args(conn, changes.order_args)
             await repo.insert_interactions(conn, changes.window_rows)
-            await repo.touch_customers(conn, changes.touches, changes.order_customers)
-            await repo.mark_for_segmentation(
-                conn,
-                [t.customer_id for t in changes.touches],
-                now,
-                [t.last_event_at or now for t in changes.touches],
-            )
+            await repo.touch_with_args(conn, changes.touch_args)
+            await repo.mark_with_args(conn, changes.queue_args, now)
         return len(fresh)
 
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:

@@ -155,3 +155,28 @@ async def test_order_side_is_written_only_for_order_customers(conn: Any) -> None
         ("c1", 1, Decimal("12.0000"), t, 2, 2),  # an interaction alone keeps the order side
         ("c2", 0, Decimal("0.0000"), None, 1, 1),
     ]
+
+
+async def test_ids_with_quotes_braces_and_backslashes_arrive_as_sent(conn: Any) -> None:
+    t = datetime(2026, 3, 1, tzinfo=UTC)
+    odd = ['c"1', "c\\2", "c,{3}", "NULL"]
+    async with conn.transaction():
+        await repo.apply_orders(
+            conn,
+            [repo.OrderChange(cid, f"o-{cid}", placed_at=t, amount=Decimal("1.5")) for cid in odd]
+            + [repo.OrderChange("plain", "o1", refunded=Decimal("2"))],
+        )
+        await repo.touch_customers(
+            conn, [repo.CustomerTouch(cid, {"login": 2}, t, last_event_at=t) for cid in odd], odd
+        )
+        await repo.mark_for_segmentation(conn, odd, t, [t] * len(odd))
+    orders = await conn.fetch("SELECT customer_id, order_id, amount, channel FROM orders")
+    assert sorted(tuple(r) for r in orders) == sorted(
+        [(cid, f"o-{cid}", Decimal("1.5"), None) for cid in odd] + [("plain", "o1", None, None)]
+    )
+    aggregates = await conn.fetch(
+        "SELECT customer_id, login_count, order_count FROM customer_aggregates"
+    )
+    assert sorted(tuple(r) for r in aggregates) == sorted((cid, 2, 1) for cid in odd)
+    queued = await conn.fetch("SELECT customer_id FROM segmentation_queue")
+    assert sorted(r["customer_id"] for r in queued) == sorted(odd)
