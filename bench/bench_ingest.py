@@ -6,7 +6,8 @@
 2. measures the raw aiokafka consume-and-decode rate on those records;
 3. measures the raw PostgreSQL upsert rate (unnest batches into a one-table upsert);
 4. measures the sustained events/s of one ingest worker process with every guarantee on;
-5. prints the three rates and the worker's ratio to each raw rate.
+5. prints the three rates, the worker's ratio to each raw rate, and the CPU per event of
+   the worker and of its PostgreSQL backends.
 
 Needs the stack (`bash deploy/stack.sh up`); uses its own topics and schema, then drops them.
 """
@@ -20,12 +21,14 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
@@ -127,7 +130,23 @@ async def raw_upsert_rate(url: str, schema: str, n: int, customers: int) -> floa
         await engine.dispose()
 
 
-async def worker_rate(env: dict[str, str], url: str, schema: str, n: int, log: Path) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    events_per_s: float
+    # CPU per event of the worker process and of its PostgreSQL backends: steadier than
+    # the rate on a shared machine, and where their sum is close to the elapsed time the
+    # two stages are not overlapping.
+    python_cpu_us_per_event: float
+    pg_cpu_us_per_event: float
+
+
+async def worker_rate(env: dict[str, str], url: str, schema: str, n: int, log: Path) -> WorkerRun:
     engine = create_engine(url, schema)
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, then only polled
         [sys.executable, "-m", "services.ingest"],
@@ -137,7 +156,7 @@ async def worker_rate(env: dict[str, str], url: str, schema: str, n: int, log: P
         stderr=subprocess.STDOUT,
     )
     try:
-        first: tuple[float, int] | None = None
+        first: tuple[float, int, float, dict[int, float]] | None = None
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"ingest exited with {proc.returncode}; read {log}")
@@ -147,17 +166,37 @@ async def worker_rate(env: dict[str, str], url: str, schema: str, n: int, log: P
                         text("SELECT COALESCE(sum(next_offset), 0) FROM ingest_offsets")
                     )
                 ).scalar_one()
+                backends = await _backends(conn)
             now = time.perf_counter()
             if first is None and done > 0:
-                first = (now, int(done))
+                pg = {pid: cpu_seconds(pid) for pid in backends}
+                first = (now, int(done), cpu_seconds(proc.pid), pg)
             if done >= n:
                 assert first is not None
-                return (n - first[1]) / (now - first[0])
+                events = n - first[1]
+                pg_cpu = sum(cpu_seconds(pid) - first[3].get(pid, 0.0) for pid in backends)
+                return WorkerRun(
+                    events / (now - first[0]),
+                    (cpu_seconds(proc.pid) - first[2]) / events * 1e6,
+                    pg_cpu / events * 1e6,
+                )
             await asyncio.sleep(0.05)
     finally:
         proc.terminate()
         proc.wait(30)
         await engine.dispose()
+
+
+async def _backends(conn: AsyncConnection) -> list[int]:
+    """PostgreSQL backends of ingest workers started lately: the one under test, on a
+    machine that runs no other ingest (the benchmark's own precondition)."""
+    rows = await conn.execute(
+        text(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'ingest'"
+            " AND backend_start > now() - interval '10 minutes' AND pid <> pg_backend_pid()"
+        )
+    )
+    return [int(r[0]) for r in rows]
 
 
 async def main() -> None:
@@ -193,7 +232,7 @@ async def main() -> None:
             "STREAMSEG_INGEST_OPS_PORT": "0",
             "PYTHONPATH": str(ROOT),
         }
-        worker = await worker_rate(
+        run = await worker_rate(
             worker_env, url, schema, args.events, ROOT / ".stack" / "bench-ingest.log"
         )
     finally:
@@ -207,9 +246,11 @@ async def main() -> None:
         "span_days": args.span_days,
         "raw_consume_decode_per_s": round(consume),
         "raw_pg_upsert_rows_per_s": round(upsert),
-        "worker_events_per_s": round(worker),
-        "worker_vs_raw_consume": round(worker / consume, 3),
-        "worker_vs_raw_upsert": round(worker / upsert, 3),
+        "worker_events_per_s": round(run.events_per_s),
+        "worker_vs_raw_consume": round(run.events_per_s / consume, 3),
+        "worker_vs_raw_upsert": round(run.events_per_s / upsert, 3),
+        "worker_python_cpu_us_per_event": round(run.python_cpu_us_per_event, 1),
+        "worker_pg_cpu_us_per_event": round(run.pg_cpu_us_per_event, 1),
     }
     for name, value in figures.items():
         print(f"{name:28s} {value}")

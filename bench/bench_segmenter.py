@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import os
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
-from bench.bench_ingest import stack_env
+from bench.bench_ingest import cpu_seconds, stack_env
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
 from shared.events import Login, encode_event
@@ -150,12 +149,6 @@ def commit_latencies(rows: list[Any], commits: list[tuple[int, float]]) -> list[
         if at < len(commits):
             out.append(commits[at][1] - row.event_at.timestamp())
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_profiler(pid: int, seconds: float, path: Path) -> subprocess.Popen[bytes]:
