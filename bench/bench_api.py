@@ -35,7 +35,7 @@ import httpx
 import orjson
 from sqlalchemy import text
 
-from bench.bench_ingest import stack_env
+from bench.bench_ingest import forget_cache, stack_env
 from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
 from shared.db.engine import create_engine, driver_connection
@@ -119,13 +119,7 @@ async def drop(url: str, schema: str, redis_url: str, prefix: str) -> None:
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     finally:
         await engine.dispose()
-    redis = make_redis(redis_url, timeout_seconds=5)
-    try:
-        keys = [k async for k in redis.scan_iter(match=prefix + "*", count=1000)]
-        for start in range(0, len(keys), 1000):
-            await redis.delete(*keys[start : start + 1000])
-    finally:
-        await redis.aclose()
+    await forget_cache(redis_url, prefix)
 
 
 # ---------------------------------------------------------------- the load generator process

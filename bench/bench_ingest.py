@@ -35,6 +35,7 @@ from shared.db.migrate import upgrade
 from shared.events import decode_event, encode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
+from shared.redis import make_redis
 from shared.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +129,17 @@ async def raw_upsert_rate(url: str, schema: str, n: int, customers: int) -> floa
         return n / (time.perf_counter() - started)
     finally:
         await engine.dispose()
+
+
+async def forget_cache(url: str, prefix: str) -> None:
+    """Delete a run's cache documents, so runs do not pile up in the shared Redis."""
+    redis = make_redis(url, timeout_seconds=5)
+    try:
+        keys = [k async for k in redis.scan_iter(match=prefix + "*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await redis.delete(*keys[start : start + 1000])
+    finally:
+        await redis.aclose()
 
 
 def cpu_seconds(pid: int) -> float:

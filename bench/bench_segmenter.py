@@ -35,13 +35,12 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
-from bench.bench_ingest import cpu_seconds, stack_env
+from bench.bench_ingest import cpu_seconds, forget_cache, stack_env
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
 from shared.events import Login, encode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
-from shared.redis import make_redis
 from shared.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,17 +160,6 @@ def start_profiler(pid: int, seconds: float, path: Path) -> subprocess.Popen[byt
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-async def forget_cache(url: str, prefix: str) -> None:
-    """Delete the run's cache documents, so runs do not pile up in the shared Redis."""
-    redis = make_redis(url)
-    try:
-        keys = [k async for k in redis.scan_iter(match=prefix + "*", count=1000)]
-        for start in range(0, len(keys), 1000):
-            await redis.delete(*keys[start : start + 1000])
-    finally:
-        await redis.aclose()
 
 
 async def main() -> None:
