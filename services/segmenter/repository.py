@@ -171,7 +171,8 @@ async def load_customers(
         ids,
         now,
     ):
-        orders[r["customer_id"]] = tuple(map(OrderFact, r["placed"], r["net"]))
+        placed_net = zip(r["placed"], r["net"], strict=True)
+        orders[r["customer_id"]] = tuple(map(OrderFact._make, placed_net))
         spends[r["customer_id"]] = sum(r["net"], Decimal(0))
     interactions: dict[str, list[datetime]] = {}
     counts_30d: dict[str, int] = {}
@@ -319,7 +320,7 @@ async def load_leased(
             placed, net = r["placed"] or [], r["net"] or []
             loaded = _loaded(
                 r,
-                tuple(map(OrderFact, placed, net)),
+                tuple(map(OrderFact._make, zip(placed, net, strict=True))),
                 sum(net, Decimal(0)),
                 tuple(r["interaction_times"] or ()),
                 r["interactions_30d"],

@@ -7,14 +7,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 RECENT_ORDERS_DAYS = 365
 RECENT_INTERACTIONS_DAYS = 30
 
 
-@dataclass(frozen=True, slots=True)
-class OrderFact:
-    """One order that was not cancelled; `net_amount` is net of refunds, in base currency."""
+class OrderFact(NamedTuple):
+    """One order that was not cancelled; `net_amount` is net of refunds, in base currency.
+
+    A named tuple rather than a frozen dataclass: a busy customer has thousands, built at
+    every evaluation, and `_make` builds one in half the time."""
 
     placed_at: datetime
     net_amount: Decimal
