@@ -173,9 +173,11 @@ async def prepare(
     parts: list[Part] = []
     events: dict[str, Any] = {}
     screened = 0
+    # Positions as they were when the records were fetched, read before the first yield: a
+    # claim during a yield moves them, and records must be checked against the old ones.
+    positions = {tp: (fetched.get(tp), epochs.get(tp)) for tp in batch}
     for tp, records in batch.items():
-        start = fetched.get(tp)
-        epoch = epochs.get(tp)
+        start, epoch = positions[tp]
         if start is None or epoch is None:
             continue
         part = Part(tp, epoch, start, start)

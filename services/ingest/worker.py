@@ -29,9 +29,6 @@ from shared.clock import Clock
 from shared.db.engine import pg_connection
 from shared.kafka import dlq_headers, dlq_topic, locate
 
-# Records per getmany: about 5 ms of aiokafka's record building at a time.
-_FETCH_SLICE = 1000
-
 log = structlog.get_logger("ingest")
 
 RETRIABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -182,24 +179,14 @@ class IngestWorker:
                 await ready.put(prepared)
 
     async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
-        """Up to one batch of records, taken in slices: aiokafka builds the records of a
-        getmany in one go, and the commit stage needs the loop back now and then."""
-        limit = self._settings.max_batch_records
+        """One getmany: its records follow on from the consumer's position when it returns.
+        Records of several calls must not be merged: a rebalance between them seeks, and
+        the first call's records would then not follow on from the claimed offset."""
         out: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
         out = await self._consumer.getmany(
-            timeout_ms=self._settings.poll_timeout_ms, max_records=min(limit, _FETCH_SLICE)
+            timeout_ms=self._settings.poll_timeout_ms,
+            max_records=self._settings.max_batch_records,
         )
-        taken = sum(len(r) for r in out.values())
-        while out and taken < limit:
-            await asyncio.sleep(0)
-            more = await self._consumer.getmany(
-                timeout_ms=0, max_records=min(limit - taken, _FETCH_SLICE)
-            )
-            if not more:
-                break
-            for tp, records in more.items():
-                out.setdefault(tp, []).extend(records)
-            taken += sum(len(r) for r in more.values())
         return out
 
     async def _process(self, prepared: PreparedBatch) -> None:

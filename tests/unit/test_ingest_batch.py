@@ -59,3 +59,21 @@ async def test_partitions_kept_when_nothing_changes() -> None:
     assert [(p.tp, p.start, p.end) for p in prepared.parts] == [(A, 0, 10), (B, 4, 10)]
     assert fetched == {A: 10, B: 10}
     assert len(prepared.events) == 16  # B's records before offset 4 were already read
+
+
+async def test_partition_claimed_again_while_preparing_keeps_its_new_position() -> None:
+    # B's records follow on from offset 5; at prepare's first yield a rebalance hands B
+    # back with an earlier stored offset. Applying them from there would skip 2 to 4.
+    n = 2 * YIELD_EVERY_RECORDS
+    batch = {A: records(A, n, 1), B: records(B, n, 2)}
+    fetched, epochs = {A: 0, B: 5}, {A: 1, B: 1}
+
+    async def claim_b_again() -> None:
+        fetched[B], epochs[B] = 2, 2
+
+    claiming = asyncio.create_task(claim_b_again())
+    prepared = await prepare(batch, fetched, epochs, Screen(RATES), RATES, NOW, timedelta(days=30))
+    await claiming
+    assert prepared is not None
+    assert [p.tp for p in prepared.parts] == [A]
+    assert fetched[B] == 2
