@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Literal, Protocol
 
 from services.api.customers import repository
 from services.api.customers.cache import CacheReader
@@ -31,9 +32,9 @@ def _staleness(now: datetime, evaluated_at: datetime) -> float:
 
 
 def from_cache(doc: CachedCustomer, now: datetime) -> CustomerSegments:
-    return CustomerSegments(
-        customer_id=doc.customer_id,
-        segments={
+    return _answer(
+        doc.customer_id,
+        {
             dim: SegmentAssignment(
                 segment=s.segment,
                 since=s.since,
@@ -42,12 +43,40 @@ def from_cache(doc: CachedCustomer, now: datetime) -> CustomerSegments:
             )
             for dim, s in doc.segments.items()
         },
-        definition_version=doc.definition_version,
-        evaluated_at=doc.evaluated_at,
-        next_change_at=doc.next_change_at,
-        staleness_seconds=_staleness(now, doc.evaluated_at),
-        source="cache",
-        aggregates=_summary(doc.aggregates, doc.evaluated_at),
+        doc,
+        now,
+        "cache",
+        _summary(doc.aggregates, doc.evaluated_at),
+    )
+
+
+class _Evaluated(Protocol):
+    @property
+    def definition_version(self) -> int: ...
+    @property
+    def evaluated_at(self) -> datetime: ...
+    @property
+    def next_change_at(self) -> datetime | None: ...
+
+
+def _answer(
+    customer_id: str,
+    segments: dict[str, SegmentAssignment],
+    evaluation: _Evaluated,
+    now: datetime,
+    source: Literal["cache", "database"],
+    aggregates: AggregatesSummary | None,
+) -> CustomerSegments:
+    """The answer from either source: both carry the evaluation's version and times."""
+    return CustomerSegments(
+        customer_id=customer_id,
+        segments=segments,
+        definition_version=evaluation.definition_version,
+        evaluated_at=evaluation.evaluated_at,
+        next_change_at=evaluation.next_change_at,
+        staleness_seconds=_staleness(now, evaluation.evaluated_at),
+        source=source,
+        aggregates=aggregates,
     )
 
 
@@ -79,9 +108,9 @@ async def from_database(
         stored = await repository.evaluations(conn, customer_ids)
         aggregates = await fetch_aggregates(conn, list(stored), now) if stored else {}
     return {
-        cid: CustomerSegments(
-            customer_id=cid,
-            segments={
+        cid: _answer(
+            cid,
+            {
                 dim: SegmentAssignment(
                     segment=s.segment,
                     since=s.since,
@@ -90,12 +119,10 @@ async def from_database(
                 )
                 for dim, s in e.segments.items()
             },
-            definition_version=e.definition_version,
-            evaluated_at=e.evaluated_at,
-            next_change_at=e.next_change_at,
-            staleness_seconds=_staleness(now, e.evaluated_at),
-            source="database",
-            aggregates=_summary(aggregates.get(cid), now),
+            e,
+            now,
+            "database",
+            _summary(aggregates.get(cid), now),
         )
         for cid, e in stored.items()
     }
