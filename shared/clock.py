@@ -59,10 +59,23 @@ class EventTimeClock:
     def now(self) -> datetime:
         return self._at
 
+    @property
+    def has_started(self) -> bool:
+        """Whether any event time has been seen: until then "now" is only a placeholder."""
+        return self._at > self.START
+
     def advance_to(self, watermark: datetime | None) -> None:
         """Move forward to `watermark`; event time never runs backwards."""
         if watermark is not None and watermark > self._at:
             self._at = watermark
+
+
+def is_running(clock: Clock) -> bool:
+    """Whether `clock.now()` is a real time to evaluate at. An event-time clock is not until
+    the first watermark: facts evaluated at its placeholder start would all lie in the
+    future, and a customer whose orders are all ahead of "now" has no next change to wait for.
+    """
+    return not isinstance(clock, EventTimeClock) or clock.has_started
 
 
 def clock_from_setting(value: str) -> Clock:

@@ -18,7 +18,7 @@ from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
 from services.segmenter.settings import SegmenterSettings
 from services.segmenter.worker import Evaluator, Ruleset, evaluate_loop
-from shared.clock import Clock, EventTimeClock, clock_from_setting
+from shared.clock import Clock, EventTimeClock, clock_from_setting, is_running
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import SchemaBehindError, require_current
 from shared.health import check_kafka, check_postgres, check_redis, overall
@@ -52,7 +52,7 @@ async def population_loop(
     if next_recompute == 0.0:
         next_recompute = loop.time() + settings.population_interval_seconds
     while not stopping.is_set():
-        if loop.time() >= next_recompute:
+        if loop.time() >= next_recompute and is_running(clock):
             await population.recompute(engine, ruleset, clock.now())
             next_recompute = loop.time() + settings.population_interval_seconds
         else:
@@ -101,6 +101,10 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
         await ensure_topics(
             conn.kafka_bootstrap, [TopicSpec(settings.changes_topic, settings.topic_partitions)]
         )
+        if isinstance(clock, EventTimeClock):
+            # Before anything is queued or evaluated at the clock's placeholder start.
+            async with pg_connection(engine) as pg:
+                clock.advance_to(await event_time_watermark(pg))
         async with pg_connection(engine) as raw, raw.transaction():
             version, is_new = await repo.ensure_definitions(
                 raw, definitions.source, definitions.content_hash

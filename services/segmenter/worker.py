@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.segmenter import queue
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
-from shared.clock import Clock
+from shared.clock import Clock, is_running
 from shared.db.engine import pg_connection
 from shared.events.segment_change import SegmentChange, segment_change_event
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
@@ -86,6 +86,8 @@ class Evaluator:
 
     async def evaluate_due(self) -> int:
         """Evaluate one batch of due customers; returns how many were leased."""
+        if not is_running(self._clock):
+            return 0
         now = self._clock.now()
         rules = self.ruleset
         started = time.perf_counter()

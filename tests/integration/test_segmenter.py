@@ -464,6 +464,58 @@ async def test_event_time_clock_moves_with_the_ingested_watermark(
     assert evaluated == NOW + 2 * DAY  # event time, not the wall clock
 
 
+async def test_event_time_clock_evaluates_nothing_before_the_first_watermark(
+    engine: AsyncEngine, service_env: dict[str, str], changes_topic: str, tmp_path: Any
+) -> None:
+    # Facts seeded before ingest has recorded any event time: evaluated at the clock's
+    # placeholder start, every order would lie in the future and no wake-up would follow.
+    await seed(engine, [History("early", orders=[(NOW - 10 * DAY, Decimal(9))])], NOW)
+    proc = _run_segmenter(
+        service_env
+        | {
+            "STREAMSEG_SEGMENTER_CLOCK": "event-time",
+            "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes_topic,
+            "STREAMSEG_SEGMENTER_OPS_PORT": "0",
+            "STREAMSEG_SEGMENTER_IDLE_POLL_SECONDS": "0.05",
+        },
+        tmp_path / "segmenter.log",
+    )
+    try:
+        await eventually(
+            lambda: _log_has(tmp_path / "segmenter.log", "segmenter_started"),
+            within_seconds=30,
+            message="segmenter started",
+        )
+        await asyncio.sleep(0.5)  # several idle polls of every evaluation loop
+        assert await scalar(engine, "SELECT count(*) FROM customer_evaluations") == 0
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO ingest_offsets (topic, partition, max_event_at)"
+                    " VALUES ('orders', 0, :at)"
+                ),
+                {"at": NOW},
+            )
+        await eventually(
+            lambda: _lifecycle(engine, "early", "new"), within_seconds=15, message="new"
+        )
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
+    evaluated = await scalar(
+        engine, "SELECT evaluated_at FROM customer_evaluations WHERE customer_id = 'early'"
+    )
+    assert evaluated == NOW
+
+
+async def _lifecycle(engine: AsyncEngine, customer_id: str, segment: str) -> bool:
+    return (await segments(engine)).get((customer_id, "lifecycle")) == segment
+
+
+async def _log_has(path: Any, text_: str) -> bool:
+    return path.exists() and text_ in path.read_text(errors="replace")
+
+
 def _run_segmenter(env: dict[str, str], log_path: Any) -> Any:
     log = log_path.open("wb")
     proc = subprocess.Popen(

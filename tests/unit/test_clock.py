@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.clock import EventTimeClock, FixedClock, OffsetClock, SystemClock, clock_from_setting
+from shared.clock import (
+    EventTimeClock,
+    FixedClock,
+    OffsetClock,
+    SystemClock,
+    clock_from_setting,
+    is_running,
+)
 
 T = datetime(2026, 5, 1, 12, tzinfo=UTC)
 
@@ -35,6 +42,17 @@ def test_event_time_clock_only_moves_forward() -> None:
     clock.advance_to(T - timedelta(days=1))
     clock.advance_to(None)
     assert clock.now() == T
+
+
+def test_only_an_event_time_clock_waits_for_its_first_watermark() -> None:
+    clock = EventTimeClock()
+    assert not is_running(clock)
+    clock.advance_to(None)
+    assert not is_running(clock)
+    clock.advance_to(T)
+    assert is_running(clock)
+    assert is_running(SystemClock())
+    assert is_running(FixedClock(EventTimeClock.START))
 
 
 @pytest.mark.parametrize(
