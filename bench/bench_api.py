@@ -1,6 +1,7 @@
 """Latency of GET /v1/customers/{id}/segments for cached customers, under open-loop load.
 
     .venv/bin/python -m bench.bench_api [--customers 20000] [--duration 20] [--rate 1000]
+                                        [--load-tool python|vegeta]
 
 1. seeds N customers into PostgreSQL and the Redis cache (own schema and key prefix);
 2. runs the API as `python -m services.api` (uvicorn, no access log) in a subprocess;
@@ -10,9 +11,16 @@
 4. steps the rate up from --start-rate to find the highest one the API sustains (no error,
    >= 97% answered, p99 under --max-p99-ms), then measures p50/p95/p99 at --rate.
 
-The load generator speaks HTTP/1.1 over keep-alive sockets itself: an HTTP client library
-would add its own per-request cost to every figure. Both processes share this machine's
-cores, so the maximum rate is a floor for what a dedicated server would do.
+Two load generators, for every phase (warm-up, steps, measured), timed the same way:
+- `python` (the default): an asyncio process in this file that speaks HTTP/1.1 over
+  keep-alive sockets itself, since an HTTP client library would add its own per-request cost;
+- `vegeta` (bench/vegeta.py): the Go tool, installed into .bench-tools/ on first use. It
+  paces from a goroutine and can use both cores, so its timing does not hang on one Python
+  event loop; latency still runs from the due time, computed from its per-request results.
+Each phase also reports the generator's own CPU per request (start-up included), its late
+sends (more than 5 ms after due) and p99 from send (without the generator's lateness).
+Both processes share this machine's cores, so the maximum rate is a floor for what a
+dedicated server would do.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import argparse
 import asyncio
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,7 +44,9 @@ import httpx
 import orjson
 from sqlalchemy import text
 
+from bench import vegeta
 from bench.bench_ingest import forget_cache, stack_env
+from bench.vegeta import LATE_SECONDS
 from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
 from shared.db.engine import create_engine, driver_connection
@@ -153,12 +164,15 @@ async def open_loop(
     ]
     idle: list[Connection] = []
     latencies: list[float] = []
+    from_send: list[float] = []
     errors = 0
+    ok = 0
     late = 0
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(due: float) -> None:
-        nonlocal errors
+        nonlocal errors, ok
+        began = time.perf_counter()
         conn = idle.pop() if idle else Connection(*await asyncio.open_connection(host, port))
         try:
             status = await conn.get(random.choice(requests))
@@ -166,8 +180,12 @@ async def open_loop(
             errors += 1
             conn.writer.close()
             return
-        latencies.append(time.perf_counter() - due)
-        if status != 200:
+        answered = time.perf_counter()
+        latencies.append(answered - due)
+        from_send.append(answered - began)
+        if status == 200:
+            ok += 1
+        else:
             errors += 1
         idle.append(conn)
 
@@ -179,7 +197,7 @@ async def open_loop(
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        elif delay < -0.005:
+        elif delay < -LATE_SECONDS:
             late += 1  # the generator itself fell behind: this run's figures are suspect
         task = loop.create_task(one(due))
         tasks.add(task)
@@ -189,30 +207,56 @@ async def open_loop(
         await asyncio.wait(tasks, timeout=30)
     for conn in idle:
         conn.writer.close()
-    latencies.sort()
+    return summary(rate, total, latencies, from_send, errors, ok, late, elapsed)
 
-    def pct(q: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0
-        )
+
+def summary(
+    rate: float,
+    sent: int,
+    latencies: list[float],
+    from_send: list[float],
+    errors: int,
+    ok: int,
+    late_sends: int,
+    elapsed: float,
+) -> dict[str, float]:
+    """One phase's figures, the same for either load tool.
+
+    `latencies` run from each request's due time, `from_send` from when the generator began
+    it (seconds): only the first counts the generator's own lateness in starting requests.
+    """
+    latencies, from_send = sorted(latencies), sorted(from_send)
+
+    def pct(q: float, values: list[float]) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0
 
     return {
-        "rate": rate,
-        "sent": total,
+        "rate": float(rate),
+        "sent": sent,
         "answered": len(latencies),
         "errors": errors,
-        "late_sends": late,
+        "success_ratio": round(ok / max(sent, 1), 4),
+        "late_sends": late_sends,
         "achieved_per_s": round(len(latencies) / max(elapsed, 1e-9), 1),
-        "p50_ms": round(pct(0.50), 3),
-        "p95_ms": round(pct(0.95), 3),
-        "p99_ms": round(pct(0.99), 3),
+        "p50_ms": round(pct(0.50, latencies), 3),
+        "p95_ms": round(pct(0.95, latencies), 3),
+        "p99_ms": round(pct(0.99, latencies), 3),
         "max_ms": round(latencies[-1] * 1000 if latencies else 0, 3),
+        "p99_from_send_ms": round(pct(0.99, from_send), 3),
     }
 
 
-def run_load(url: str, key: str, ids_file: Path, rate: float, duration: float) -> dict[str, float]:
-    """Run the generator as a separate process and read its JSON result."""
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_python_load(
+    url: str, key: str, ids_file: Path, rate: float, duration: float
+) -> dict[str, float]:
+    """Run the Python generator as a separate process and read its JSON result."""
     numbers = [str(rate), str(duration)]
+    cpu_before = children_cpu_seconds()
     out = subprocess.run(
         [sys.executable, "-m", "bench.bench_api", "load", url, key, str(ids_file), *numbers],
         cwd=ROOT,
@@ -220,6 +264,22 @@ def run_load(url: str, key: str, ids_file: Path, rate: float, duration: float) -
         capture_output=True,
     ).stdout
     result: dict[str, float] = orjson.loads(out)
+    cpu = children_cpu_seconds() - cpu_before
+    result["load_cpu_ms_per_request"] = round(cpu * 1000 / max(result["sent"], 1), 3)
+    return result
+
+
+def run_vegeta_load(
+    binary: Path, url: str, key: str, ids: list[str], workdir: Path, rate: float, duration: float
+) -> dict[str, float]:
+    targets = workdir / "targets.http"
+    vegeta.write_targets(targets, url, key, ids, int(rate * duration) + 10)
+    run = vegeta.attack(binary, targets, rate, duration)
+    ok = run.sent - run.errors  # every request vegeta sends has a result
+    result = summary(
+        rate, run.sent, run.latencies, run.from_send, run.errors, ok, run.late_sends, run.elapsed
+    )
+    result["load_cpu_ms_per_request"] = round(run.cpu_seconds * 1000 / max(run.sent, 1), 3)
     return result
 
 
@@ -288,7 +348,11 @@ def main() -> None:
     parser.add_argument("--step-duration", type=float, default=8, help="seconds per step")
     parser.add_argument("--max-p99-ms", type=float, default=50)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--load-tool", choices=["python", "vegeta"], default="python", help="see the docstring"
+    )
     args = parser.parse_args()
+    binary = vegeta.installed() if args.load_tool == "vegeta" else None
     env = stack_env()
     tag = uuid.uuid4().hex[:8]
     schema, prefix = f"bench_api_{tag}", f"bench-api-{tag}:"
@@ -306,30 +370,35 @@ def main() -> None:
     }
     log = ROOT / ".stack" / "bench-api.log"
     log.parent.mkdir(exist_ok=True)
-    with log.open("wb") as out, tempfile.NamedTemporaryFile("w", suffix=".ids") as ids_file:
-        ids_file.write("\n".join(ids))
-        ids_file.flush()
-        ids_path = Path(ids_file.name)
+    with log.open("wb") as out, tempfile.TemporaryDirectory() as tmp:
+        ids_path = Path(tmp) / "ids"
+        ids_path.write_text("\n".join(ids))
+
+        def run_load(rate: float, duration: float) -> dict[str, float]:
+            if binary is None:
+                return run_python_load(api_url, key, ids_path, rate, duration)
+            return run_vegeta_load(binary, api_url, key, ids, Path(tmp), rate, duration)
+
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.api"], cwd=ROOT, env=api_env, stdout=out, stderr=out
         )
         try:
             wait_ready(api_url, proc)
-            run_load(api_url, key, ids_path, 300, 5)  # warm-up: pools, caches, code paths
+            run_load(300, 5)  # warm-up: pools, caches, code paths
             load_before = os.getloadavg()[0]
             # Rising rates first, from a light load: an overloaded run leaves a backlog (of
             # audit entries, pooled connections) that would weigh on the runs after it.
             steps = []
             rate = args.start_rate
             while True:
-                result = run_load(api_url, key, ids_path, rate, args.step_duration)
+                result = run_load(rate, args.step_duration)
                 steps.append(result)
                 print(f"step {orjson.dumps(result).decode()}", file=sys.stderr)
                 if not is_sustained(result, args.max_p99_ms) or rate >= args.max_rate:
                     break
                 rate += args.step
             cpu_before = cpu_seconds(proc.pid)
-            fixed = run_load(api_url, key, ids_path, args.rate, args.duration)
+            fixed = run_load(args.rate, args.duration)
             api_cpu = cpu_seconds(proc.pid) - cpu_before
         finally:
             proc.terminate()
@@ -341,24 +410,28 @@ def main() -> None:
             asyncio.run(drop(url_db, schema, redis_url, prefix))
     sustained = [s["rate"] for s in steps if is_sustained(s, args.max_p99_ms)]
     figures = {
+        "load_tool": args.load_tool,
         "customers": args.customers,
         "rate_per_s": args.rate,
         "duration_s": args.duration,
         "answered": fixed["answered"],
         "errors": fixed["errors"],
+        "success_ratio": fixed["success_ratio"],
         "late_sends": fixed["late_sends"],
         "p50_ms": fixed["p50_ms"],
         "p95_ms": fixed["p95_ms"],
         "p99_ms": fixed["p99_ms"],
         "max_ms": fixed["max_ms"],
+        "p99_from_send_ms": fixed["p99_from_send_ms"],
         "max_sustained_per_s": max(sustained) if sustained else 0,
         "api_cpu_ms_per_request": round(api_cpu * 1000 / max(fixed["answered"], 1), 3),
+        "load_cpu_ms_per_request": fixed["load_cpu_ms_per_request"],
         "machine_load_1m_before": round(load_before, 2),
         "sustained_means": f"errors 0, >= 97% answered, p99 <= {args.max_p99_ms} ms",
         "first_unsustained": steps[-1],
     }
     for name, value in figures.items():
-        print(f"{name:22s} {value}")
+        print(f"{name:24s} {value}")
     if args.json:
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
 
