@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from services.api.app import create_app
 from services.api.resources import StreamControl
 from services.api.settings import ApiSettings
+from services.api.workers import exit_with_parent
 from shared.logging import configure_logging
 from shared.settings import ConnectionSettings
 
@@ -59,7 +60,8 @@ def serve(sockets: list[socket.socket] | None = None) -> int:
     return 0 if server.started else 3  # 3: start-up failed (as uvicorn.run() exits)
 
 
-def worker(sock: socket.socket) -> None:
+def worker(sock: socket.socket, parent_pid: int) -> None:
     """A worker process's target; here rather than in __main__, which a spawned process
     cannot import by name."""
+    exit_with_parent(parent_pid)
     sys.exit(serve([sock]))

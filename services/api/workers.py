@@ -14,10 +14,13 @@ it, adds up all of them.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
@@ -30,7 +33,9 @@ log = structlog.get_logger("api")
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def serve_workers(count: int, sock: socket.socket, worker: Callable[[socket.socket], None]) -> int:
+def serve_workers(
+    count: int, sock: socket.socket, worker: Callable[[socket.socket, int], None]
+) -> int:
     """Run `worker(sock)` in `count` processes until one exits or a stop signal comes; returns
     the exit status for this process."""
     with tempfile.TemporaryDirectory(prefix="streamseg-api-metrics-") as metrics_dir:
@@ -38,7 +43,8 @@ def serve_workers(count: int, sock: socket.socket, worker: Callable[[socket.sock
         os.environ[METRICS_DIR] = metrics_dir
         spawn = multiprocessing.get_context("spawn")
         procs = [
-            spawn.Process(target=worker, args=(sock,), name=f"api-worker-{i}") for i in range(count)
+            spawn.Process(target=worker, args=(sock, os.getpid()), name=f"api-worker-{i}")
+            for i in range(count)
         ]
         is_asked_to_stop = False
 
@@ -78,3 +84,24 @@ def _terminate(procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
     for proc in procs:
         if proc.pid is not None and proc.exitcode is None:
             os.kill(proc.pid, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Have the kernel send this worker SIGTERM when its parent dies.
+
+    A parent killed with SIGKILL (the OOM killer, a supervisor out of patience) cannot stop
+    its workers; without this they would go on serving the port, unsupervised, with no
+    parent to restart or stop them. Linux only; elsewhere workers outlive a killed parent.
+    """
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("api_worker_parent_watch_failed", errno=ctypes.get_errno())
+        return
+    if os.getppid() != parent_pid:  # the parent died before the watch was set
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -4,6 +4,7 @@ and a stop signal that ends open change streams in every worker and then the ser
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 from contextlib import AsyncExitStack
@@ -66,3 +67,36 @@ async def test_sigterm_ends_open_streams_in_every_worker_and_the_server(
         output = api.output()
     assert code == 0, output
     assert output.count("Application shutdown complete") == 2, output
+
+
+async def test_workers_exit_when_their_parent_is_killed(
+    engine: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    async with api_process(service_env, WORKERS) as api:
+
+        async def started() -> bool:
+            return "api_workers_started" in api.output()
+
+        await eventually(started, within_seconds=30, message="workers started")
+        found = re.search(r"pids=\[(\d+), (\d+)\]", api.output())
+        assert found is not None, api.output()
+        pids = [int(found.group(1)), int(found.group(2))]
+        assert all(_is_alive(pid) for pid in pids)
+        api.proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(api.proc.wait(), 10)
+
+        async def workers_gone() -> bool:
+            return not any(_is_alive(pid) for pid in pids)
+
+        # Orphans would go on serving the port with nobody to stop or restart them.
+        await eventually(workers_gone, within_seconds=15, message="workers exited")
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # An exited orphan is reaped by init at once; a zombie here would still count as alive.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
