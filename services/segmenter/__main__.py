@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
@@ -143,6 +144,12 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
         ]
         if isinstance(clock, EventTimeClock):
             jobs.append(event_time_loop(engine, clock, stopping))
+        # Evaluating a busy customer builds thousands of short-lived tuples; with the default
+        # thresholds the collector ran every few hundred of them and walked the long-lived
+        # start-up objects in its older generations each time. Frozen, and run less often.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         tasks = [asyncio.create_task(job) for job in jobs]
 
         async def liveness() -> dict[str, object]:
