@@ -18,7 +18,7 @@ from shared.db.engine import create_engine
 from shared.db.migrate import SchemaBehindError, require_current
 from shared.health import check_kafka, check_postgres, overall
 from shared.kafka import TopicSpec, dlq_topic, ensure_topics, make_consumer, make_producer
-from shared.lifecycle import install_stop_handlers
+from shared.lifecycle import install_stop_handlers, settle_garbage_collector
 from shared.logging import configure_logging
 from shared.ops import OpsServer
 from shared.settings import ConnectionSettings
@@ -92,6 +92,7 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
         if stopping.is_set():
             return
         log.info("ingest_started", owner=owner, topics=topics, ops_port=ops.port)
+        settle_garbage_collector()
         await worker.run()
         log.info("ingest_stopped", batches=worker.batches_committed)
 

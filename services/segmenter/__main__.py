@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import sys
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
@@ -24,7 +23,7 @@ from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import SchemaBehindError, require_current
 from shared.health import check_kafka, check_postgres, check_redis, overall
 from shared.kafka import TopicSpec, ensure_topics
-from shared.lifecycle import install_stop_handlers
+from shared.lifecycle import install_stop_handlers, settle_garbage_collector
 from shared.logging import configure_logging
 from shared.ops import OpsServer
 from shared.redis import make_redis
@@ -144,12 +143,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
         ]
         if isinstance(clock, EventTimeClock):
             jobs.append(event_time_loop(engine, clock, stopping))
-        # Evaluating a busy customer builds thousands of short-lived tuples; with the default
-        # thresholds the collector ran every few hundred of them and walked the long-lived
-        # start-up objects in its older generations each time. Frozen, and run less often.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        settle_garbage_collector()
         tasks = [asyncio.create_task(job) for job in jobs]
 
         async def liveness() -> dict[str, object]:
