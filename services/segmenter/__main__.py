@@ -92,7 +92,11 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
     )
     async with AsyncExitStack() as stack:
         engine = create_engine(
-            conn.database_url, conn.database_schema, application_name="segmenter"
+            conn.database_url,
+            conn.database_schema,
+            # Each evaluation loop keeps a connection; the other loops share the rest.
+            pool_size=settings.evaluators + 4,
+            application_name="segmenter",
         )
         stack.push_async_callback(engine.dispose)
         await require_current(engine, conn.database_schema)

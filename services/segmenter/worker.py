@@ -37,6 +37,7 @@ from shared.segmentation import (
 log = structlog.get_logger("segmenter")
 
 _event_encoder = msgspec.json.Encoder()
+YIELD_EVERY_CUSTOMERS = 16
 WINDOWED_INTERACTION_METRICS = frozenset({"interactions_7d", "interactions_30d"})
 CAUSE_NOTE = {
     "population": "cut-offs recomputed from the population; ",
@@ -84,33 +85,48 @@ class Evaluator:
         self._on_changes = on_changes
         self._change_counters: dict[tuple[str, str], Any] = {}
 
-    async def evaluate_due(self) -> int:
-        """Evaluate one batch of due customers; returns how many were leased."""
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def evaluate_due(self, conn: Any = None) -> int:
+        """Evaluate one batch of due customers; returns how many were leased.
+
+        `conn` is the caller's own connection (an evaluation loop keeps one: a pooled one
+        costs a ping and a reset, two more round trips, per batch), else one from the pool.
+        """
         if not is_running(self._clock):
             return 0
+        if conn is None:
+            async with pg_connection(self._engine) as pooled:
+                return await self._evaluate_batch(pooled)
+        return await self._evaluate_batch(conn)
+
+    async def _evaluate_batch(self, conn: Any) -> int:
         now = self._clock.now()
         rules = self.ruleset
         started = time.perf_counter()
         writes = Writes()
-        async with pg_connection(self._engine) as conn:
-            try:
-                ids = await queue.lease_due(conn, now, self._batch_size)
-                if not ids:
-                    return 0
-                batch = await repo.load_leased(
-                    conn, ids, now, with_interactions=rules.counts_interactions
-                )
-                # Evaluating holds no row lock: ingest can queue these customers meanwhile.
-                for leased in batch:
-                    if leased.loaded is not None:
-                        self._evaluate_one(
-                            leased.due, leased.loaded, leased.state, now, rules, writes
-                        )
-                due = [leased.due for leased in batch]
-                async with conn.transaction():
-                    await self._commit(conn, due, now, writes)
-            finally:
-                await queue.release_leases(conn)
+        try:
+            ids = await queue.lease_due(conn, now, self._batch_size)
+            if not ids:
+                return 0
+            batch = await repo.load_leased(
+                conn, ids, now, with_interactions=rules.counts_interactions
+            )
+            # Evaluating holds no row lock: ingest can queue these customers meanwhile.
+            for i, leased in enumerate(batch, 1):
+                if leased.loaded is not None:
+                    self._evaluate_one(leased.due, leased.loaded, leased.state, now, rules, writes)
+                if i % YIELD_EVERY_CUSTOMERS == 0:
+                    # The other evaluation loops' statements complete meanwhile; each of
+                    # their round trips would otherwise wait out this whole batch.
+                    await asyncio.sleep(0)
+            due = [leased.due for leased in batch]
+            async with conn.transaction():
+                await self._commit(conn, due, now, writes)
+        finally:
+            await queue.release_leases(conn)
         self._metrics.evaluations.inc(len(writes.evaluations))
         self._metrics.evaluation_seconds.observe(time.perf_counter() - started)
         self._observe_lateness(due, now)
@@ -295,9 +311,11 @@ def _document(
 
 
 async def evaluate_loop(evaluator: Evaluator, stopping: asyncio.Event, idle_seconds: float) -> None:
-    """Evaluate until stopped, sleeping `idle_seconds` only when nothing was due."""
-    while not stopping.is_set():
-        claimed = await evaluator.evaluate_due()
-        if claimed == 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=idle_seconds)
+    """Evaluate until stopped, on a connection of its own, sleeping `idle_seconds` only when
+    nothing was due. A database error ends the loop (and so the process, to be restarted)."""
+    async with pg_connection(evaluator.engine) as conn:
+        while not stopping.is_set():
+            claimed = await evaluator.evaluate_due(conn)
+            if claimed == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=idle_seconds)

@@ -94,7 +94,6 @@ async def test_segmenters_never_lease_the_same_customer(
 class IngestMidBatch(Evaluator):
     """Lets ingest commit a new order for `c0` after the batch read it, before it commits."""
 
-    engine: AsyncEngine
     ordered = False
 
     async def _commit(self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes) -> None:
@@ -114,7 +113,6 @@ async def test_facts_that_arrive_mid_batch_are_evaluated_next(
     ev = IngestMidBatch(
         engine, cache, FixedClock(NOW), SegmenterMetrics(CollectorRegistry()), rules
     )
-    ev.engine = engine
 
     assert await ev.evaluate_due() == 2
     assert (await segments(engine))[("c0", "lifecycle")] == "prospect"  # as read
