@@ -57,8 +57,7 @@ async def main() -> None:
         (queue, "settle"),
         (queue, "release_leases"),
         (repo, "load_leased"),
-        (repo, "save_evaluations"),
-        (repo, "save_segments"),
+        (repo, "save_state"),
         (repo, "insert_changes"),
         (repo, "schedule"),
     ):

@@ -9,16 +9,17 @@ nearly every batch of both). So a claim is three short steps instead:
    one customer at once; ingest never waits on these locks);
 2. `repository.load_leased`: the leased rows with their row version (`xmin`), read in the
    same snapshot as the customers' facts and state;
-3. `settle`: in the transaction that writes the evaluations, delete each row only if it is
-   still the version that was read. A row that ingest changed meanwhile stays queued: its
-   customer has facts newer than this evaluation saw, and is evaluated again.
+3. `settle`: last in the transaction that writes the evaluations, take each row off the
+   queue (or leave it due at the customer's next wake-up) only if it is still the version
+   that was read. A row that ingest changed meanwhile stays queued: its customer has facts
+   newer than this evaluation saw, and is evaluated again.
 
 A crash releases the leases with the connection and rolls the writes and deletes back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -66,36 +67,59 @@ async def release_leases(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_unlock_all()")
 
 
-async def settle(conn: asyncpg.Connection, due: Sequence[Due], evaluated_at: datetime) -> set[str]:
-    """Delete the queue rows that are still as read; returns their customers.
+async def settle(
+    conn: asyncpg.Connection,
+    due: Sequence[Due],
+    evaluated_at: datetime,
+    wakeups: Mapping[str, datetime] | None = None,
+) -> set[str]:
+    """Take off the queue the rows that are still as read; returns their customers.
 
-    A row ingest changed meanwhile stays queued, due from `evaluated_at` on (what came
-    before was evaluated), so the age of the oldest due row keeps meaning how far behind
-    evaluation is. A row locked by an ingest transaction in flight is skipped, never waited
-    for. The rows deleted stay locked by this transaction until it ends, so it can queue
-    their customers' wake-ups without waiting on anyone either.
+    A settled customer with a wake-up in `wakeups` keeps its row, now due then (cause
+    "time"): one write instead of a delete and an insert. A row ingest changed meanwhile
+    stays queued, due from `evaluated_at` on (what came before was evaluated), so the age of
+    the oldest due row keeps meaning how far behind evaluation is; its customer schedules
+    its wake-up when evaluated again. A row locked by an ingest transaction in flight is
+    skipped, never waited for.
+
+    The rows it touches stay locked until the transaction ends and ingest waits for them,
+    so the evaluator runs this last, just before it commits.
     """
     if not due:
         return set()
+    wake = wakeups or {}
     rows = await conn.fetch(
         """
         WITH locked AS (
-            SELECT q.customer_id, q.xmin::text = read.row_version AS unchanged
+            SELECT q.customer_id, q.xmin::text = read.row_version AS unchanged, read.wake_at
             FROM segmentation_queue q
-            JOIN unnest($1::text[], $2::text[]) AS read(customer_id, row_version)
+            JOIN unnest($1::text[], $2::text[], $4::timestamptz[])
+                 AS read(customer_id, row_version, wake_at)
               ON q.customer_id = read.customer_id
             ORDER BY q.customer_id
             FOR UPDATE OF q SKIP LOCKED
         ), moved AS (
             UPDATE segmentation_queue q SET due_at = GREATEST(q.due_at, $3)
             FROM locked WHERE q.customer_id = locked.customer_id AND NOT locked.unchanged
+        ), woken AS (
+            UPDATE segmentation_queue q
+            SET due_at = locked.wake_at, cause = 'time', cause_event_at = NULL,
+                enqueued_at = now()
+            FROM locked
+            WHERE q.customer_id = locked.customer_id AND locked.unchanged
+              AND locked.wake_at IS NOT NULL
+            RETURNING q.customer_id
+        ), gone AS (
+            DELETE FROM segmentation_queue q USING locked
+            WHERE q.customer_id = locked.customer_id AND locked.unchanged
+              AND locked.wake_at IS NULL
+            RETURNING q.customer_id
         )
-        DELETE FROM segmentation_queue q USING locked
-        WHERE q.customer_id = locked.customer_id AND locked.unchanged
-        RETURNING q.customer_id
+        SELECT customer_id FROM woken UNION ALL SELECT customer_id FROM gone
         """,
         [d.customer_id for d in due],
         [d.row_version for d in due],
         evaluated_at,
+        [wake.get(d.customer_id) for d in due],
     )
     return {r["customer_id"] for r in rows}

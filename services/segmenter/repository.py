@@ -341,55 +341,59 @@ async def load_leased(
     return out
 
 
-async def save_evaluations(
+async def save_state(
     conn: asyncpg.Connection,
-    rows: Sequence[tuple[str, int, int, int, datetime, datetime | None]],
+    evaluations: Sequence[tuple[str, int, int, int, datetime, datetime | None]],
+    segments: Sequence[tuple[str, str, str, datetime, str, int, datetime]],
 ) -> int:
-    """(customer_id, version, change_sequence, definition_version, evaluated_at, next_change_at)
+    """Write evaluations and changed segments in one statement (one round trip).
 
-    A version is written only over the one before it; returns how many rows were, so the
-    caller can tell that no other evaluation got in between."""
-    if not rows:
+    evaluations: (customer_id, version, change_sequence, definition_version, evaluated_at,
+    next_change_at); segments: (customer_id, dimension, segment, since, reason,
+    definition_version, evaluated_at). A version is written only over the one before it;
+    returns how many evaluations were, so the caller can tell that no other evaluation got
+    in between."""
+    if not evaluations:
         return 0
-    status = await conn.execute(
+    written: int = await conn.fetchval(
         """
-        INSERT INTO customer_evaluations AS e (customer_id, version, change_sequence,
-                                               definition_version, evaluated_at, next_change_at)
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[],
-                             $5::timestamptz[], $6::timestamptz[])
-        ON CONFLICT (customer_id) DO UPDATE SET
-            version = EXCLUDED.version,
-            change_sequence = EXCLUDED.change_sequence,
-            definition_version = EXCLUDED.definition_version,
-            evaluated_at = EXCLUDED.evaluated_at,
-            next_change_at = EXCLUDED.next_change_at
-        WHERE e.version = EXCLUDED.version - 1
+        WITH segments AS (
+            INSERT INTO customer_segments AS s (customer_id, dimension, segment, since, reason,
+                                                definition_version, evaluated_at)
+            SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                                 $11::text[], $12::int[], $13::timestamptz[])
+            ON CONFLICT (customer_id, dimension) DO UPDATE SET
+                segment = EXCLUDED.segment, since = EXCLUDED.since, reason = EXCLUDED.reason,
+                definition_version = EXCLUDED.definition_version,
+                evaluated_at = EXCLUDED.evaluated_at
+        ), evaluations AS (
+            INSERT INTO customer_evaluations AS e (customer_id, version, change_sequence,
+                                                   definition_version, evaluated_at,
+                                                   next_change_at)
+            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[],
+                                 $5::timestamptz[], $6::timestamptz[])
+            ON CONFLICT (customer_id) DO UPDATE SET
+                version = EXCLUDED.version,
+                change_sequence = EXCLUDED.change_sequence,
+                definition_version = EXCLUDED.definition_version,
+                evaluated_at = EXCLUDED.evaluated_at,
+                next_change_at = EXCLUDED.next_change_at
+            WHERE e.version = EXCLUDED.version - 1
+            RETURNING 1
+        )
+        SELECT count(*) FROM evaluations
         """,
-        *(list(col) for col in zip(*rows, strict=True)),
+        *_columns(evaluations, 6),
+        *_columns(segments, 7),
     )
-    return int(status.split()[-1])
+    return written
 
 
-async def save_segments(
-    conn: asyncpg.Connection,
-    rows: Sequence[tuple[str, str, str, datetime, str, int, datetime]],
-) -> None:
-    """(customer_id, dimension, segment, since, reason, definition_version, evaluated_at)"""
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as `width` column lists, for unnest (empty lists when there are no rows)."""
     if not rows:
-        return
-    await conn.execute(
-        """
-        INSERT INTO customer_segments AS s (customer_id, dimension, segment, since, reason,
-                                            definition_version, evaluated_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-                             $6::int[], $7::timestamptz[])
-        ON CONFLICT (customer_id, dimension) DO UPDATE SET
-            segment = EXCLUDED.segment, since = EXCLUDED.since, reason = EXCLUDED.reason,
-            definition_version = EXCLUDED.definition_version,
-            evaluated_at = EXCLUDED.evaluated_at
-        """,
-        *(list(col) for col in zip(*rows, strict=True)),
-    )
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows, strict=True)]
 
 
 # Advisory locks are per database, and one database can hold several StreamSeg schemas

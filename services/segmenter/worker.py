@@ -142,28 +142,25 @@ class Evaluator:
         return len(due)
 
     async def _commit(self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes) -> None:
-        """The batch's one transaction: queue rows, state, wake-ups, then history and outbox.
+        """The batch's one transaction: state, then history and outbox, then the queue rows.
 
         The evaluation version only moves from the version read to the next one, and the
         customer is leased meanwhile, so no other evaluation can have committed in between;
         if one did, the write stops here and the transaction rolls back.
         """
-        settled = await queue.settle(conn, due, now)
-        written = await repo.save_evaluations(conn, writes.evaluations)
+        written = await repo.save_state(conn, writes.evaluations, writes.segments)
         if written != len(writes.evaluations):
             raise EvaluationRaceError(len(writes.evaluations) - written)
-        await repo.save_segments(conn, writes.segments)
-        # A customer whose row ingest changed meanwhile is still queued, due now, and
-        # schedules its wake-up when evaluated again; queueing it here would wait for
-        # ingest's transaction while ingest may be waiting for this one.
-        await repo.schedule(conn, [w for w in writes.wakeups if w[0] in settled], "time")
         if writes.history:
-            # Last, under a lock held to commit: history ids are then assigned in commit
-            # order across segmenter processes, so a reader resuming "after id N" (the
-            # API's change stream) can never miss a change committed later with a
-            # smaller id. Only this short tail of the transaction is serialised.
+            # Under a lock held to commit: history ids are then assigned in commit order
+            # across segmenter processes, so a reader resuming "after id N" (the API's
+            # change stream) can never miss a change committed later with a smaller id.
             await repo.lock_history(conn)
             await repo.insert_changes(conn, writes.history, writes.payloads)
+        # Last: ingest waits for the queue rows this locks, so they are locked only for the
+        # commit. A customer whose row ingest changed meanwhile stays queued, due now, and
+        # schedules its wake-up when evaluated again.
+        await queue.settle(conn, due, now, dict(writes.wakeups))
 
     def _evaluate_one(
         self,

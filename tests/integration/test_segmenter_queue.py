@@ -62,6 +62,32 @@ async def test_ingest_requeues_a_customer_mid_evaluation_without_waiting(
     ) == NOW + timedelta(seconds=2)
 
 
+async def test_settling_leaves_a_settled_customer_due_at_its_wake_up(
+    engine: AsyncEngine,
+) -> None:
+    await seed(engine, browsers(3), NOW)
+    wake = NOW + 7 * DAY
+    async with pg_connection(engine) as segmenter, pg_connection(engine) as ingester:
+        leased = await queue.lease_due(segmenter, NOW, 10)
+        due = [b.due for b in await repo.load_leased(segmenter, leased, NOW)]
+        async with ingester.transaction():
+            await ingest.mark_for_segmentation(ingester, ["c1"], NOW, [NOW])
+        async with segmenter.transaction():
+            settled = await queue.settle(segmenter, due, NOW, {"c0": wake, "c1": wake})
+        await queue.release_leases(segmenter)
+
+    assert settled == {"c0", "c2"}
+    rows = await scalar(
+        engine,
+        "SELECT string_agg(customer_id || ' ' || cause || ' ' || (due_at = :wake)::text,"
+        " ', ' ORDER BY customer_id) FROM segmentation_queue",
+        wake=wake,
+    )
+    # c0 waits for its wake-up; c1 (changed meanwhile) is due for its new facts, and gets
+    # its wake-up when evaluated again; c2 had none and is gone.
+    assert rows == "c0 time true, c1 event false"
+
+
 async def test_a_row_locked_by_ingest_is_skipped_not_waited_for(engine: AsyncEngine) -> None:
     await seed(engine, browsers(2), NOW)
     async with pg_connection(engine) as segmenter, pg_connection(engine) as ingester:
