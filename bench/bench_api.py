@@ -55,6 +55,7 @@ from shared.redis import make_redis
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 
 ROOT = Path(__file__).resolve().parent.parent
+IDLE_SECONDS = 4.0  # a kept-alive connection is reused while idle for less than this
 SEGMENTS = {"lifecycle": "active", "value_tier": "high", "rfm": "loyal", "engagement": "engaged"}
 
 
@@ -140,6 +141,7 @@ async def drop(url: str, schema: str, redis_url: str, prefix: str) -> None:
 class Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    idle_since: float = 0.0
 
     async def get(self, request: bytes) -> int:
         self.writer.write(request)
@@ -170,10 +172,21 @@ async def open_loop(
     late = 0
     tasks: set[asyncio.Task[None]] = set()
 
+    def reusable() -> Connection | None:
+        # uvicorn closes a connection idle for 5 s (its keep-alive timeout), and a request
+        # sent on it as it closes fails: drop older ones, as HTTP clients do with their own
+        # idle timeout. The idle list is a stack, so the oldest are at the bottom.
+        while idle:
+            conn = idle.pop()
+            if time.perf_counter() - conn.idle_since < IDLE_SECONDS:
+                return conn
+            conn.writer.close()
+        return None
+
     async def one(due: float) -> None:
         nonlocal errors, ok
         began = time.perf_counter()
-        conn = idle.pop() if idle else Connection(*await asyncio.open_connection(host, port))
+        conn = reusable() or Connection(*await asyncio.open_connection(host, port))
         try:
             status = await conn.get(random.choice(requests))
         except (OSError, asyncio.IncompleteReadError):
@@ -187,6 +200,7 @@ async def open_loop(
             ok += 1
         else:
             errors += 1
+        conn.idle_since = answered
         idle.append(conn)
 
     loop = asyncio.get_running_loop()
