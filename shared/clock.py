@@ -78,6 +78,12 @@ def is_running(clock: Clock) -> bool:
     return not isinstance(clock, EventTimeClock) or clock.has_started
 
 
+def present(clock: Clock) -> datetime:
+    """The real present as `clock` has it, for checks such as "not from the future". An
+    event-time clock replays the past, so its present is the system clock's."""
+    return datetime.now(UTC) if isinstance(clock, EventTimeClock) else clock.now()
+
+
 def clock_from_setting(value: str) -> Clock:
     """Parse a STREAMSEG_CLOCK value; raise ValueError naming what is wrong."""
     kind, _, arg = value.partition(":")

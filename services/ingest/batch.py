@@ -164,15 +164,19 @@ async def prepare(
     rates: dict[str, Decimal],
     now: datetime,
     retention: timedelta,
+    *,
+    present: datetime | None = None,
 ) -> PreparedBatch | None:
     """Turn fetched records into a PreparedBatch, advancing `fetched` per partition.
 
     Records of partitions we do not own, or before the offset we resume from, are skipped:
-    they were fetched before a rebalance or a seek.
+    they were fetched before a rebalance or a seek. Event times are checked against
+    `present` (by default `now`; the real present when `now` is a replay's event time).
     """
     parts: list[Part] = []
     events: dict[str, Any] = {}
     screened = 0
+    checked_at = now if present is None else present
     # Positions as they were when the records were fetched, read before the first yield: a
     # claim during a yield moves them, and records must be checked against the old ones.
     positions = {tp: (fetched.get(tp), epochs.get(tp)) for tp in batch}
@@ -192,7 +196,7 @@ async def prepare(
                 await asyncio.sleep(0)
             part.end = rec.offset + 1
             try:
-                event = screen(rec.value or b"", now)
+                event = screen(rec.value or b"", checked_at)
             except EventRejected as exc:
                 part.dead_letters.append(DeadLetter(rec, str(exc.reason), str(exc)))
                 continue

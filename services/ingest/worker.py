@@ -25,7 +25,7 @@ from services.ingest import repository as repo
 from services.ingest.batch import DeadLetter, Part, PreparedBatch, Screen, build_changes, prepare
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
-from shared.clock import Clock
+from shared.clock import Clock, EventTimeClock, present
 from shared.db.engine import pg_connection
 from shared.kafka import dlq_headers, dlq_topic, locate
 
@@ -113,6 +113,8 @@ class IngestWorker:
             owned = await repo.claim_partitions(
                 conn, sorted((tp.topic, tp.partition) for tp in assigned), self._owner
             )
+            if isinstance(self._clock, EventTimeClock):
+                self._clock.advance_to(await repo.event_time_watermark(conn))
         for o in owned:
             tp = TopicPartition(o.topic, o.partition)
             self._epochs[tp] = o.epoch
@@ -174,6 +176,7 @@ class IngestWorker:
                 self._settings.currency_rates,
                 self._clock.now(),
                 self._retention,
+                present=present(self._clock),
             )
             if prepared is not None:
                 await ready.put(prepared)
@@ -269,6 +272,12 @@ class IngestWorker:
         letters = [d for p in prepared.parts for d in p.dead_letters]
         if letters:
             await self._send_dead_letters(letters)
+        if isinstance(self._clock, EventTimeClock):
+            # A replay's "now" is its latest event: what this batch is queued for and
+            # measured against, as the segmenter's event-time clock will be once it commits.
+            self._clock.advance_to(
+                max((p.max_event_at for p in prepared.parts if p.max_event_at), default=None)
+            )
         now = self._clock.now()
         async with pg_connection(self._engine) as conn, conn.transaction():
             await repo.skip_flush_wait(conn)

@@ -143,6 +143,30 @@ async def test_aggregates_match_the_checker(harness: Harness) -> None:
         await admin.close()
 
 
+async def test_an_event_time_replay_of_an_old_stream_is_exact_as_of_its_own_time(
+    harness: Harness,
+) -> None:
+    end = datetime.now(UTC) - timedelta(days=3 * 365)
+    old = Workload(seed=9, customers=200, start=end - timedelta(days=400), end=end)
+    events = list(old.events(2000))
+    harness.env["STREAMSEG_INGEST_CLOCK"] = "event-time"
+    harness.worker()
+    produced = await produce(harness.bootstrap, as_records(events, harness.topics))
+    await harness.wait_caught_up(produced)
+    # As of the replay's own latest event: nothing dead-lettered as "from the future", and
+    # the rolling interaction windows kept (they are years older than the wall clock).
+    latest = max(e.occurred_at for e in events)
+    expected = expected_aggregates(events, RATES, latest)
+    problems = differences(expected, await read_aggregates(harness.engine, latest))
+    assert not problems, f"{len(problems)} differences, first: {problems[:10]}"
+    async with harness.engine.connect() as conn:
+        first_due, last_due = (
+            await conn.execute(text("SELECT min(due_at), max(due_at) FROM segmentation_queue"))
+        ).one()
+    # Queued in event time, so that a segmenter on the event-time clock finds them due.
+    assert min(e.occurred_at for e in events) <= first_due <= last_due <= latest
+
+
 async def test_duplicates_and_reordering_change_nothing(harness: Harness) -> None:
     events = list(workload(2).events(3000))
     harness.worker()
