@@ -62,6 +62,8 @@ end
 return written
 """
 _CHUNK = 200
+# Above every evaluation version, and exact as a Lua number (a double).
+ERASED_VERSION = 2**53
 
 
 def customer_key(prefix: str, customer_id: str) -> str:
@@ -107,5 +109,18 @@ class SegmentCache:
         }
 
     async def delete(self, customer_id: str) -> None:
-        """Forget one customer (erasure)."""
+        """Drop one customer's document."""
         await self._redis.delete(customer_key(self._prefix, customer_id))
+
+    async def forget(self, customer_id: str, hold_seconds: int) -> None:
+        """Drop an erased customer's document and refuse any for `hold_seconds`.
+
+        What stays is the version field alone, higher than any real version: a document
+        written after the erasure by an evaluation that read the customer before it is
+        refused by `put_many`, and readers find no document."""
+        key = customer_key(self._prefix, customer_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, "v", str(ERASED_VERSION))
+            pipe.expire(key, hold_seconds)
+            await pipe.execute()

@@ -16,6 +16,7 @@ from services.api.customers.fast_path import SegmentsFastPath
 from services.api.customers.routes import get_customer_segments
 from services.api.customers.routes import router as customers_router
 from services.api.deps import SECURITY, SECURITY_SCHEMES
+from services.api.erasure.routes import router as erasure_router
 from services.api.errors import install_error_handlers
 from services.api.health.routes import router as health_router
 from services.api.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -61,6 +62,7 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
         segments_router,
         stats_router,
         changes_router,
+        erasure_router,
         admin_router,
         health_router,
     ):

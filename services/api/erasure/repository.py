@@ -1,0 +1,39 @@
+"""All SQL of erasure: every row that names the customer, in the caller's unit of work."""
+
+from __future__ import annotations
+
+import asyncpg
+
+# Every table with a customer's personal data. The audit log is not among them: it records
+# who read or erased whose data, which is what an audit trail is kept for.
+ERASED_TABLES = (
+    "orders",
+    "interactions",
+    "customer_aggregates",
+    "segmentation_queue",
+    "customer_evaluations",
+    "customer_segments",
+    "segment_history",
+    "segment_outbox",
+)
+
+
+async def erase_customer(conn: asyncpg.Connection, customer_id: str) -> dict[str, int]:
+    """Delete the customer's rows from every table; returns how many went from each.
+
+    First it takes the lease a segmenter holds while it evaluates the customer (the same
+    advisory lock as services/segmenter/queue.py), until this transaction ends: an
+    evaluation in flight finishes before the rows go, and none starts until they are gone,
+    so no evaluation can write the customer back from facts it read before.
+    """
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext(current_schema()), hashtext($1))", customer_id
+    )
+    erased = {}
+    for table in ERASED_TABLES:
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE customer_id = $1",  # noqa: S608 - a constant
+            customer_id,
+        )
+        erased[table] = int(status.split()[-1])
+    return erased
