@@ -8,10 +8,10 @@
 3. from a second process, sends requests for random cached customers at a fixed arrival
    rate (open loop: a request is due at its time whether or not earlier ones have answered,
    and its latency counts from that time, so a stalled server cannot hide its queue);
-4. steps the rate up from --start-rate to find the highest one the API sustains (no error,
-   >= 97% answered, p99 under --max-p99-ms), then measures p50/p95/p99 at --rate.
+4. measures p50/p95/p99 at --rate, then steps the rate up from --start-rate to find the
+   highest one the API sustains (no error, >= 97% answered, p99 under --max-p99-ms).
 
-Two load generators, for every phase (warm-up, steps, measured), timed the same way:
+Two load generators, for every phase (warm-up, measured, steps), timed the same way:
 - `python` (the default): an asyncio process in this file that speaks HTTP/1.1 over
   keep-alive sockets itself, since an HTTP client library would add its own per-request cost;
 - `vegeta` (bench/vegeta.py): the Go tool, installed into .bench-tools/ on first use. It
@@ -400,8 +400,12 @@ def main() -> None:
             wait_ready(api_url, proc)
             run_load(300, 5)  # warm-up: pools, caches, code paths
             load_before = os.getloadavg()[0]
-            # Rising rates first, from a light load: an overloaded run leaves a backlog (of
-            # audit entries, pooled connections) that would weigh on the runs after it.
+            # The measured rate first, then rising rates from a light load: the last step is
+            # an overload (3,400 to 4,200/s here), and an overloaded run leaves a backlog (of
+            # audit entries, pooled connections) that would weigh on any run after it.
+            cpu_before = cpu_seconds(proc.pid)
+            fixed = run_load(args.rate, args.duration)
+            api_cpu = cpu_seconds(proc.pid) - cpu_before
             steps = []
             rate = args.start_rate
             while True:
@@ -411,9 +415,6 @@ def main() -> None:
                 if not is_sustained(result, args.max_p99_ms) or rate >= args.max_rate:
                     break
                 rate += args.step
-            cpu_before = cpu_seconds(proc.pid)
-            fixed = run_load(args.rate, args.duration)
-            api_cpu = cpu_seconds(proc.pid) - cpu_before
         finally:
             proc.terminate()
             try:
