@@ -17,6 +17,10 @@ Two load generators, for every phase (warm-up, measured, steps), timed the same 
 - `vegeta` (bench/vegeta.py): the Go tool, installed into .bench-tools/ on first use. It
   paces from a goroutine and can use both cores, so its timing does not hang on one Python
   event loop; latency still runs from the due time, computed from its per-request results.
+Python stays the default: in alternating quiet runs the two gave the same figures within the
+spread between runs of either (docs/performance.md, 11-27), and vegeta took about 0.3 ms of
+CPU per request against 0.2 ms, on cores the API shares, and needs Go once. vegeta is the
+check that a figure is not the generator's own.
 Each phase also reports the generator's own CPU per request (start-up included), its late
 sends (more than 5 ms after due) and p99 from send (without the generator's lateness).
 Both processes share this machine's cores, so the maximum rate is a floor for what a
@@ -401,7 +405,7 @@ def main() -> None:
             run_load(300, 5)  # warm-up: pools, caches, code paths
             load_before = os.getloadavg()[0]
             # The measured rate first, then rising rates from a light load: the last step is
-            # an overload (3,400 to 4,200/s here), and an overloaded run leaves a backlog (of
+            # an overload (3,400 to 4,800/s here), and an overloaded run leaves a backlog (of
             # audit entries, pooled connections) that would weigh on any run after it.
             cpu_before = cpu_seconds(proc.pid)
             fixed = run_load(args.rate, args.duration)
