@@ -441,15 +441,7 @@ async def test_event_time_clock_moves_with_the_ingested_watermark(
         return (await segments(engine)).get(("replayed", "lifecycle")) == segment
 
     await set_watermark(NOW)
-    proc = _run_segmenter(
-        service_env
-        | {
-            "STREAMSEG_SEGMENTER_CLOCK": "event-time",
-            "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes_topic,
-            "STREAMSEG_SEGMENTER_OPS_PORT": "0",
-        },
-        tmp_path / "segmenter.log",
-    )
+    proc = _run_segmenter(_event_time_env(service_env, changes_topic), tmp_path / "segmenter.log")
     try:
         await eventually(lambda: lifecycle_is("active"), within_seconds=30, message="active")
         # The replay reaches a day past the 90-day mark: the customer is at risk then.
@@ -471,13 +463,8 @@ async def test_event_time_clock_evaluates_nothing_before_the_first_watermark(
     # placeholder start, every order would lie in the future and no wake-up would follow.
     await seed(engine, [History("early", orders=[(NOW - 10 * DAY, Decimal(9))])], NOW)
     proc = _run_segmenter(
-        service_env
-        | {
-            "STREAMSEG_SEGMENTER_CLOCK": "event-time",
-            "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes_topic,
-            "STREAMSEG_SEGMENTER_OPS_PORT": "0",
-            "STREAMSEG_SEGMENTER_IDLE_POLL_SECONDS": "0.05",
-        },
+        _event_time_env(service_env, changes_topic)
+        | {"STREAMSEG_SEGMENTER_IDLE_POLL_SECONDS": "0.05"},
         tmp_path / "segmenter.log",
     )
     try:
@@ -514,6 +501,14 @@ async def _lifecycle(engine: AsyncEngine, customer_id: str, segment: str) -> boo
 
 async def _log_has(path: Any, text_: str) -> bool:
     return path.exists() and text_ in path.read_text(errors="replace")
+
+
+def _event_time_env(service_env: dict[str, str], changes_topic: str) -> dict[str, str]:
+    return service_env | {
+        "STREAMSEG_SEGMENTER_CLOCK": "event-time",
+        "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes_topic,
+        "STREAMSEG_SEGMENTER_OPS_PORT": "0",
+    }
 
 
 def _run_segmenter(env: dict[str, str], log_path: Any) -> Any:
