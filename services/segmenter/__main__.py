@@ -72,11 +72,16 @@ async def backlog_loop(
             await asyncio.wait_for(stopping.wait(), 2.0)
 
 
+async def read_watermark(engine: Any, clock: EventTimeClock) -> None:
+    """Move the clock to ingest's watermark, the latest event time ingested."""
+    async with pg_connection(engine) as pg:
+        clock.advance_to(await event_time_watermark(pg))
+
+
 async def event_time_loop(engine: Any, clock: EventTimeClock, stopping: asyncio.Event) -> None:
     """Follow ingest's watermark, so replays and backfills see time move with their events."""
     while not stopping.is_set():
-        async with pg_connection(engine) as pg:
-            clock.advance_to(await event_time_watermark(pg))
+        await read_watermark(engine, clock)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), 0.2)
 
@@ -107,8 +112,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
         )
         if isinstance(clock, EventTimeClock):
             # Before anything is queued or evaluated at the clock's placeholder start.
-            async with pg_connection(engine) as pg:
-                clock.advance_to(await event_time_watermark(pg))
+            await read_watermark(engine, clock)
         async with pg_connection(engine) as raw, raw.transaction():
             version, is_new = await repo.ensure_definitions(
                 raw, definitions.source, definitions.content_hash

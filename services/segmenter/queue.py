@@ -25,9 +25,9 @@ from datetime import datetime
 
 import asyncpg
 
-# The two-key form of advisory locks is a key space of its own, apart from the one-key
-# locks in repository.py; the first key keeps schemas sharing a database apart.
-_LEASE = "pg_try_advisory_lock(hashtext(current_schema()), hashtext(customer_id))"
+from shared.db.leases import customer_lease_key
+
+_LEASE = f"pg_try_advisory_lock({customer_lease_key('customer_id')})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.erasure.repository import ERASED_TABLES
 from shared.db.engine import pg_connection
+from shared.db.leases import customer_lease_key
 from shared.segment_cache import SegmentCache
 from shared.settings import ConnectionSettings
 from tests.integration.test_api_support import (
@@ -121,7 +122,7 @@ async def test_erasure_waits_for_an_evaluation_in_flight(
     async with pg_connection(engine) as segmenter:
         # The lease a segmenter takes (services/segmenter/queue.py) while it evaluates.
         leased = await segmenter.fetchval(
-            "SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext('c-busy'))"
+            f"SELECT pg_try_advisory_lock({customer_lease_key('$1')})", "c-busy"
         )
         assert leased
         erasing = asyncio.create_task(client.delete("/v1/customers/c-busy", headers=admin))

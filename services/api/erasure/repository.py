@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from shared.db.leases import customer_lease_key
+
 # Every table with a customer's personal data. The audit log is not among them: it records
 # who read or erased whose data, which is what an audit trail is kept for.
 ERASED_TABLES = (
@@ -21,14 +23,12 @@ ERASED_TABLES = (
 async def erase_customer(conn: asyncpg.Connection, customer_id: str) -> dict[str, int]:
     """Delete the customer's rows from every table; returns how many went from each.
 
-    First it takes the lease a segmenter holds while it evaluates the customer (the same
-    advisory lock as services/segmenter/queue.py), until this transaction ends: an
-    evaluation in flight finishes before the rows go, and none starts until they are gone,
-    so no evaluation can write the customer back from facts it read before.
+    First it takes the lease a segmenter holds while it evaluates the customer (the lock of
+    shared/db/leases.py), until this transaction ends: an evaluation in flight finishes
+    before the rows go, and none starts until they are gone, so no evaluation can write the
+    customer back from facts it read before.
     """
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtext(current_schema()), hashtext($1))", customer_id
-    )
+    await conn.execute(f"SELECT pg_advisory_xact_lock({customer_lease_key('$1')})", customer_id)
     erased = {}
     for table in ERASED_TABLES:
         status = await conn.execute(
