@@ -54,6 +54,7 @@ async def seed_everywhere(engine: AsyncEngine, redis: Redis, prefix: str, cid: s
             "INSERT INTO segmentation_queue (customer_id, due_at) VALUES (:c, :now)",
             "INSERT INTO segment_outbox (customer_id, change_id, payload)"
             " VALUES (:c, gen_random_uuid(), '{}')",
+            "INSERT INTO cache_repairs (customer_id, version) VALUES (:c, 1)",
         ):
             await conn.execute(text(sql), {"c": cid, "now": NOW})
 

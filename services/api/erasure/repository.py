@@ -17,6 +17,7 @@ ERASED_TABLES = (
     "customer_segments",
     "segment_history",
     "segment_outbox",
+    "cache_repairs",
 )
 
 
