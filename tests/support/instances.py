@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,7 +178,8 @@ def _psql(port: int) -> list[str]:
         "-U",
         "postgres",
         "-d",
-    ] + ["streamseg"]
+        "streamseg",
+    ]
 
 
 @contextmanager
@@ -217,7 +218,5 @@ def private_stack(
             # A Kafka killed and not restarted leaves nothing for `down` to stop; make sure
             # nothing of ours outlives the test.
             for pidfile in directory.glob("*/*.pid"):
-                try:
+                with suppress(ProcessLookupError, ValueError):
                     os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
