@@ -138,6 +138,15 @@ class PrivateStack:
         raise TimeoutError("private PostgreSQL did not accept connections")
 
     # ------------------------------------------------------------ Redis and Kafka faults
+    def flush_redis(self) -> None:
+        """FLUSHALL on the private Redis: every cached document gone at once."""
+        assert self.redis_port is not None, "this stack's Redis is not private"
+        subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.redis_port), "FLUSHALL"],
+            check=True,
+            capture_output=True,
+        )
+
     def kill(self, component: str) -> None:
         """kill -9 the private Redis or Kafka; `up()` starts it again with its data."""
         pidfile = {
