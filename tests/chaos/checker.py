@@ -459,12 +459,7 @@ def compare_changes(
                 f"{r['customer_id']} {r['dimension']} seq {r['sequence']}: {change_id}",
             )
             continue
-        matching = [
-            d
-            for d in versions
-            if (d.get("from_segment"), d.get("to_segment"), d.get("sequence"))
-            == (r["from_segment"], r["to_segment"], r["sequence"])
-        ]
+        matching = [d for d in versions if _same_change(d, r)]
         if not matching:
             findings.add(
                 "history_row_published_differently",
@@ -472,7 +467,8 @@ def compare_changes(
                 f" topic {[(d.get('from_segment'), d.get('to_segment')) for d in versions]}",
             )
             continue
-        found_at[change_id] = first_at[(change_id, _content_key(matching[0]))]
+        # After an erasure an id may be reused for identical content: the later one is ours.
+        found_at[change_id] = max(first_at[(change_id, _content_key(d))] for d in matching)
     for change_id, versions in by_id.items():
         for data in versions:
             if change_id not in rows and data.get("customer_id") not in erased_customers:
@@ -507,6 +503,19 @@ def compare_changes(
         "distinct_change_ids": len(by_id),
         "distinct_changes": sum(len(v) for v in by_id.values()),
     }
+
+
+def _same_change(data: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
+    """A published change and a history row say the same thing."""
+    caused = data.get("caused_by_event_time")
+    return bool(
+        data.get("from_segment") == row["from_segment"]
+        and data.get("to_segment") == row["to_segment"]
+        and data.get("sequence") == row["sequence"]
+        and data.get("reason") == row["reason"]
+        and data.get("definition_version") == row["definition_version"]
+        and _parse_time(caused) == row["caused_by_event_at"]
+    )
 
 
 def _content_key(data: Mapping[str, Any]) -> str:

@@ -45,6 +45,20 @@ class Nemesis:
     change_definitions: Callable[[], Awaitable[None]]
     log: Callable[[str], None]
     done: list[Done] = field(default_factory=list)
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def _wake(self, target: str, after_seconds: float) -> None:
+        await asyncio.sleep(after_seconds)
+        self.supervisor.services[target].resume()
+
+    async def settle(self) -> None:
+        """Wake every paused process now: the faults are over."""
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for s in self.supervisor.services.values():
+            if s.paused:
+                s.resume()
 
     async def run(self, started: float, stopping: asyncio.Event) -> None:
         for fault in self.schedule.faults:
@@ -75,10 +89,11 @@ class Nemesis:
             pid = None if proc is None else proc.pid
             return f"pid {pid}"
         if kind == "pause_ingest":
+            # The zombie sleeps on in the background; the next faults do not wait for it.
             services[target].pause()
-            await asyncio.sleep(fault.hold_seconds)
-            services[target].resume()
+            self._background.append(asyncio.create_task(self._wake(target, fault.hold_seconds)))
             return ""
+
         if kind == "postgres_crash_backend":
             pids = await asyncio.to_thread(self.stack.crash_postgres_backend, target)
             if not pids:

@@ -288,6 +288,7 @@ class Run:
             await asyncio.sleep(self.schedule.seconds)
             faults_over.set()
             await nemesis_task
+            await nemesis.settle()
             await asyncio.to_thread(self._restore)
             await asyncio.gather(*tasks[1:])
             _say(
@@ -429,8 +430,8 @@ class Run:
         obs["history"] = [
             dict(r)
             for r in await self._sql(
-                "SELECT change_id, customer_id, dimension, from_segment, to_segment, sequence"
-                " FROM segment_history"
+                "SELECT change_id, customer_id, dimension, from_segment, to_segment, sequence,"
+                " reason, definition_version, caused_by_event_at FROM segment_history"
             )
         ]
         obs["definition_version"] = (
