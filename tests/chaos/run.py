@@ -187,6 +187,9 @@ class Run:
                 STREAMSEG_INGEST_OPS_PORT="0",
                 STREAMSEG_INGEST_CURRENCY_RATES=rates,
                 STREAMSEG_INGEST_MAX_BATCH_RECORDS="500",
+                # Pruning of remembered event ids every few seconds, not once a minute, so a
+                # duplicate sent much later meets a pruned table within a short run.
+                STREAMSEG_INGEST_PRUNE_INTERVAL_SECONDS="5",
             )
             out.append(Service(f"ingest-{i}", "services.ingest", env, self._log(f"ingest-{i}")))
         for i in range(SEGMENTERS):
