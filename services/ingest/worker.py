@@ -306,10 +306,8 @@ class IngestWorker:
                     self._settings.currency_rates,
                     now - self._retention,
                 )
-            if changes.orders:
-                await repo.apply_order_args(conn, changes.order_args)
             await repo.insert_interactions(conn, changes.window_rows)
-            await repo.touch_with_args(conn, changes.touch_args)
+            await repo.apply_batch(conn, changes.statements)
             await repo.mark_with_args(conn, changes.queue_args, now)
         return len(fresh)
 
