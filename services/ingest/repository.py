@@ -72,23 +72,43 @@ async def claim_partitions(
     return [Ownership(r["topic"], r["partition"], r["next_offset"], r["owner_epoch"]) for r in rows]
 
 
+class OffsetsMovedError(Exception):
+    """The stored offsets are not where this worker's batch starts: the batches after them
+    were lost (a PostgreSQL crash took them back) and must be read again from there."""
+
+    retriable = False
+
+    def __init__(self, stored: dict[tuple[str, int], int]) -> None:
+        super().__init__(
+            "stored offsets differ from the batch's start: "
+            + ", ".join(f"{t}[{p}] is at {n}" for (t, p), n in sorted(stored.items()))
+        )
+        self.stored = stored
+
+
 async def advance_offsets(
     conn: asyncpg.Connection,
     advances: Sequence[tuple[Ownership, int]],
     max_event_at: Sequence[datetime | None] | None = None,
 ) -> None:
-    """Move each partition's offset, but only while we still hold its epoch.
+    """Move each partition's offset from where the batch starts to where it ends, but only
+    while we still hold its epoch and the stored offset is that start.
 
-    Runs first in the batch's transaction so the row locks are taken early; raises
-    FencedError if any partition has a newer owner.
+    Runs first in the batch's transaction so the row locks are taken early. Raises
+    FencedError if any partition has a newer owner, and OffsetsMovedError if a stored
+    offset is not the batch's start: a batch committed without waiting for its WAL flush
+    is lost with its offsets when PostgreSQL crashes, and a worker that lives on must read
+    it again instead of moving the offsets past it.
     """
     rows = await conn.fetch(
         """
         UPDATE ingest_offsets AS o SET next_offset = u.n, updated_at = now(),
             max_event_at = GREATEST(o.max_event_at, u.m)
-        FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::timestamptz[])
-            AS u(t, p, e, n, m)
+        FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::timestamptz[],
+                    $6::bigint[])
+            AS u(t, p, e, n, m, s)
         WHERE o.topic = u.t AND o.partition = u.p AND o.owner_epoch = u.e
+          AND o.next_offset = u.s
         RETURNING o.topic, o.partition
         """,
         [o.topic for o, _ in advances],
@@ -96,13 +116,30 @@ async def advance_offsets(
         [o.epoch for o, _ in advances],
         [n for _, n in advances],
         list(max_event_at) if max_event_at is not None else [None] * len(advances),
+        [o.next_offset for o, _ in advances],
     )
-    if len(rows) != len(advances):
-        kept = {(r["topic"], r["partition"]) for r in rows}
-        lost = [
-            f"{o.topic}[{o.partition}]" for o, _ in advances if (o.topic, o.partition) not in kept
-        ]
-        raise FencedError(f"partitions now owned by another worker: {', '.join(lost)}")
+    if len(rows) == len(advances):
+        return
+    kept = {(r["topic"], r["partition"]) for r in rows}
+    missed = [o for o, _ in advances if (o.topic, o.partition) not in kept]
+    current = {
+        (r["topic"], r["partition"]): (r["owner_epoch"], r["next_offset"])
+        for r in await conn.fetch(
+            """
+            SELECT topic, partition, owner_epoch, next_offset FROM ingest_offsets
+            WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+            """,
+            [o.topic for o in missed],
+            [o.partition for o in missed],
+        )
+    }
+    lost = [o for o in missed if current.get((o.topic, o.partition), (None,))[0] != o.epoch]
+    if lost:
+        names = ", ".join(f"{o.topic}[{o.partition}]" for o in lost)
+        raise FencedError(f"partitions now owned by another worker: {names}")
+    raise OffsetsMovedError(
+        {(o.topic, o.partition): current[(o.topic, o.partition)][1] for o in missed}
+    )
 
 
 async def skip_flush_wait(conn: asyncpg.Connection) -> None:

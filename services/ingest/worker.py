@@ -216,6 +216,9 @@ class IngestWorker:
                 for part in parts:
                     self._forget(part.tp)
                 return
+            except repo.OffsetsMovedError as exc:
+                self._rewind(exc.stored)
+                return
             except RETRIABLE_ERRORS as exc:
                 attempt += 1
                 if attempt > 8 or (self._stopping.is_set() and attempt > 2):
@@ -236,6 +239,23 @@ class IngestWorker:
             applied, len(prepared.events) - applied, time.perf_counter() - started
         )
         self._report_offsets({p.tp: p.end for p in parts})
+
+    def _rewind(self, stored: dict[tuple[str, int], int]) -> None:
+        """Resume these partitions from their stored offsets: what came after them was lost
+        with a PostgreSQL crash, or never committed, and is read again. The batch prepared
+        meanwhile no longer starts where we are, and is dropped."""
+        for (topic, partition), offset in stored.items():
+            tp = TopicPartition(topic, partition)
+            if tp not in self._epochs:
+                continue
+            self._metrics.rewound.inc()
+            log.warning(
+                "offsets_rewound",
+                partition=locate(topic, partition, offset),
+                was=self._committed.get(tp),
+            )
+            self._committed[tp] = self._fetched[tp] = offset
+            self._consumer.seek(tp, offset)
 
     def _report_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         """Copy committed offsets to Kafka in the background, one request at a time.

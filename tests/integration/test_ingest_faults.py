@@ -41,7 +41,11 @@ async def test_two_workers_stay_exact_when_a_customers_orders_span_partitions(
     events = orders_only(seed=21, customers=200, count=8000)
     harness.worker()
     harness.worker()
-    produced = await produce(harness.bootstrap, spread(events, harness, 4, seed=21))
+    await harness.wait_owners(2)
+    # Paced, so that both workers commit batches touching the same customers at once.
+    produced = await produce(
+        harness.bootstrap, spread(events, harness, 4, seed=21), rate_per_second=2000
+    )
     await harness.wait_caught_up(produced, within_seconds=180)
     await harness.assert_exact(events)
 

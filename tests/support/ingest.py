@@ -181,3 +181,15 @@ class Harness:
         actual = await read_aggregates(self.engine, as_of)
         problems = differences(expected, actual)
         assert not problems, f"{len(problems)} differences, first: {problems[:10]}"
+
+    async def wait_owners(self, workers: int, within_seconds: float = 60) -> None:
+        """Until `workers` distinct workers own partitions of the test's topics."""
+
+        async def owned() -> bool:
+            async with self.engine.connect() as conn:
+                owners = await conn.execute(
+                    text("SELECT count(DISTINCT owner) FROM ingest_offsets")
+                )
+                return bool(owners.scalar_one() == workers)
+
+        await eventually(owned, within_seconds=within_seconds, message=f"{workers} owners")
