@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from shared.events import Event, OrderPlaced, encode_event
 from shared.workload import Workload
+from tests.conftest import eventually
 from tests.support.ingest import Harness, as_records, produce
 
 pytestmark = pytest.mark.integration
@@ -112,3 +113,45 @@ async def test_batches_that_postgresql_lost_are_read_again(harness: Harness) -> 
     produced = await produce(harness.bootstrap, as_records(second, harness.topics), produced)
     await harness.wait_caught_up(produced)
     await harness.assert_exact(events)
+
+
+@pytest.mark.timeout(300)
+async def test_a_claim_that_fails_is_retried_instead_of_leaving_partitions_unconsumed(
+    harness: Harness,
+) -> None:
+    """The claim's connection dies while it waits (a backend killed, a failover): aiokafka
+    swallows what the rebalance listener raises, so without a retry the partitions stay
+    assigned to a worker that never consumes them, and nothing says so."""
+    events = list(
+        Workload(
+            seed=23,
+            customers=100,
+            start=datetime.now(UTC) - timedelta(days=100),
+            end=datetime.now(UTC) - timedelta(minutes=1),
+        ).events(1500)
+    )
+    harness.worker()
+    await harness.wait_owners(1)
+    async with harness.engine.connect() as locker, harness.engine.connect() as killer:
+        await locker.begin()
+        await locker.execute(text("SELECT * FROM ingest_offsets FOR UPDATE"))
+        locker_pid = (await locker.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        harness.worker()  # a rebalance: both workers claim, and wait for our row locks
+
+        async def claims_blocked() -> bool:
+            rows = await killer.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE :p = ANY(pg_blocking_pids(pid))"),
+                {"p": locker_pid},
+            )
+            blocked = list(rows.scalars())
+            for pid in blocked:
+                await killer.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            await killer.commit()
+            return bool(blocked)
+
+        await eventually(claims_blocked, within_seconds=60, message="a claim waits for our lock")
+        await locker.rollback()
+    produced = await produce(harness.bootstrap, as_records(events, harness.topics))
+    await harness.wait_caught_up(produced, within_seconds=120)
+    await harness.assert_exact(events)
+    assert all(w.alive() for w in harness.workers)
