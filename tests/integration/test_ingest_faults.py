@@ -3,17 +3,24 @@ producers that do not key by customer, orders placed twice, batches PostgreSQL l
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+from shared.db.engine import create_engine
+from shared.db.migrate import upgrade
 from shared.events import Event, OrderPlaced, encode_event
+from shared.kafka import delete_topics, dlq_topic
 from shared.workload import Workload
-from tests.conftest import eventually
-from tests.support.ingest import Harness, as_records, produce
+from tests.conftest import MakeTopic, eventually, unique
+from tests.support.ingest import Harness, Topics, as_records, produce
+from tests.support.instances import private_stack
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +162,66 @@ async def test_a_claim_that_fails_is_retried_instead_of_leaving_partitions_uncon
     await harness.wait_caught_up(produced, within_seconds=120)
     await harness.assert_exact(events)
     assert all(w.alive() for w in harness.workers)
+
+
+@pytest.mark.timeout(400)
+async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_lives(
+    stack_env: dict[str, str], make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """PostgreSQL itself fails under a live worker: a backend killed (the postmaster then
+    resets every backend and runs crash recovery, losing commits not yet flushed) and an
+    immediate shutdown and restart. The worker must ride through it (no exit), read again
+    whatever was lost, and end exact."""
+    events = list(
+        Workload(
+            seed=24,
+            customers=300,
+            start=datetime.now(UTC) - timedelta(days=300),
+            end=datetime.now(UTC) - timedelta(minutes=1),
+        ).events(9000)
+    )
+    with private_stack(stack_env, tmp_path / "pg", "postgres") as pg:
+        schema = unique("t")
+        engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
+        try:
+            await upgrade(engine, schema)
+            topics = Topics(await make_topic("orders", 4), await make_topic("interactions", 4))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEG_")} | {
+                "STREAMSEG_DATABASE_URL": pg.env["STREAMSEG_DATABASE_URL"],
+                "STREAMSEG_REDIS_URL": pg.env["STREAMSEG_REDIS_URL"],
+                "STREAMSEG_KAFKA_BOOTSTRAP": pg.env["STREAMSEG_KAFKA_BOOTSTRAP"],
+                "STREAMSEG_DATABASE_SCHEMA": schema,
+                "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
+                "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
+                "STREAMSEG_INGEST_GROUP_ID": unique("g"),
+                "STREAMSEG_INGEST_OPS_PORT": "0",
+                "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "300",
+                "STREAMSEG_LOG_JSON": "false",
+            }
+            harness = Harness(
+                topics, env, stack_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, []
+            )
+            worker = harness.worker()
+            records = as_records(events, topics)
+            producing = asyncio.create_task(
+                produce(harness.bootstrap, records, rate_per_second=600)
+            )
+            rng = random.Random(24)
+            for fault in ("crash", "crash", "restart", "crash"):
+                await asyncio.sleep(rng.uniform(2.0, 4.0))
+                if fault == "crash":
+                    assert pg.crash_postgres_backend("ingest"), "no ingest backend to kill"
+                else:
+                    await asyncio.to_thread(pg.restart_postgres_immediately, 1.0)
+                await asyncio.to_thread(pg.wait_postgres_accepts)
+                assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
+            produced = await producing
+            await harness.wait_caught_up(produced, within_seconds=180)
+            assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
+            await harness.assert_exact(events)
+            worker.ensure_dead()
+            await delete_topics(
+                harness.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
+            )
+        finally:
+            await engine.dispose()
