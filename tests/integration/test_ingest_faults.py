@@ -4,25 +4,33 @@ producers that do not key by customer, orders placed twice, batches PostgreSQL l
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy import text
 
+from services.ingest.settings import IngestSettings
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
 from shared.events import Event, OrderPlaced, encode_event
-from shared.kafka import delete_topics, dlq_topic
+from shared.kafka import HEADER_REASON, HEADER_REFERENCE, delete_topics, dlq_topic
 from shared.workload import Workload
 from tests.conftest import MakeTopic, eventually, unique
-from tests.support.ingest import Harness, Topics, as_records, produce
+from tests.support.ingest import Harness, Produced, Topics, as_records, produce
 from tests.support.instances import private_stack
 
 pytestmark = pytest.mark.integration
+
+RATES = IngestSettings().currency_rates
 
 
 def spread(
@@ -225,3 +233,109 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
             )
         finally:
             await engine.dispose()
+
+
+async def read_dead_letters(
+    bootstrap: str, topics: list[str], expected: int
+) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    """(key, value, headers) of the dead letters on `topics`, once `expected` have come."""
+    found: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(found) < expected and asyncio.get_running_loop().time() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                found += [(r.key, r.value or b"", dict(r.headers)) for r in batch]
+    finally:
+        await consumer.stop()
+    return found
+
+
+@pytest.mark.timeout(300)
+async def test_poison_records_are_dead_lettered_and_never_stop_a_partition(
+    harness: Harness,
+) -> None:
+    """Records that pass decoding yet break the batch in PostgreSQL, and records too large
+    for the dead-letter topic: each reaches it (or a reference to it does), and every good
+    event around them is applied."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=harness.bootstrap)
+    await admin.start()
+    try:
+        # A topic that accepts records larger than its dead-letter topic does (1 MiB).
+        await admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    harness.topics.orders,
+                    configs={"max.message.bytes": str(4 * 1024 * 1024)},
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+    at = datetime.now(UTC) - timedelta(hours=2)
+    good = orders_only(seed=25, customers=50, count=600)
+
+    def order(event_id: str, **fields: object) -> bytes:
+        base = {
+            "type": "order_placed",
+            "schema_version": 1,
+            "event_id": event_id,
+            "customer_id": "c-poison",
+            "order_id": event_id,
+            "occurred_at": at.isoformat(),
+            "amount": "10",
+            "currency": "EUR",
+        }
+        return orjson.dumps(base | fields)
+
+    poison = {
+        # Passes JSON decoding; PostgreSQL's text cannot hold U+0000.
+        "nul": order("p-nul", channel="we\u0000b"),
+        # 1e12 units at 100,000 base units each overflows numeric(20, 4): only the
+        # database can tell.
+        "overflow": order("p-overflow", amount="1000000000000", currency="XAU"),
+        # Over a megabyte: accepted by its topic, too large to copy to the dead letters.
+        "huge": order("p-huge", pad="x" * (2 * 1024 * 1024)),
+    }
+    harness.env["STREAMSEG_INGEST_CURRENCY_RATES"] = orjson.dumps(
+        {**{k: str(v) for k, v in RATES.items()}, "XAU": "100000"}
+    ).decode()
+    records = as_records(good, harness.topics)
+    rng = random.Random(25)
+    for name, value in poison.items():
+        records.insert(rng.randrange(len(records)), (harness.topics.orders, name.encode(), value))
+    harness.worker()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=harness.bootstrap, max_request_size=4 * 1024 * 1024, acks="all"
+    )
+    await producer.start()
+    produced = Produced()
+    try:
+        for topic, key, value in records:
+            meta = await (await producer.send(topic, value=value, key=key))
+            produced.note(meta.topic, meta.partition, meta.offset)
+    finally:
+        await producer.stop()
+    await harness.wait_caught_up(produced, within_seconds=120)
+    await harness.assert_exact(good)
+    assert all(w.alive() for w in harness.workers)
+    letters = await read_dead_letters(
+        harness.bootstrap, [dlq_topic(harness.topics.orders)], len(poison)
+    )
+    by_key = {key.decode(): (value, headers) for key, value, headers in letters if key}
+    assert set(by_key) == set(poison), by_key.keys()
+    assert by_key["nul"][1][HEADER_REASON] == b"schema_violation"
+    assert by_key["nul"][0] == poison["nul"]
+    assert by_key["overflow"][1][HEADER_REASON] == b"rejected_by_database"
+    assert by_key["overflow"][0] == poison["overflow"]
+    value, headers = by_key["huge"]
+    assert headers[HEADER_REASON] == b"oversized"
+    assert headers[HEADER_REFERENCE] == b"true"
+    reference = orjson.loads(value)
+    assert reference["reference"]["topic"] == harness.topics.orders
+    assert reference["value_bytes"] == len(poison["huge"])
+    assert reference["value_sha256"] == hashlib.sha256(poison["huge"]).hexdigest()
