@@ -21,7 +21,7 @@ from sqlalchemy import text
 from services.ingest.settings import IngestSettings
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
-from shared.events import Event, OrderPlaced, encode_event
+from shared.events import Event, OrderPlaced, OrderRefunded, encode_event
 from shared.kafka import HEADER_REASON, HEADER_REFERENCE, delete_topics, dlq_topic
 from shared.workload import Workload
 from tests.conftest import MakeTopic, eventually, unique
@@ -261,21 +261,10 @@ async def test_poison_records_are_dead_lettered_and_never_stop_a_partition(
     """Records that pass decoding yet break the batch in PostgreSQL, and records too large
     for the dead-letter topic: each reaches it (or a reference to it does), and every good
     event around them is applied."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=harness.bootstrap)
-    await admin.start()
-    try:
-        # A topic that accepts records larger than its dead-letter topic does (1 MiB).
-        await admin.alter_configs(
-            [
-                ConfigResource(
-                    ConfigResourceType.TOPIC,
-                    harness.topics.orders,
-                    configs={"max.message.bytes": str(4 * 1024 * 1024)},
-                )
-            ]
-        )
-    finally:
-        await admin.close()
+    # A topic that accepts records larger than its dead-letter topic does (1 MiB).
+    await set_topic_configs(
+        harness.bootstrap, harness.topics.orders, {"max.message.bytes": str(4 * 1024 * 1024)}
+    )
     at = datetime.now(UTC) - timedelta(hours=2)
     good = orders_only(seed=25, customers=50, count=600)
 
@@ -339,3 +328,93 @@ async def test_poison_records_are_dead_lettered_and_never_stop_a_partition(
     assert reference["reference"]["topic"] == harness.topics.orders
     assert reference["value_bytes"] == len(poison["huge"])
     assert reference["value_sha256"] == hashlib.sha256(poison["huge"]).hexdigest()
+
+
+async def set_topic_configs(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)]
+        )
+    finally:
+        await admin.close()
+
+
+@pytest.mark.timeout(300)
+async def test_a_duplicate_is_recognised_as_long_as_the_topic_keeps_records(
+    harness: Harness,
+) -> None:
+    """Topics that keep 30 days: a refund re-sent 8 days after it was first applied (here,
+    a worker whose clock is 8 days ahead prunes the ledger) must not count again."""
+    month = str(30 * 24 * 3600 * 1000)
+    for topic in (harness.topics.orders, harness.topics.interactions):
+        await set_topic_configs(harness.bootstrap, topic, {"retention.ms": month})
+    at = datetime.now(UTC) - timedelta(days=2)
+    placed = OrderPlaced(
+        event_id="e-placed",
+        customer_id="c-late",
+        order_id="o-1",
+        occurred_at=at,
+        amount=Decimal("70"),
+        currency="EUR",
+    )
+    refund = OrderRefunded(
+        event_id="e-refund",
+        customer_id="c-late",
+        order_id="o-1",
+        occurred_at=at + timedelta(hours=1),
+        amount=Decimal("30"),
+        currency="EUR",
+    )
+    topic = harness.topics.orders
+    first = harness.worker()
+    produced = await produce(
+        harness.bootstrap, [(topic, b"c-late", encode_event(e)) for e in (placed, refund)]
+    )
+    await harness.wait_caught_up(produced)
+    assert await first.terminate() == 0
+    harness.env |= {
+        "STREAMSEG_INGEST_CLOCK": f"offset:{8 * 24 * 3600}",
+        "STREAMSEG_INGEST_PRUNE_INTERVAL_SECONDS": "0.2",
+    }
+    later = harness.worker()
+    log = harness.logs / "ingest-1.log"
+
+    async def claimed() -> bool:
+        return log.is_file() and "partition_claimed" in log.read_text()
+
+    await eventually(claimed, within_seconds=60, message="the later worker claims")
+    produced = await produce(
+        harness.bootstrap, [(topic, b"c-late", encode_event(refund))], produced
+    )
+    await harness.wait_caught_up(produced)
+    assert later.alive()
+    async with harness.engine.connect() as conn:
+        spend = (
+            await conn.execute(
+                text("SELECT net_spend FROM customer_aggregates WHERE customer_id = 'c-late'")
+            )
+        ).scalar_one()
+    assert spend == Decimal("40")
+
+
+async def test_ingest_refuses_to_start_on_a_topic_kept_forever_without_a_window(
+    harness: Harness,
+) -> None:
+    await set_topic_configs(harness.bootstrap, harness.topics.orders, {"retention.ms": "-1"})
+    worker = harness.worker()
+    assert worker.proc is not None
+    code = await asyncio.to_thread(worker.proc.wait, 60)
+    assert code == 2
+    text_ = (harness.logs / "ingest-0.log").read_text()
+    assert harness.topics.orders in text_
+    assert "STREAMSEG_INGEST_DEDUP_WINDOW_DAYS" in text_
+    harness.env["STREAMSEG_INGEST_DEDUP_WINDOW_DAYS"] = "400"
+    again = harness.worker()
+    produced = await produce(
+        harness.bootstrap,
+        as_records(orders_only(seed=26, customers=10, count=50), harness.topics),
+    )
+    await harness.wait_caught_up(produced)
+    assert again.alive()
