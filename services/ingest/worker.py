@@ -542,6 +542,7 @@ class IngestWorker:
                 raise
             log.warning("prune_skipped", error=f"{type(exc).__name__}: {exc}")
             return
+        self._metrics.prunes.inc()
         if dedup or inter:
             log.info("pruned", event_ids=dedup, interaction_rows=inter)
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -24,7 +25,7 @@ from shared.db.migrate import upgrade
 from shared.events import Event, OrderPlaced, OrderRefunded, encode_event
 from shared.kafka import HEADER_REASON, HEADER_REFERENCE, delete_topics, dlq_topic
 from shared.workload import Workload
-from tests.conftest import MakeTopic, eventually, unique
+from tests.conftest import MakeTopic, eventually, free_port, unique
 from tests.support.ingest import Harness, Produced, Topics, as_records, produce
 from tests.support.instances import private_stack
 
@@ -374,17 +375,27 @@ async def test_a_duplicate_is_recognised_as_long_as_the_topic_keeps_records(
     )
     await harness.wait_caught_up(produced)
     assert await first.terminate() == 0
+    port = free_port()
     harness.env |= {
         "STREAMSEG_INGEST_CLOCK": f"offset:{8 * 24 * 3600}",
         "STREAMSEG_INGEST_PRUNE_INTERVAL_SECONDS": "0.2",
+        "STREAMSEG_INGEST_OPS_PORT": str(port),
     }
     later = harness.worker()
-    log = harness.logs / "ingest-1.log"
 
-    async def claimed() -> bool:
-        return log.is_file() and "partition_claimed" in log.read_text()
+    async def pruned_since_claim() -> bool:
+        log = harness.logs / "ingest-1.log"
+        if not (log.is_file() and "partition_claimed" in log.read_text()):
+            return False
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        except httpx.HTTPError:
+            return False
+        runs = [ln for ln in metrics.splitlines() if ln.startswith("streamseg_ingest_prunes_total")]
+        return bool(runs) and float(runs[0].split()[-1]) >= 2
 
-    await eventually(claimed, within_seconds=60, message="the later worker claims")
+    await eventually(pruned_since_claim, within_seconds=60, message="the later worker prunes")
     produced = await produce(
         harness.bootstrap, [(topic, b"c-late", encode_event(refund))], produced
     )
