@@ -1,4 +1,5 @@
-"""`python -m services.ingest`: run one ingest worker until SIGTERM."""
+"""`python -m services.ingest`: run one ingest worker until SIGTERM; `python -m
+services.ingest verify [--repair]` checks the stored aggregates (services/ingest/verify.py)."""
 
 from __future__ import annotations
 
@@ -139,6 +140,10 @@ async def dedup_window_for(
 
 
 def cli() -> None:
+    if sys.argv[1:2] == ["verify"]:
+        from services.ingest import verify
+
+        verify.cli(sys.argv[2:])
     conn = ConnectionSettings()
     configure_logging(conn.log_level, json=conn.log_json)
     try:

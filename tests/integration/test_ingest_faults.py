@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import os
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +28,8 @@ from shared.events import Event, OrderPlaced, OrderRefunded, encode_event
 from shared.kafka import HEADER_REASON, HEADER_REFERENCE, delete_topics, dlq_topic
 from shared.workload import Workload
 from tests.conftest import MakeTopic, eventually, free_port, unique
-from tests.support.ingest import Harness, Produced, Topics, as_records, produce
+from tests.support.checker import expected_aggregates
+from tests.support.ingest import Harness, Produced, Topics, as_records, produce, read_aggregates
 from tests.support.instances import private_stack
 
 pytestmark = pytest.mark.integration
@@ -429,3 +432,89 @@ async def test_ingest_refuses_to_start_on_a_topic_kept_forever_without_a_window(
     )
     await harness.wait_caught_up(produced)
     assert again.alive()
+
+
+async def test_verify_reports_drift_and_repair_corrects_it(harness: Harness) -> None:
+    """What a deployment that ran with the cross-partition undercount does once: recompute
+    from the stored rows, see the drift, repair it, and get the customers re-segmented."""
+    events = list(
+        Workload(
+            seed=27,
+            customers=80,
+            start=datetime.now(UTC) - timedelta(days=200),
+            end=datetime.now(UTC) - timedelta(minutes=1),
+        ).events(2000)
+    )
+    harness.worker()
+    produced = await produce(harness.bootstrap, as_records(events, harness.topics))
+    await harness.wait_caught_up(produced)
+    for w in harness.workers:
+        await w.terminate()
+    async with harness.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM segmentation_queue"))
+        broken = list(
+            (
+                await conn.execute(
+                    text(
+                        "UPDATE customer_aggregates SET order_count = order_count - 1,"
+                        " net_spend = net_spend + 1, page_view_count = 0"
+                        " WHERE customer_id IN (SELECT customer_id FROM customer_aggregates"
+                        "   WHERE order_count > 0 ORDER BY customer_id LIMIT 7)"
+                        " RETURNING customer_id"
+                    )
+                )
+            ).scalars()
+        )
+    assert len(broken) == 7
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.ingest", "verify", *args],
+            env=harness.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    found = await asyncio.to_thread(run)
+    assert found.returncode == 1, found.stderr
+    assert "customers with drift: 7" in found.stdout, found.stdout
+    assert "order_count: 7" in found.stdout
+    assert "net_spend: 7" in found.stdout
+    repaired = await asyncio.to_thread(run, "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    assert "repaired and queued for segmentation: 7" in repaired.stdout, repaired.stdout
+    clean = await asyncio.to_thread(run)
+    assert clean.returncode == 0, clean.stdout
+    assert "customers with drift: 0" in clean.stdout, clean.stdout
+    async with harness.engine.connect() as conn:
+        queued = set(
+            (await conn.execute(text("SELECT customer_id FROM segmentation_queue"))).scalars()
+        )
+        rows = await conn.execute(
+            text(
+                "SELECT a.customer_id, a.page_view_count, count(i.type) AS kept"
+                " FROM customer_aggregates a LEFT JOIN interactions i"
+                "   ON i.customer_id = a.customer_id AND i.type = 'page_view'"
+                " GROUP BY a.customer_id, a.page_view_count"
+            )
+        )
+        kept_page_views = {r.customer_id: (r.page_view_count, r.kept) for r in rows}
+    assert queued == set(broken)
+    # The order side is exact again; interaction counts can only be raised to what the
+    # rows still kept give (older ones are pruned), which is what the repair did.
+    as_of = datetime.now(UTC)
+    expected = expected_aggregates(events, RATES, as_of)
+    actual = await read_aggregates(harness.engine, as_of)
+    for cid, want in expected.items():
+        got = actual[cid]
+        assert (got.order_count, got.net_spend, got.first_order_at, got.last_order_at) == (
+            want["order_count"],
+            want["net_spend"],
+            want["first_order_at"],
+            want["last_order_at"],
+        ), cid
+    for cid in broken:
+        stored, kept = kept_page_views[cid]
+        assert stored == kept, cid
