@@ -24,6 +24,17 @@ class IngestMetrics:
             "Batches refused because another worker owned the partition",
             registry=registry,
         )
+        self.rewound = Counter(
+            "streamseg_ingest_rewound_partitions_total",
+            "Partitions read again from their stored offsets, which were behind the batch "
+            "(batches PostgreSQL lost in a crash)",
+            registry=registry,
+        )
+        self.prunes = Counter(
+            "streamseg_ingest_prunes_total",
+            "Runs of the job that forgets event ids past the dedup window and old interactions",
+            registry=registry,
+        )
         self.lag = Gauge(
             "streamseg_ingest_lag_records",
             "Records waiting per owned partition",

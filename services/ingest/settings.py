@@ -33,11 +33,19 @@ class IngestSettings(BaseSettings):
     )
     max_batch_records: int = Field(default=5000, ge=1, le=100_000)
     poll_timeout_ms: int = Field(default=200, ge=1)
-    dedup_window_days: int = Field(default=7, ge=1)
+    # How long event ids are remembered, so that a duplicate is never applied twice: at
+    # least as long as the longest retention.ms of the input topics, read at start. Only
+    # needed when a topic keeps records forever (retention.ms -1), where ingest refuses to
+    # start without it; a longer value than the retention lengthens the window.
+    dedup_window_days: float | None = Field(default=None, gt=0)
     # Interaction rows older than this are only needed for lifetime counts, kept elsewhere.
     interaction_retention_days: int = Field(default=31, ge=30)
     prune_interval_seconds: float = Field(default=60.0, gt=0)
     stall_seconds: float = Field(default=60.0, gt=0)
+    # How long a batch or a partition claim is retried through retriable errors (PostgreSQL
+    # restarting or in recovery, Kafka unreachable) before the process exits for its
+    # supervisor to restart it.
+    retry_budget_seconds: float = Field(default=300.0, gt=0)
     ops_host: str = "127.0.0.1"
     ops_port: int = 8101
     clock: str = "system"
