@@ -65,6 +65,30 @@ def sha(value: bytes) -> str:
     return hashlib.sha256(value).hexdigest()[:32]
 
 
+KNOWN_FIELDS = (
+    "type",
+    "event_id",
+    "customer_id",
+    "order_id",
+    "occurred_at",
+    "amount",
+    "currency",
+    "items",
+    "channel",
+    "properties",
+)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in str(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _time(raw: Any, now: datetime) -> datetime:
     if not isinstance(raw, str):
         raise Rejected("schema_violation")
@@ -100,8 +124,9 @@ def _id(raw: Any) -> str:
 def validate(value: bytes, now: datetime, rates: Mapping[str, Decimal]) -> dict[str, Any]:
     """The event as a dict of typed values, or Rejected with the contract's reason.
 
-    One choice beyond docs/events.md: a NUL character in a string that is stored (the
-    order's channel) is a schema violation, as PostgreSQL text cannot hold it."""
+    Beyond docs/events.md, as shared/events decodes since main's 9bb3273: U+0000 in any
+    string of a known field (key or value) is a schema violation; PostgreSQL's text cannot
+    hold it. Unknown top-level fields are ignored, NULs in them too."""
     if len(value) > MAX_RECORD_BYTES:
         raise Rejected("oversized")
     try:
@@ -118,6 +143,8 @@ def validate(value: bytes, now: datetime, rates: Mapping[str, Decimal]) -> dict[
     kind = doc.get("type")
     if not isinstance(kind, str):
         raise Rejected("schema_violation")
+    if any(_has_nul(doc.get(name)) for name in KNOWN_FIELDS):
+        raise Rejected("schema_violation")
     if kind not in ORDER_TYPES and kind not in INTERACTION_TYPES:
         raise Rejected("unknown_event_type")
     event: dict[str, Any] = {
@@ -133,9 +160,7 @@ def validate(value: bytes, now: datetime, rates: Mapping[str, Decimal]) -> dict[
             _id(item.get("sku"))
             _amount(item.get("unit_price"))
         channel = doc.get("channel")
-        if channel is not None and (
-            not isinstance(channel, str) or not 1 <= len(channel) <= 32 or "\x00" in channel
-        ):
+        if channel is not None and (not isinstance(channel, str) or not 1 <= len(channel) <= 32):
             raise Rejected("schema_violation")
         currency = doc.get("currency")
         if not isinstance(currency, str) or not CURRENCY.fullmatch(currency):

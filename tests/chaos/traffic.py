@@ -50,6 +50,7 @@ POISON_KINDS = (
     "schema_violation",
     "nul_in_id",
     "nul_in_channel",
+    "nul_in_properties",
     "oversized",
     "unknown_currency",
     "far_future",
@@ -181,8 +182,6 @@ class Traffic:
 
     def _interaction(self, c: _Customer) -> bytes:
         props: dict[str, Any] = {"sku": f"SKU-{self.rng.randrange(50)}"}
-        if self.rng.random() < 0.05:
-            props["note"] = "nul\u0000inside"  # valid: properties are not stored
         return json.dumps(
             {
                 "type": self.rng.choice(INTERACTION_TYPES),
@@ -205,6 +204,11 @@ class Traffic:
             "currency": "EUR",
         }
         topic = self.orders_topic
+        if kind == "nul_in_properties":
+            # Not stored, but a schema violation all the same (shared/events, main's 9bb3273).
+            doc = json.loads(self._interaction(c))
+            doc["properties"]["note"] = "nul\u0000inside"
+            return self.interactions_topic, json.dumps(doc).encode(), kind
         if kind == "undecodable":
             return topic, b'\xff\xfe{"type": "order_placed", trunc', kind
         if kind == "not_an_object":
