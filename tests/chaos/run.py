@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -221,7 +222,9 @@ class Run:
 
     # ------------------------------------------------------------ the run
     async def execute(self) -> RunResult:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # A replay of a seed replaces that seed's logs and results.
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True)
         _say(
             f"run seed={self.seed} schema={self.schema} topics={self.topic_prefix}-* now={self.now}"
         )
