@@ -7,7 +7,6 @@ instances, so runs of one invocation share the instances but never each other's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -22,13 +21,18 @@ from typing import Any
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from tests.chaos import checker
+from tests.chaos import expected as model
 from tests.chaos.nemesis import Nemesis
 from tests.chaos.processes import ROOT, Service, Supervisor
+from tests.chaos.readback import (
+    create_topics,
+    customer_of,
+    end_offsets,
+    free_port,
+    read_topic,
+)
 from tests.chaos.schedule import INGEST_WORKERS, SEGMENTERS, Schedule
 from tests.chaos.traffic import CURRENCY_RATES, POISON_KINDS, Traffic
 from tests.support.cluster import KafkaCluster
@@ -77,63 +81,6 @@ def _say(message: str) -> None:
     print(f"[chaos {datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
 
-async def _create_topics(bootstrap: str, names: list[str], replication: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        configs = {"max.message.bytes": "2097152"}
-        if replication > 1:
-            configs["min.insync.replicas"] = "2"
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(
-                [NewTopic(n, PARTITIONS, replication, topic_configs=configs) for n in names]
-            )
-    finally:
-        await admin.close()
-
-
-async def _read_topic(
-    bootstrap: str, topic: str
-) -> list[tuple[int, int, bytes, list[tuple[str, bytes]]]]:
-    """Every record of `topic`, from the beginning to its end now."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=16 * 1024 * 1024,
-    )
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        out = []
-        remaining = {tp for tp in parts if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    out.append((m.partition, m.offset, m.value or b"", list(m.headers or ())))
-                if tp in remaining and await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
-        ends = await consumer.end_offsets(parts)
-        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
-    finally:
-        await consumer.stop()
-
-
 class Run:
     def __init__(
         self,
@@ -155,7 +102,7 @@ class Run:
         self.changes_topic = f"{self.topic_prefix}-changes"
         self.bootstrap = cluster.bootstrap if cluster else stack.env["STREAMSEG_KAFKA_BOOTSTRAP"]
         self.now = datetime.now(UTC).replace(microsecond=0)
-        self.api_port = _free_port()
+        self.api_port = free_port()
         url = stack.env["STREAMSEG_DATABASE_URL"]
         self.pg_dsn = url.replace("+asyncpg", "")
         self.notes: list[str] = []
@@ -231,7 +178,7 @@ class Run:
         for fault in self.schedule.faults:
             _say(f"  plan {fault.describe()}")
         (self.directory / "schedule.json").write_text(json.dumps(self.schedule.as_dict(), indent=1))
-        await _create_topics(
+        await create_topics(
             self.bootstrap,
             [
                 self.orders_topic,
@@ -367,7 +314,7 @@ class Run:
         """Ingest caught up, one population recompute forced, queue and outbox empty."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_seconds
-        ends = await _end_offsets(self.bootstrap, [self.orders_topic, self.interactions_topic])
+        ends = await end_offsets(self.bootstrap, [self.orders_topic, self.interactions_topic])
         state: dict[str, Any] = {"ingest_caught_up": False, "queue_and_outbox_empty": False}
         while loop.time() < deadline:
             rows = await self._sql("SELECT topic, partition, next_offset FROM ingest_offsets")
@@ -410,12 +357,12 @@ class Run:
         """What the pipeline stored, published and serves."""
         obs: dict[str, Any] = {}
         obs["inputs"] = {
-            t: await _read_topic(self.bootstrap, t)
+            t: await read_topic(self.bootstrap, t)
             for t in (self.orders_topic, self.interactions_topic)
         }
         dead = []
         for t in (self.orders_topic, self.interactions_topic):
-            for _, _, _, headers in await _read_topic(self.bootstrap, t + ".dlq"):
+            for _, _, _, headers in await read_topic(self.bootstrap, t + ".dlq"):
                 h = dict(headers)
                 dead.append(
                     (
@@ -426,7 +373,7 @@ class Run:
                 )
         obs["dead"] = dead
         obs["changes"] = [
-            (p, o, v) for p, o, v, _ in await _read_topic(self.bootstrap, self.changes_topic)
+            (p, o, v) for p, o, v, _ in await read_topic(self.bootstrap, self.changes_topic)
         ]
         rows = await self._sql("SELECT customer_id, dimension, segment FROM customer_segments")
         segs: dict[str, dict[str, str]] = {}
@@ -444,7 +391,7 @@ class Run:
             await self._sql("SELECT max(version) AS v FROM segment_definitions")
         )[0]["v"]
         ids = sorted(
-            {c for recs in obs["inputs"].values() for _, _, v, _ in recs if (c := _customer_of(v))}
+            {c for recs in obs["inputs"].values() for _, _, v, _ in recs if (c := customer_of(v))}
             | set(segs)
         )
         obs["customer_ids"] = ids
@@ -498,9 +445,9 @@ class Run:
                 findings.add("acked_input_record_lost", f"{s.topic}[{s.partition}]@{s.offset}")
         phase_of = journal.phase_of()
         for t, p, o, v in records:
-            if checker.sha(v) not in phase_of:
+            if model.sha(v) not in phase_of:
                 findings.add("harness_unknown_record", f"{t}[{p}]@{o}")
-        expected = checker.expected_state(
+        expected = model.expected_state(
             records, phase_of, final_phase, self.now, CURRENCY_RATES, "v2"
         )
         if not drained.get("ingest_caught_up"):
@@ -570,20 +517,3 @@ class Run:
             json.dumps([d.as_dict() for d in nemesis.done], indent=1)
         )
         return result
-
-
-def _customer_of(value: bytes) -> str | None:
-    try:
-        doc = json.loads(value)
-    except ValueError:
-        return None
-    cid = doc.get("customer_id") if isinstance(doc, dict) else None
-    return cid if isinstance(cid, str) and checker.ID.fullmatch(cid) else None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

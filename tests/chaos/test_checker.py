@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.chaos import checker
+from tests.chaos import expected as model
 from tests.chaos.schedule import make_schedule
 from tests.chaos.traffic import CURRENCY_RATES, POISON_KINDS, Traffic
 
@@ -58,8 +59,8 @@ def test_every_poison_kind_the_traffic_sends_is_rejected() -> None:
     for _ in range(5000):
         _, value, kind = traffic._poison(traffic.customers[0])
         seen.add(kind)
-        with pytest.raises(checker.Rejected):
-            checker.validate(value, NOW, CURRENCY_RATES)
+        with pytest.raises(model.Rejected):
+            model.validate(value, NOW, CURRENCY_RATES)
     assert seen == set(POISON_KINDS)
 
 
@@ -77,8 +78,8 @@ def test_every_poison_kind_the_traffic_sends_is_rejected() -> None:
     ],
 )
 def test_rejections_name_the_contracts_reason(value: bytes, reason: str) -> None:
-    with pytest.raises(checker.Rejected) as info:
-        checker.validate(value, NOW, CURRENCY_RATES)
+    with pytest.raises(model.Rejected) as info:
+        model.validate(value, NOW, CURRENCY_RATES)
     assert info.value.reason == reason
 
 
@@ -93,9 +94,9 @@ def test_aggregates_and_segments_from_the_input_alone() -> None:
         _interaction("e6", "add_to_cart", 2.5),
         _interaction("e7", "page_view", 10.5),
     ]
-    phases = {checker.sha(v): 0 for v in records}
+    phases = {model.sha(v): 0 for v in records}
     located = [("t", 0, i, v) for i, v in enumerate(records)]
-    got = checker.expected_state(located, phases, {}, NOW, CURRENCY_RATES, "v2")
+    got = model.expected_state(located, phases, {}, NOW, CURRENCY_RATES, "v2")
     a = got.aggregates["c1"]
     assert (a["order_count"], a["net_spend"], a["spend_365d"]) == (2, Decimal(140), Decimal(90))
     assert a["open_cart_at"] == NOW - timedelta(days=2.5)
@@ -111,9 +112,9 @@ def test_aggregates_and_segments_from_the_input_alone() -> None:
 def test_events_before_the_last_erasure_are_gone() -> None:
     before = _order("order_placed", "e1", "o1", "100", 5.5)
     after = _interaction("e2", "login", 1.5)
-    phases = {checker.sha(before): 0, checker.sha(after): 1}
+    phases = {model.sha(before): 0, model.sha(after): 1}
     located = [("t", 0, 0, before), ("t", 1, 0, after)]
-    got = checker.expected_state(located, phases, {"c1": 1}, NOW, CURRENCY_RATES, "v1")
+    got = model.expected_state(located, phases, {"c1": 1}, NOW, CURRENCY_RATES, "v1")
     assert got.aggregates["c1"]["order_count"] == 0
     assert got.segments["c1"]["lifecycle"] == "prospect"
     assert got.erased_events == 1
