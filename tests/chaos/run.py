@@ -39,7 +39,6 @@ from tests.support.cluster import KafkaCluster
 from tests.support.instances import PrivateStack
 
 DEFINITIONS = Path(__file__).resolve().parent / "definitions"
-PARTITIONS = 4
 
 
 @dataclass
