@@ -352,19 +352,19 @@ class Traffic:
             c.frozen = True
             try:
                 if await self._wait_ingested(c, pg_dsn, schema, stopping):
-                    await self._erase(c, api_url, key)
+                    await self._erase(c, api_url, key, pg_dsn, schema)
                 else:
                     self.journal.erasures_abandoned += 1
             finally:
                 c.frozen = False
 
     async def _wait_ingested(
-        self, c: _Customer, dsn: str, schema: str, stopping: asyncio.Event
+        self, c: _Customer, dsn: str, schema: str, stopping: asyncio.Event | None = None
     ) -> bool:
         """Until ingest's committed offsets are past every record of `c`: only then is
         "the events before the erasure" a set the checker can know. False: the run ended
         first (ingest may be stuck), and the customer is not erased."""
-        while not stopping.is_set():
+        while stopping is None or not stopping.is_set():
             try:
                 conn = await asyncpg.connect(
                     dsn, timeout=5, server_settings={"search_path": schema}
@@ -383,12 +383,26 @@ class Traffic:
             await asyncio.sleep(0.5)
         return False
 
-    async def _erase(self, c: _Customer, api_url: str, key: str) -> None:
+    async def _erase(
+        self,
+        c: _Customer,
+        api_url: str,
+        key: str,
+        dsn: str,
+        schema: str,
+    ) -> None:
         """DELETE until the API says it is done; erasure is idempotent, so a retry after an
-        answer lost to a crash is safe."""
+        answer lost to a crash is safe. Once tried, it is never abandoned: an attempt whose
+        answer was lost may have erased. Before each retry the offsets are read again: a
+        PostgreSQL crash can take back ingest's unflushed commits (and the erasure flushes
+        them only when it commits), and their events must not arrive after the erasure."""
         loop = asyncio.get_running_loop()
         async with httpx.AsyncClient(base_url=api_url, timeout=10) as http:
+            first = True
             while True:
+                if not first:
+                    await self._wait_ingested(c, dsn, schema)
+                first = False
                 try:
                     r = await http.delete(
                         f"/v1/customers/{c.id}", headers={"Authorization": f"Bearer {key}"}
