@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.chaos.processes import kill_leftovers
 from tests.chaos.run import Run, RunConfig, RunResult
 from tests.chaos.schedule import make_schedule
 from tests.chaos.traffic import POISON_KINDS
@@ -54,6 +55,8 @@ def run_chaos(
         tmp = Path(resources.enter_context(tempfile.TemporaryDirectory(dir=directory)))
         stack = resources.enter_context(private_stack(shared, tmp / "stack", *components))
         cluster = resources.enter_context(kafka_cluster(tmp / "cluster")) if brokers > 1 else None
+        # First on the way out: no service outlives the instances it talks to.
+        resources.callback(kill_leftovers)
         for i in range(runs):
             run_seed = seed + i
             schedule = make_schedule(

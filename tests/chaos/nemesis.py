@@ -120,6 +120,15 @@ class Nemesis:
             await asyncio.sleep(fault.hold_seconds)
             await asyncio.to_thread(self.stack.up)
             return ""
+        if kind == "redis_pause":
+            # Redis keeps its documents but answers nothing: the segmenter's writes after
+            # commit fail while the old documents stay readable once it is back.
+            self.stack.pause("redis")
+            try:
+                await asyncio.sleep(fault.hold_seconds)
+            finally:
+                self.stack.resume("redis")
+            return ""
         if kind == "redis_flush":
             await asyncio.to_thread(self.stack.flush_redis)
             return ""

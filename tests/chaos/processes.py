@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every service process started, so that an interrupted run leaves none behind.
+_STARTED: list[Service] = []
+
+
+def kill_leftovers() -> None:
+    """kill -9 every service process still running (after an interrupted run)."""
+    for service in _STARTED:
+        if service.alive():
+            service.kill9()
 
 
 @dataclass
@@ -40,6 +49,8 @@ class Service:
                 stderr=subprocess.STDOUT,
             )
         self.starts += 1
+        if self not in _STARTED:
+            _STARTED.append(self)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

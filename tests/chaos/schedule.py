@@ -26,6 +26,7 @@ FAULT_WEIGHTS: dict[str, int] = {
     "postgres_restart_immediate": 2,
     "kafka_broker_restart": 2,
     "redis_restart": 1,
+    "redis_pause": 2,
     "redis_flush": 1,
 }
 
@@ -80,7 +81,7 @@ def _target(rng: random.Random, kind: str, brokers: int) -> tuple[str, float]:
         return "postgres", round(rng.uniform(0.0, 3.0), 1)
     if kind == "kafka_broker_restart":
         return f"broker-{rng.randrange(brokers)}", round(rng.uniform(2.0, 8.0), 1)
-    if kind == "redis_restart":
+    if kind in ("redis_restart", "redis_pause"):
         return "redis", round(rng.uniform(1.0, 5.0), 1)
     return "redis", 0.0
 

@@ -138,6 +138,19 @@ class PrivateStack:
         raise TimeoutError("private PostgreSQL did not accept connections")
 
     # ------------------------------------------------------------ Redis and Kafka faults
+    def pause(self, component: str) -> None:
+        """SIGSTOP the private Redis or Kafka: it keeps its data and its connections, and
+        answers nothing until `resume`."""
+        self._signal(component, signal.SIGSTOP)
+
+    def resume(self, component: str) -> None:
+        self._signal(component, signal.SIGCONT)
+
+    def _signal(self, component: str, sig: signal.Signals) -> None:
+        assert self._port(component) is not None, f"this stack's {component} is not private"
+        pidfile = self.directory / component / f"{component}.pid"
+        os.kill(int(pidfile.read_text().split()[0]), sig)
+
     def flush_redis(self) -> None:
         """FLUSHALL on the private Redis: every cached document gone at once."""
         assert self.redis_port is not None, "this stack's Redis is not private"
