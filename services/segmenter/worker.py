@@ -26,6 +26,7 @@ from services.segmenter.metrics import SegmenterMetrics
 from shared.clock import Clock, is_running
 from shared.db.engine import pg_connection
 from shared.events.segment_change import SegmentChange, segment_change_event
+from shared.retry import Backoff, Retry, is_retriable
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 from shared.segmentation import (
     Definitions,
@@ -38,6 +39,7 @@ log = structlog.get_logger("segmenter")
 
 _event_encoder = msgspec.json.Encoder()
 YIELD_EVERY_CUSTOMERS = 16
+EVALUATE_BACKOFF = Backoff(0.1, 5.0)
 WINDOWED_INTERACTION_METRICS = frozenset({"interactions_7d", "interactions_30d"})
 CAUSE_NOTE = {
     "population": "cut-offs recomputed from the population; ",
@@ -307,12 +309,28 @@ def _document(
     )
 
 
-async def evaluate_loop(evaluator: Evaluator, stopping: asyncio.Event, idle_seconds: float) -> None:
+async def evaluate_loop(
+    evaluator: Evaluator,
+    stopping: asyncio.Event,
+    idle_seconds: float,
+    backoff: Backoff = EVALUATE_BACKOFF,
+) -> None:
     """Evaluate until stopped, on a connection of its own, sleeping `idle_seconds` only when
-    nothing was due. A database error ends the loop (and so the process, to be restarted)."""
-    async with pg_connection(evaluator.engine) as conn:
-        while not stopping.is_set():
-            claimed = await evaluator.evaluate_due(conn)
-            if claimed == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=idle_seconds)
+    nothing was due. After a retriable error (PostgreSQL restarting, recovering, a deadlock)
+    it drops the connection, backs off and goes on with a new one: the failed batch rolled
+    back, and its leases went with the connection or were released, so nothing committed is
+    lost and its customers are still queued. Any other error ends the loop, and the process."""
+    retry = Retry(backoff, "evaluate", stopping)
+    while not stopping.is_set():
+        try:
+            async with pg_connection(evaluator.engine) as conn:
+                while not stopping.is_set():
+                    claimed = await evaluator.evaluate_due(conn)
+                    retry.succeeded()
+                    if claimed == 0:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stopping.wait(), timeout=idle_seconds)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            await retry.pause(exc)

@@ -6,8 +6,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -36,7 +34,15 @@ from shared.segmentation import OrderFact, PopulationStats, build_facts, evaluat
 from shared.segmentation.facts import Interaction
 from shared.settings import ConnectionSettings
 from tests.conftest import ROOT, MakeTopic, eventually, unique
-from tests.support.segmenter import History, evaluator, ruleset, scalar, seed, segments
+from tests.support.segmenter import (
+    History,
+    evaluator,
+    ruleset,
+    run_segmenter,
+    scalar,
+    seed,
+    segments,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -304,7 +310,7 @@ async def test_kill_9_loses_no_change_and_duplicates_none_after_dedup(
     procs: list[Any] = []
 
     def start() -> Any:
-        proc = _run_segmenter(env, tmp_path / f"segmenter-{len(procs)}.log")
+        proc = run_segmenter(env, tmp_path / f"segmenter-{len(procs)}.log")
         procs.append(proc)
         return proc
 
@@ -441,7 +447,7 @@ async def test_event_time_clock_moves_with_the_ingested_watermark(
         return (await segments(engine)).get(("replayed", "lifecycle")) == segment
 
     await set_watermark(NOW)
-    proc = _run_segmenter(_event_time_env(service_env, changes_topic), tmp_path / "segmenter.log")
+    proc = run_segmenter(_event_time_env(service_env, changes_topic), tmp_path / "segmenter.log")
     try:
         await eventually(lambda: lifecycle_is("active"), within_seconds=30, message="active")
         # The replay reaches a day past the 90-day mark: the customer is at risk then.
@@ -462,7 +468,7 @@ async def test_event_time_clock_evaluates_nothing_before_the_first_watermark(
     # Facts seeded before ingest has recorded any event time: evaluated at the clock's
     # placeholder start, every order would lie in the future and no wake-up would follow.
     await seed(engine, [History("early", orders=[(NOW - 10 * DAY, Decimal(9))])], NOW)
-    proc = _run_segmenter(
+    proc = run_segmenter(
         _event_time_env(service_env, changes_topic)
         | {"STREAMSEG_SEGMENTER_IDLE_POLL_SECONDS": "0.05"},
         tmp_path / "segmenter.log",
@@ -511,19 +517,6 @@ def _event_time_env(service_env: dict[str, str], changes_topic: str) -> dict[str
     }
 
 
-def _run_segmenter(env: dict[str, str], log_path: Any) -> Any:
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.segmenter"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    return proc
-
-
 async def test_new_definitions_reevaluate_everyone_and_say_so(
     engine: AsyncEngine,
     cache: SegmentCache,
@@ -546,7 +539,7 @@ async def test_new_definitions_reevaluate_everyone_and_say_so(
     )
     path = tmp_path / "stricter.yaml"
     path.write_text(stricter)
-    proc = _run_segmenter(
+    proc = run_segmenter(
         service_env
         | {
             "STREAMSEG_SEGMENTER_DEFINITIONS_PATH": str(path),
@@ -586,7 +579,7 @@ async def test_invalid_definitions_stop_the_segmenter_naming_the_rule(
     broken = broken.replace("days_since_last_interaction < 7", "days_since_last_interactoin < 7")
     path = tmp_path / "broken.yaml"
     path.write_text(broken)
-    proc = _run_segmenter(
+    proc = run_segmenter(
         service_env
         | {
             "STREAMSEG_SEGMENTER_DEFINITIONS_PATH": str(path),
