@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,7 +26,11 @@ from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from shared.clock import Clock, is_running
 from shared.db.engine import pg_connection
-from shared.events.segment_change import SegmentChange, segment_change_event
+from shared.events.segment_change import (
+    SegmentChange,
+    segment_change_event,
+    segment_change_id,
+)
 from shared.retry import Backoff, Retry, is_retriable
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 from shared.segmentation import (
@@ -184,6 +189,7 @@ class Evaluator:
             return
         cid = item.customer_id
         sequence = state.change_sequence
+        incarnation = state.incarnation or str(uuid.uuid4())
         reasons = dict(state.reasons)
         for dimension, decision in result.assignments.items():
             if not decision.changed:
@@ -192,7 +198,8 @@ class Evaluator:
             reason = CAUSE_NOTE.get(item.cause, "") + decision.reason
             reasons[dimension] = reason
             event = segment_change_event(
-                SegmentChange(
+                change_id=segment_change_id(cid, dimension, sequence, incarnation),
+                change=SegmentChange(
                     customer_id=cid,
                     dimension=dimension,
                     from_segment=decision.previous,
@@ -202,7 +209,7 @@ class Evaluator:
                     caused_by_event_time=item.cause_event_at,
                     evaluated_at=now,
                     sequence=sequence,
-                )
+                ),
             )
             writes.history.append(
                 repo.HistoryRow(
@@ -226,7 +233,7 @@ class Evaluator:
             self._count_change(dimension, decision.segment)
         version = state.version + 1
         writes.evaluations.append(
-            (cid, version, sequence, rules.version, now, result.next_change_at)
+            (cid, version, sequence, rules.version, now, result.next_change_at, incarnation)
         )
         if result.next_change_at is not None:
             writes.wakeups.append((cid, result.next_change_at))
@@ -258,7 +265,7 @@ class EvaluationRaceError(RuntimeError):
 class Writes:
     """What one batch writes, collected before the statements that write it."""
 
-    evaluations: list[tuple[str, int, int, int, datetime, datetime | None]] = field(
+    evaluations: list[tuple[str, int, int, int, datetime, datetime | None, str]] = field(
         default_factory=list
     )
     segments: list[tuple[str, str, str, datetime, str, int, datetime]] = field(default_factory=list)

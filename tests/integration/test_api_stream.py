@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.events.segment_change import decode_segment_change, segment_change_id
+from shared.events.segment_change import decode_segment_change
 from tests.integration.test_api_support import (
     Change,
     api_process,
@@ -20,6 +20,7 @@ from tests.integration.test_api_support import (
     make_key,
     seed_history,
 )
+from tests.support.segmenter import scalar
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,10 @@ async def test_stream_resumes_after_last_event_id_then_follows_new_changes(
     assert live.id == later[0]
     event = decode_segment_change(backlog[0].data.encode())
     assert backlog[0].event == "segment.changed"
-    assert event.id == segment_change_id("c-1", "lifecycle", 2)
+    # The id recorded with the change, the one Kafka carries, not one derived again.
+    assert event.id == str(
+        await scalar(engine, "SELECT change_id FROM segment_history WHERE id = :id", id=ids[2])
+    )
     assert (event.data.from_segment, event.data.to_segment) == ("s2", "s3")
     assert event.data.evaluated_at == NOW + timedelta(seconds=2)
     assert decode_segment_change(live.data.encode()).subject == "c-2"

@@ -12,7 +12,7 @@ async def changes_after(
     return list(
         await conn.fetch(
             """
-            SELECT id, customer_id, dimension, from_segment, to_segment, reason,
+            SELECT id, change_id, customer_id, dimension, from_segment, to_segment, reason,
                    definition_version, caused_by_event_at, evaluated_at, sequence
             FROM segment_history
             WHERE id > $1 AND ($2::text IS NULL OR dimension = $2)

@@ -42,7 +42,7 @@ def frame(row: asyncpg.Record) -> bytes:
     # encode_segment_change writes compact JSON: no newline can break the `data:` line.
     return b"id: %d\nevent: segment.changed\ndata: %s\n\n" % (
         row["id"],
-        encode_segment_change(change),
+        encode_segment_change(change, change_id=str(row["change_id"])),
     )
 
 
