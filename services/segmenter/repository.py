@@ -345,22 +345,30 @@ async def load_leased(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Saved:
+    evaluations: int  # how many evaluations were written
+    population_id: int | None  # the newest population stats of the definitions, as of then
+
+
 async def save_state(
     conn: asyncpg.Connection,
     evaluations: Sequence[tuple[str, int, int, int, datetime, datetime | None, str]],
     segments: Sequence[tuple[str, str, str, datetime, str, int, datetime]],
-) -> int:
-    """Write evaluations and changed segments in one statement (one round trip).
+    definition_version: int,
+) -> Saved:
+    """Write evaluations and changed segments in one statement (one round trip), and read
+    the id of the newest population stats of `definition_version` in the same snapshot.
 
     evaluations: (customer_id, version, change_sequence, definition_version, evaluated_at,
     next_change_at, incarnation); segments: (customer_id, dimension, segment, since, reason,
     definition_version, evaluated_at). A version is written only over the one before it, of
     the same incarnation (the one the change ids were derived from), which a first
-    evaluation stores; returns how many evaluations were written, so the caller can tell
-    that no other evaluation got in between."""
+    evaluation stores. How many evaluations were written tells the caller that no other
+    evaluation got in between; the stats id, that none were stored since it read its own."""
     if not evaluations:
-        return 0
-    written: int = await conn.fetchval(
+        return Saved(0, None)
+    row = await conn.fetchrow(
         """
         WITH segments AS (
             INSERT INTO customer_segments AS s (customer_id, dimension, segment, since, reason,
@@ -386,12 +394,15 @@ async def save_state(
             WHERE e.version = EXCLUDED.version - 1 AND e.incarnation = EXCLUDED.incarnation
             RETURNING 1
         )
-        SELECT count(*) FROM evaluations
+        SELECT (SELECT count(*) FROM evaluations) AS written,
+               (SELECT id FROM population_stats WHERE definition_version = $15
+                ORDER BY id DESC LIMIT 1) AS population_id
         """,
         *_columns(evaluations, 7),
         *_columns(segments, 7),
+        definition_version,
     )
-    return written
+    return Saved(int(row["written"]), row["population_id"])
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

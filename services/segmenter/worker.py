@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -63,6 +64,15 @@ class Ruleset:
     population: PopulationStats
     population_id: int | None
 
+    def adopt_population(self, latest: tuple[int, dict[str, Any]] | None) -> None:
+        """Take the newest stats stored for these definitions, (id, stats), or none."""
+        if latest is None:
+            self.population, self.population_id = PopulationStats(), None
+        else:
+            stats_id, stats = latest
+            self.population = PopulationStats.from_dict(self.definitions, stats)
+            self.population_id = stats_id
+
     @property
     def counts_interactions(self) -> bool:
         """Whether any rule reads a rolling interaction count (and so needs their times)."""
@@ -111,7 +121,9 @@ class Evaluator:
 
     async def _evaluate_batch(self, conn: Any) -> int:
         now = self._clock.now()
-        rules = self.ruleset
+        # One view of the rules for the whole batch: the population loop replaces the stats
+        # while the batch yields, and the commit checks the very stats it evaluated with.
+        rules = dataclasses.replace(self.ruleset)
         started = time.perf_counter()
         writes = Writes()
         try:
@@ -130,8 +142,18 @@ class Evaluator:
                     # their round trips would otherwise wait out this whole batch.
                     await asyncio.sleep(0)
             due = [leased.due for leased in batch]
-            async with conn.transaction():
-                await self._commit(conn, due, now, writes)
+            try:
+                async with conn.transaction():
+                    await self._commit(conn, due, now, writes, rules)
+            except PopulationMovedError as exc:
+                # Rolled back, queue rows included: the customers are leased again, and
+                # evaluated with the stats that are now the newest.
+                self.ruleset.adopt_population(
+                    await repo.latest_population_stats(conn, rules.version)
+                )
+                self._metrics.population_retries.inc()
+                log.info("population_moved_during_batch", customers=len(due), error=str(exc))
+                return len(due)
         finally:
             await queue.release_leases(conn)
         self._metrics.evaluations.inc(len(writes.evaluations))
@@ -148,16 +170,32 @@ class Evaluator:
             self._on_changes()
         return len(due)
 
-    async def _commit(self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes) -> None:
+    async def _commit(
+        self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes, rules: Ruleset
+    ) -> None:
         """The batch's one transaction: state, then history and outbox, then the queue rows.
 
         The evaluation version only moves from the version read to the next one, and the
         customer is leased meanwhile, so no other evaluation can have committed in between;
         if one did, the write stops here and the transaction rolls back.
+
+        Nor can an evaluation made with population stats older than the newest settle a
+        customer the newest moved. Another process's recompute stores the new stats and
+        queues exactly the customers they move, in one transaction R; the statement that
+        saves the state (S) also reads the newest stats id, and the batch rolls back
+        unless it is the one it evaluated with. If R committed before S, S sees its stats:
+        rollback, whether R came before the customers were read or after. If R commits
+        after S, R's queue writes meet settle at each moved customer's queue row: R wrote
+        it first (settle skips a row R holds, and sees a row R committed as changed) and
+        the customer stays queued, or settle did (R waits for this commit, then queues the
+        customer again). Either way the customer is evaluated again, and that evaluation
+        meets the new stats at its own S.
         """
-        written = await repo.save_state(conn, writes.evaluations, writes.segments)
-        if written != len(writes.evaluations):
-            raise EvaluationRaceError(len(writes.evaluations) - written)
+        saved = await repo.save_state(conn, writes.evaluations, writes.segments, rules.version)
+        if writes.evaluations and saved.population_id != rules.population_id:
+            raise PopulationMovedError(rules.population_id, saved.population_id)
+        if saved.evaluations != len(writes.evaluations):
+            raise EvaluationRaceError(len(writes.evaluations) - saved.evaluations)
         if writes.history:
             # Under a lock held to commit: history ids are then assigned in commit order
             # across segmenter processes, so a reader resuming "after id N" (the API's
@@ -259,6 +297,16 @@ class EvaluationRaceError(RuntimeError):
 
     def __init__(self, customers: int) -> None:
         super().__init__(f"{customers} customers were evaluated elsewhere meanwhile")
+
+
+class PopulationMovedError(Exception):
+    """Newer population stats were stored than the batch evaluated with: roll it back and
+    evaluate its customers again with them."""
+
+    retriable = True
+
+    def __init__(self, evaluated_with: int | None, newest: int | None) -> None:
+        super().__init__(f"evaluated with population stats {evaluated_with}, newest {newest}")
 
 
 @dataclass

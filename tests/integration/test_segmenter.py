@@ -671,3 +671,70 @@ async def test_a_customer_erased_and_back_never_gets_an_earlier_change_id(
     second = await _change_ids(engine, "returns")
     assert sorted(second) == sorted(first)
     assert not set(first.values()) & set(second.values())
+
+
+class _RecomputesBeforeItCommits(Evaluator):
+    """An evaluator during whose first batch, after it read its customers and evaluated them
+    and before it commits, another process's cut-off recompute commits."""
+
+    def __init__(self, *args: Any, recompute: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._recompute = recompute
+
+    async def _commit(self, *args: Any, **kwargs: Any) -> None:
+        if self._recompute is not None:
+            recompute, self._recompute = self._recompute, None
+            await recompute()
+        await super()._commit(*args, **kwargs)
+
+
+@pytest.mark.parametrize("recomputed", ["before the read", "between the read and the commit"])
+async def test_an_evaluation_with_old_cut_offs_cannot_settle_a_customer_they_moved(
+    engine: AsyncEngine, cache: SegmentCache, settings: ConnectionSettings, recomputed: str
+) -> None:
+    spenders = [
+        History(f"s{i:03d}", orders=[(NOW - 10 * DAY, Decimal(10 * (i + 1)))]) for i in range(100)
+    ]
+    await seed(engine, spenders, NOW)
+    recomputing = await ruleset(engine)  # the process that recomputes the cut-offs
+    assert await population.recompute(engine, recomputing, NOW) == 100
+    await run_until_idle(evaluator(engine, cache, FixedClock(NOW), recomputing))
+    assert (await segments(engine))[("s099", "value_tier")] == "vip"
+
+    other_engine = create_engine(settings.database_url, settings.database_schema)
+    try:
+        # The other process has picked up those cut-offs, and will not refresh them (its
+        # next refresh is seconds away) before it evaluates the customers they move.
+        stale = await ruleset(other_engine)
+        assert await population.refresh(other_engine, stale)
+        later = NOW + DAY
+        # Ten new big spenders: the vip cut-off moves above s099's spend.
+        await seed(
+            engine,
+            [History(f"t{i}", orders=[(later - DAY, Decimal(5000))]) for i in range(10)],
+            later,
+        )
+
+        async def recompute() -> None:
+            assert await population.recompute(engine, recomputing, later)
+
+        if recomputed == "before the read":
+            await recompute()
+        other = _RecomputesBeforeItCommits(
+            other_engine,
+            cache,
+            FixedClock(later),
+            SegmenterMetrics(CollectorRegistry()),
+            stale,
+            recompute=recompute if recomputed != "before the read" else None,
+        )
+        await run_until_idle(other)
+    finally:
+        await other_engine.dispose()
+    tiers = {c: s for (c, d), s in (await segments(engine)).items() if d == "value_tier"}
+    # The tiers the new cut-offs give: only the new big spenders are vips.
+    assert tiers["s099"] != "vip"
+    assert {c for c, s in tiers.items() if s == "vip"} == {f"t{i}" for i in range(10)}
+    assert stale.population_id == recomputing.population_id  # it caught up on the way
+    due = "SELECT count(*) FROM segmentation_queue WHERE due_at <= :t"
+    assert await scalar(engine, due, t=later) == 0
