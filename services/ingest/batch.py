@@ -59,9 +59,9 @@ class Changes:
     window_rows: list[tuple[str, datetime, str]]
     touches: list[repo.CustomerTouch]
     order_customers: list[str]
-    # The statements' arguments, encoded here so that the commit stage only sends them.
-    order_args: tuple[Any, ...]
-    touch_args: list[tuple[str, tuple[Any, ...]]]
+    # The statements and their arguments, encoded here so that the commit stage only sends
+    # them.
+    statements: list[tuple[str, tuple[Any, ...]]]
     queue_args: tuple[Any, ...]
 
 
@@ -123,9 +123,14 @@ def build_changes(
                 change = orders[key] = repo.OrderChange(cid, ev.order_id)
             amount = to_base(ev.amount, rates[ev.currency])
             if ev.type == "order_placed":
-                # The earliest placement of an order id wins, as it does in the database.
-                if change.placed_at is None or at < change.placed_at:
+                # The earliest placement of an order id wins (ties: the smaller event id),
+                # as it does in the database.
+                if change.placed_at is None or (at, ev.event_id) < (
+                    change.placed_at,
+                    change.placed_event_id or "",
+                ):
                     change.placed_at, change.amount, change.channel = at, amount, ev.channel
+                    change.placed_event_id = ev.event_id
             elif ev.type == "order_refunded":
                 change.refunded += amount
             elif change.cancelled_at is None or at < change.cancelled_at:
@@ -148,8 +153,7 @@ def build_changes(
         window_rows=window_rows,
         touches=touch_list,
         order_customers=order_ids,
-        order_args=repo.order_args(order_changes),
-        touch_args=repo.touch_args(touch_list, order_ids),
+        statements=repo.touch_args(touch_list, order_ids, order_changes),
         queue_args=repo.queue_args(
             [t.customer_id for t in touch_list], [t.last_event_at for t in touch_list]
         ),
