@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,14 +28,8 @@ NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def private_postgres(stack_env: dict[str, str]) -> Iterator[PrivateStack]:
-    # Not under tmp_path: every pytest session that starts on this machine (other worktrees
-    # share it) resets its base directory to mode 0700, and a PostgreSQL that restarts after
-    # a crash must then find its data directory again as its own user.
-    with (
-        tempfile.TemporaryDirectory(prefix="streamseg-faults-") as directory,
-        private_stack(stack_env, Path(directory), "postgres") as stack,
-    ):
+def private_postgres(stack_env: dict[str, str], tmp_path: Path) -> Iterator[PrivateStack]:
+    with private_stack(stack_env, tmp_path / "stack", "postgres") as stack:
         yield stack
 
 
