@@ -1,0 +1,140 @@
+"""The segmenter's side of the Redis segment cache: stale marks before commit, documents after,
+and the repair of marks that Redis could not take.
+
+Per batch (worker.py `_evaluate_batch`), in this order, so that once an evaluation has
+committed the API never serves an older document (shared/segment_cache.py says how):
+1. Before the transaction: `mark_stale` drops the batch's documents in one round trip.
+2. In the transaction: the customers whose mark failed go into `cache_repairs`, so the
+   batch still commits when Redis is away (Redis never stops the segmenter).
+3. After commit: `write` puts the new documents, retried twice with a short jittered
+   backoff; one that still fails leaves a miss, never a stale document.
+After a failure Redis is left alone for `retry_after_seconds` (marks count as failed, writes
+are skipped): a dead or hanging Redis then costs a batch nothing but its repair rows.
+
+`CacheRepairer` drains `cache_repairs` once Redis answers: it marks those customers stale at
+their committed version, so a Redis that comes back holding older documents cannot serve
+them, and deletes the rows in the same transaction. Rows are claimed with SKIP LOCKED, so any
+number of processes can repair side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.segmenter import repository as repo
+from services.segmenter.metrics import SegmenterMetrics
+from shared.db.engine import pg_connection
+from shared.segment_cache import CACHE_ERRORS, CachedCustomer, SegmentCache
+
+log = structlog.get_logger("segmenter.cache")
+
+WRITE_ATTEMPTS = 3
+BACKOFF_SECONDS = 0.05
+
+
+class CacheWriter:
+    """Marks and writes one evaluation loop's documents; any number of loops may share one."""
+
+    def __init__(
+        self, cache: SegmentCache, metrics: SegmenterMetrics, *, retry_after_seconds: float = 2.0
+    ) -> None:
+        self._cache = cache
+        self._metrics = metrics
+        self._retry_after = retry_after_seconds
+        self._skip_until = 0.0
+
+    @property
+    def is_skipping(self) -> bool:
+        return time.monotonic() < self._skip_until
+
+    async def mark_stale(self, docs: list[CachedCustomer]) -> list[tuple[str, int]]:
+        """Mark the documents' customers stale at their new versions; returns those that
+        could not be marked, which the batch's transaction must queue for repair."""
+        versions = [(doc.customer_id, doc.version) for doc in docs]
+        if not versions:
+            return []
+        if not self.is_skipping:
+            try:
+                await self._cache.mark_stale(versions)
+                return []
+            except CACHE_ERRORS as exc:
+                self._failed("cache_mark_failed", exc)
+        self._metrics.cache_repairs.inc(len(versions))
+        return versions
+
+    async def write(self, docs: list[CachedCustomer]) -> None:
+        """Write committed documents; a failure is counted and logged, never raised."""
+        if not docs:
+            return
+        if self.is_skipping:
+            self._metrics.cache_failures.inc()
+            return
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                await self._cache.put_many(docs)
+                return
+            except CACHE_ERRORS as exc:
+                if attempt + 1 == WRITE_ATTEMPTS:
+                    self._metrics.cache_failures.inc()
+                    self._failed("cache_write_failed", exc)
+                    return
+            await asyncio.sleep(BACKOFF_SECONDS * 2**attempt * (0.5 + random.random()))
+
+    def _failed(self, event: str, exc: BaseException) -> None:
+        self._skip_until = time.monotonic() + self._retry_after
+        log.warning(event, error=f"{type(exc).__name__}: {exc}", skip_s=self._retry_after)
+
+
+class CacheRepairer:
+    """`run()` until stopped; `repair_once()` does one pass."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cache: SegmentCache,
+        *,
+        interval_seconds: float = 1.0,
+        batch_size: int = 500,
+    ) -> None:
+        self._engine = engine
+        self._cache = cache
+        self._interval = interval_seconds
+        self._batch_size = batch_size
+
+    async def repair_once(self) -> int:
+        """Invalidate up to `batch_size` queued customers' documents; returns how many.
+        Raises what Redis raised, with the rows left for the next pass."""
+        async with pg_connection(self._engine) as conn, conn.transaction():
+            versions = await repo.claim_cache_repairs(conn, self._batch_size)
+            if versions:
+                # Under the rows' locks: an evaluation queueing one of them again waits for
+                # this commit, then inserts its row afresh.
+                await self._cache.mark_stale(versions)
+                await repo.delete_cache_repairs(conn, [cid for cid, _ in versions])
+        return len(versions)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Repair until stopped. A database error ends the loop (and so the process)."""
+        is_failing = False
+        while not stopping.is_set():
+            try:
+                repaired = await self.repair_once()
+            except CACHE_ERRORS as exc:
+                if not is_failing:
+                    log.warning("cache_repair_failed", error=f"{type(exc).__name__}: {exc}")
+                is_failing, repaired = True, 0
+            else:
+                if is_failing:
+                    log.info("cache_repair_resumed")
+                is_failing = False
+                if repaired:
+                    log.info("cache_repaired", customers=repaired)
+            if repaired < self._batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self._interval)
