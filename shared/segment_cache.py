@@ -11,7 +11,8 @@ refused, so a delayed write of an older evaluation cannot bring one back. Once N
 Redis therefore holds no document for the customer, or one at least as new as N, whether or
 not N's own write after commit succeeds: readers need nothing but `doc`, a missing one sends
 them to PostgreSQL. A transaction that rolls back after the mark leaves only a miss, and the
-customer's evaluation again, under the same version, clears it.
+customer's evaluation again, under the same version, clears it. A mark that fails is made
+good after commit by the segmenter's repair loop (services/segmenter/cache.py).
 """
 
 from __future__ import annotations
