@@ -6,9 +6,11 @@ Every record the services handle is located as `topic[partition]@offset` in logs
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -19,6 +21,12 @@ HEADER_DETAIL = "streamseg.dlq.detail"
 HEADER_SOURCE_TOPIC = "streamseg.dlq.source.topic"
 HEADER_SOURCE_PARTITION = "streamseg.dlq.source.partition"
 HEADER_SOURCE_OFFSET = "streamseg.dlq.source.offset"
+# Set on a dead letter that carries a reference to its record instead of the record, which
+# was too large for the dead-letter topic; the value then says where to find it.
+HEADER_REFERENCE = "streamseg.dlq.reference"
+# Kafka's default limit on a record is 1 MiB (message.max.bytes, max.request.size); a dead
+# letter above this much is sent as a reference, leaving room for the headers we add.
+DEAD_LETTER_MAX_BYTES = 900 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,3 +132,29 @@ def dlq_headers(
         (HEADER_SOURCE_PARTITION, str(partition).encode()),
         (HEADER_SOURCE_OFFSET, str(offset).encode()),
     ]
+
+
+def record_size(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> int:
+    """About what a record costs against Kafka's size limits (key, value and headers)."""
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(name) + len(data or b"") for name, data in headers)
+    )
+
+
+def dead_letter_reference(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+) -> bytes:
+    """The value of a dead letter that stands for a record too large to copy: where the
+    record is (while the source topic keeps it), how large it was and its SHA-256."""
+    return orjson.dumps(
+        {
+            "reference": {"topic": topic, "partition": partition, "offset": offset},
+            "key_bytes": len(key or b""),
+            "value_bytes": len(value or b""),
+            "value_sha256": hashlib.sha256(value or b"").hexdigest(),
+        }
+    )

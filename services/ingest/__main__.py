@@ -76,6 +76,7 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
                 "status": "failing" if stalled else "ok",
                 "lag": worker.total_lag(),
                 "stalled": stalled,
+                "unclaimed_partitions": worker.unclaimed,
             }
 
         async def readiness() -> dict[str, object]:

@@ -48,6 +48,9 @@ class Part:
     end: int
     max_event_at: datetime | None = None
     event_ids: list[str] = field(default_factory=list)
+    # The record of each event id above, in the same order: what a poison event found only
+    # by the database is dead-lettered with.
+    records: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
@@ -59,9 +62,9 @@ class Changes:
     window_rows: list[tuple[str, datetime, str]]
     touches: list[repo.CustomerTouch]
     order_customers: list[str]
-    # The statements' arguments, encoded here so that the commit stage only sends them.
-    order_args: tuple[Any, ...]
-    touch_args: list[tuple[str, tuple[Any, ...]]]
+    # The statements and their arguments, encoded here so that the commit stage only sends
+    # them.
+    statements: list[tuple[str, tuple[Any, ...]]]
     queue_args: tuple[Any, ...]
 
 
@@ -123,9 +126,14 @@ def build_changes(
                 change = orders[key] = repo.OrderChange(cid, ev.order_id)
             amount = to_base(ev.amount, rates[ev.currency])
             if ev.type == "order_placed":
-                # The earliest placement of an order id wins, as it does in the database.
-                if change.placed_at is None or at < change.placed_at:
+                # The earliest placement of an order id wins (ties: the smaller event id),
+                # as it does in the database.
+                if change.placed_at is None or (at, ev.event_id) < (
+                    change.placed_at,
+                    change.placed_event_id or "",
+                ):
                     change.placed_at, change.amount, change.channel = at, amount, ev.channel
+                    change.placed_event_id = ev.event_id
             elif ev.type == "order_refunded":
                 change.refunded += amount
             elif change.cancelled_at is None or at < change.cancelled_at:
@@ -148,8 +156,7 @@ def build_changes(
         window_rows=window_rows,
         touches=touch_list,
         order_customers=order_ids,
-        order_args=repo.order_args(order_changes),
-        touch_args=repo.touch_args(touch_list, order_ids),
+        statements=repo.touch_args(touch_list, order_ids, order_changes),
         queue_args=repo.queue_args(
             [t.customer_id for t in touch_list], [t.last_event_at for t in touch_list]
         ),
@@ -201,6 +208,7 @@ async def prepare(
                 part.dead_letters.append(DeadLetter(rec, str(exc.reason), str(exc)))
                 continue
             part.event_ids.append(event.event_id)
+            part.records.append(rec)
             if part.max_event_at is None or event.occurred_at > part.max_event_at:
                 part.max_event_at = event.occurred_at
             found.append(event)
@@ -215,3 +223,29 @@ async def prepare(
         return None
     changes = build_changes(list(events.values()), rates, now - retention)
     return PreparedBatch(parts, events, changes)
+
+
+def without_poison(
+    prepared: PreparedBatch,
+    poison: dict[str, str],
+    rates: dict[str, Decimal],
+    retention_start: datetime,
+) -> PreparedBatch:
+    """The batch with the events in `poison` (event id: why) moved to the dead letters."""
+    parts = []
+    for part in prepared.parts:
+        kept = Part(part.tp, part.epoch, part.start, part.end, part.max_event_at)
+        kept.dead_letters = list(part.dead_letters)
+        for event_id, rec in zip(part.event_ids, part.records, strict=True):
+            if event_id in poison:
+                kept.dead_letters.append(
+                    DeadLetter(rec, str(RejectReason.REJECTED_BY_DATABASE), poison[event_id])
+                )
+            else:
+                kept.event_ids.append(event_id)
+                kept.records.append(rec)
+        parts.append(kept)
+    events = {eid: ev for eid, ev in prepared.events.items() if eid not in poison}
+    return PreparedBatch(
+        parts, events, build_changes(list(events.values()), rates, retention_start)
+    )

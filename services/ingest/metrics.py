@@ -24,6 +24,12 @@ class IngestMetrics:
             "Batches refused because another worker owned the partition",
             registry=registry,
         )
+        self.rewound = Counter(
+            "streamseg_ingest_rewound_partitions_total",
+            "Partitions read again from their stored offsets, which were behind the batch "
+            "(batches PostgreSQL lost in a crash)",
+            registry=registry,
+        )
         self.lag = Gauge(
             "streamseg_ingest_lag_records",
             "Records waiting per owned partition",

@@ -42,6 +42,7 @@ class OrderChange:
     customer_id: str
     order_id: str
     placed_at: datetime | None = None
+    placed_event_id: str | None = None
     amount: Decimal | None = None
     channel: str | None = None
     refunded: Decimal = Decimal(0)
@@ -71,23 +72,43 @@ async def claim_partitions(
     return [Ownership(r["topic"], r["partition"], r["next_offset"], r["owner_epoch"]) for r in rows]
 
 
+class OffsetsMovedError(Exception):
+    """The stored offsets are not where this worker's batch starts: the batches after them
+    were lost (a PostgreSQL crash took them back) and must be read again from there."""
+
+    retriable = False
+
+    def __init__(self, stored: dict[tuple[str, int], int]) -> None:
+        super().__init__(
+            "stored offsets differ from the batch's start: "
+            + ", ".join(f"{t}[{p}] is at {n}" for (t, p), n in sorted(stored.items()))
+        )
+        self.stored = stored
+
+
 async def advance_offsets(
     conn: asyncpg.Connection,
     advances: Sequence[tuple[Ownership, int]],
     max_event_at: Sequence[datetime | None] | None = None,
 ) -> None:
-    """Move each partition's offset, but only while we still hold its epoch.
+    """Move each partition's offset from where the batch starts to where it ends, but only
+    while we still hold its epoch and the stored offset is that start.
 
-    Runs first in the batch's transaction so the row locks are taken early; raises
-    FencedError if any partition has a newer owner.
+    Runs first in the batch's transaction so the row locks are taken early. Raises
+    FencedError if any partition has a newer owner, and OffsetsMovedError if a stored
+    offset is not the batch's start: a batch committed without waiting for its WAL flush
+    is lost with its offsets when PostgreSQL crashes, and a worker that lives on must read
+    it again instead of moving the offsets past it.
     """
     rows = await conn.fetch(
         """
         UPDATE ingest_offsets AS o SET next_offset = u.n, updated_at = now(),
             max_event_at = GREATEST(o.max_event_at, u.m)
-        FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::timestamptz[])
-            AS u(t, p, e, n, m)
+        FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::timestamptz[],
+                    $6::bigint[])
+            AS u(t, p, e, n, m, s)
         WHERE o.topic = u.t AND o.partition = u.p AND o.owner_epoch = u.e
+          AND o.next_offset = u.s
         RETURNING o.topic, o.partition
         """,
         [o.topic for o, _ in advances],
@@ -95,13 +116,30 @@ async def advance_offsets(
         [o.epoch for o, _ in advances],
         [n for _, n in advances],
         list(max_event_at) if max_event_at is not None else [None] * len(advances),
+        [o.next_offset for o, _ in advances],
     )
-    if len(rows) != len(advances):
-        kept = {(r["topic"], r["partition"]) for r in rows}
-        lost = [
-            f"{o.topic}[{o.partition}]" for o, _ in advances if (o.topic, o.partition) not in kept
-        ]
-        raise FencedError(f"partitions now owned by another worker: {', '.join(lost)}")
+    if len(rows) == len(advances):
+        return
+    kept = {(r["topic"], r["partition"]) for r in rows}
+    missed = [o for o, _ in advances if (o.topic, o.partition) not in kept]
+    current = {
+        (r["topic"], r["partition"]): (r["owner_epoch"], r["next_offset"])
+        for r in await conn.fetch(
+            """
+            SELECT topic, partition, owner_epoch, next_offset FROM ingest_offsets
+            WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+            """,
+            [o.topic for o in missed],
+            [o.partition for o in missed],
+        )
+    }
+    lost = [o for o in missed if current.get((o.topic, o.partition), (None,))[0] != o.epoch]
+    if lost:
+        names = ", ".join(f"{o.topic}[{o.partition}]" for o in lost)
+        raise FencedError(f"partitions now owned by another worker: {names}")
+    raise OffsetsMovedError(
+        {(o.topic, o.partition): current[(o.topic, o.partition)][1] for o in missed}
+    )
 
 
 async def skip_flush_wait(conn: asyncpg.Connection) -> None:
@@ -152,7 +190,7 @@ async def keep_new_events(
 
 
 def order_args(changes: Sequence[OrderChange]) -> tuple[Any, ...]:
-    """`apply_orders`'s statement arguments, built ahead of the commit."""
+    """The order arrays of `apply_orders`'s statements, built ahead of the commit."""
     return (
         text_array([c.customer_id for c in changes]),
         text_array([c.order_id for c in changes]),
@@ -161,37 +199,111 @@ def order_args(changes: Sequence[OrderChange]) -> tuple[Any, ...]:
         text_array([c.channel for c in changes]),
         decimal_array([c.refunded for c in changes]),
         [c.cancelled_at for c in changes],
+        text_array([c.placed_event_id for c in changes]),
     )
 
 
 async def apply_orders(conn: asyncpg.Connection, changes: Sequence[OrderChange]) -> None:
-    """Merge order changes; each column merges commutatively so arrival order never matters.
+    """Merge order changes and add what they change to their customers' order totals.
 
-    A placement fills placed_at and amount once (a second placement of the same order_id
-    is ignored), refunds add up, and the earliest cancellation wins.
+    Each column merges commutatively, so arrival order never matters: the earliest
+    placement wins (ties: the smaller event id), refunds add up, the earliest cancellation
+    wins. Customers missing from customer_aggregates are created.
     """
     if changes:
-        await apply_order_args(conn, order_args(changes))
+        await apply_batch(conn, [(_APPLY_ORDERS_SQL, order_args(changes))])
 
 
-async def apply_order_args(conn: asyncpg.Connection, args: tuple[Any, ...]) -> None:
-    """`apply_orders` with its arguments built ahead by `order_args`."""
-    await conn.execute(_ORDERS_SQL, *args)
-
-
-_ORDERS_SQL = """
+# The placement kept is the earliest by occurred_at, ties broken by the smaller event id.
+_WINS = """EXCLUDED.placed_at IS NOT NULL AND (o.placed_at IS NULL
+            OR (EXCLUDED.placed_at, EXCLUDED.placed_event_id)
+               < (o.placed_at, o.placed_event_id))"""
+_COUNTED_BEFORE = """CASE WHEN o.placed_at IS NOT NULL AND o.cancelled_at IS NULL
+                   THEN GREATEST(o.amount - o.refunded, 0) END"""
+_ORDERS_UPSERT = f"""
     INSERT INTO orders AS o (customer_id, order_id, placed_at, amount, channel, refunded,
-                             cancelled_at)
+                             cancelled_at, placed_event_id)
     SELECT * FROM unnest($1::text::text[], $2::text::text[], $3::timestamptz[],
                          $4::text::numeric[], $5::text::text[], $6::text::numeric[],
-                         $7::timestamptz[])
+                         $7::timestamptz[], $8::text::text[])
     ON CONFLICT (customer_id, order_id) DO UPDATE SET
-        placed_at = COALESCE(o.placed_at, EXCLUDED.placed_at),
-        amount = CASE WHEN o.placed_at IS NULL THEN EXCLUDED.amount ELSE o.amount END,
-        channel = COALESCE(o.channel, EXCLUDED.channel),
+        placed_at = CASE WHEN {_WINS} THEN EXCLUDED.placed_at ELSE o.placed_at END,
+        amount = CASE WHEN {_WINS} THEN EXCLUDED.amount ELSE o.amount END,
+        channel = CASE WHEN {_WINS} THEN EXCLUDED.channel ELSE o.channel END,
+        placed_event_id = CASE WHEN {_WINS} THEN EXCLUDED.placed_event_id
+                               ELSE o.placed_event_id END,
         refunded = o.refunded + EXCLUDED.refunded,
-        cancelled_at = LEAST(o.cancelled_at, EXCLUDED.cancelled_at)
+        cancelled_at = LEAST(o.cancelled_at, EXCLUDED.cancelled_at),
+        prev_net = {_COUNTED_BEFORE}
+    RETURNING o.customer_id, o.order_id, o.placed_event_id, o.placed_at, o.prev_net,
+              CASE WHEN o.placed_at IS NOT NULL AND o.cancelled_at IS NULL
+                   THEN GREATEST(o.amount - o.refunded, 0) END AS net
+"""  # noqa: S608 - constants only
+# Per customer, what the batch's order rows add to the totals: each row's upsert recorded,
+# under that row's lock, what it counted for before (prev_net, NULL for nothing), so
+# concurrent workers changing one customer's orders each add their own exact difference.
+# first/last_order_at fold with LEAST/GREATEST unless an order that counted stopped
+# counting or its placement moved: those customers (`recount`) are recomputed afterwards.
+_ORDER_DELTAS = f"""
+    changed AS ({_ORDERS_UPSERT}),
+    d AS (
+        SELECT c.customer_id, count(c.net) - count(c.prev_net) AS n,
+               COALESCE(sum(c.net), 0) - COALESCE(sum(c.prev_net), 0) AS spend,
+               min(c.placed_at) FILTER (WHERE c.net IS NOT NULL) AS first_at,
+               max(c.placed_at) FILTER (WHERE c.net IS NOT NULL) AS last_at,
+               bool_or(c.prev_net IS NOT NULL
+                       AND (c.net IS NULL OR c.placed_event_id = i.placed_event_id)) AS recount
+        FROM changed c
+        JOIN unnest($1::text::text[], $2::text::text[], $8::text::text[])
+             AS i(customer_id, order_id, placed_event_id)
+          ON i.customer_id = c.customer_id AND i.order_id = c.order_id
+        GROUP BY c.customer_id
+    )"""  # noqa: S608 - constants only
+_ORDER_TOTALS_UPDATES = """
+        order_count = a.order_count + EXCLUDED.order_count,
+        net_spend = a.net_spend + EXCLUDED.net_spend,
+        first_order_at = LEAST(a.first_order_at, EXCLUDED.first_order_at),
+        last_order_at = GREATEST(a.last_order_at, EXCLUDED.last_order_at)"""
+_APPLY_ORDERS_SQL = f"""
+    WITH {_ORDER_DELTAS},
+    totals AS (
+        INSERT INTO customer_aggregates AS a (customer_id, order_count, net_spend,
+                                              first_order_at, last_order_at)
+        SELECT customer_id, n, spend, first_at, last_at FROM d ORDER BY customer_id
+        ON CONFLICT (customer_id) DO UPDATE SET {_ORDER_TOTALS_UPDATES},
+            version = a.version + 1, updated_at = now()
+    )
+    SELECT customer_id FROM d WHERE recount
+"""  # noqa: S608
+_RECOUNT_SQL = """
+    UPDATE customer_aggregates a SET first_order_at = m.first_at, last_order_at = m.last_at
+    FROM unnest($1::text[]) AS u(customer_id)
+    CROSS JOIN LATERAL (
+        SELECT min(placed_at) FILTER (WHERE cancelled_at IS NULL) AS first_at,
+               max(placed_at) FILTER (WHERE cancelled_at IS NULL) AS last_at
+        FROM orders WHERE orders.customer_id = u.customer_id
+    ) AS m
+    WHERE a.customer_id = u.customer_id
 """
+
+
+async def apply_batch(
+    conn: asyncpg.Connection, statements: Sequence[tuple[str, tuple[Any, ...]]]
+) -> None:
+    """Run a batch's statements as built by `touch_args` (or `apply_orders`).
+
+    A statement that changes orders returns the customers whose first or last order time
+    cannot be folded; they are recomputed last, under the row locks the statement took, so
+    the read sees every order committed before it.
+    """
+    recount: set[str] = set()
+    for sql, args in statements:
+        if sql is _APPLY_ORDERS_SQL or sql is _ORDERS_AND_TOUCH_SQL:
+            recount.update(r["customer_id"] for r in await conn.fetch(sql, *args))
+        else:
+            await conn.execute(sql, *args)
+    if recount:
+        await conn.execute(_RECOUNT_SQL, sorted(recount))
 
 
 async def insert_interactions(
@@ -224,16 +336,18 @@ _TOUCH_COLUMNS = [
     "last_event_at",
     *_COUNT_COLUMNS,
 ]
-_TOUCH_ARRAYS = ", ".join(
-    [
-        "$1::text::text[]",
-        "$2::text::bigint[]",
-        "$3::timestamptz[]",
-        "$4::timestamptz[]",
-        "$5::timestamptz[]",
-    ]
-    + [f"${i}::text::bigint[]" for i in range(6, 6 + len(_COUNT_COLUMNS))]
-)
+
+
+def _touch_arrays(first: int) -> str:
+    """The touch statement's array parameters, numbered from `first`."""
+    kinds = ["text", "bigint", "timestamptz", "timestamptz", "timestamptz"]
+    kinds += ["bigint"] * len(_COUNT_COLUMNS)
+    return ", ".join(
+        f"${first + i}::{k}[]" if k == "timestamptz" else f"${first + i}::text::{k}[]"
+        for i, k in enumerate(kinds)
+    )
+
+
 _TOUCH_UPDATES = """
         interaction_count = a.interaction_count + EXCLUDED.interaction_count,
         last_interaction_at = GREATEST(a.last_interaction_at, EXCLUDED.last_interaction_at),
@@ -247,41 +361,39 @@ _TOUCH_UPDATES = """
 # Both statements are built once from the fixed list of event types above, never from input.
 _TOUCH_SQL = f"""
     INSERT INTO customer_aggregates AS a ({", ".join(_TOUCH_COLUMNS)})
-    SELECT * FROM unnest({_TOUCH_ARRAYS})
+    SELECT * FROM unnest({_touch_arrays(1)})
     ON CONFLICT (customer_id) DO UPDATE SET {_TOUCH_UPDATES}
 """  # noqa: S608
-# The order side is recomputed from the order rows rather than adjusted by deltas, which
-# keeps it exact whatever order the events came in (a cancellation or refund can arrive
-# before the order it belongs to); doing it in the same statement writes each row once.
-_TOUCH_WITH_ORDERS_SQL = f"""
-    INSERT INTO customer_aggregates AS a (
-        {", ".join(_TOUCH_COLUMNS)}, order_count, net_spend, first_order_at, last_order_at)
-    SELECT u.*, o.* FROM unnest({_TOUCH_ARRAYS}) AS u({", ".join(_TOUCH_COLUMNS)})
-    CROSS JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE placed_at IS NOT NULL AND cancelled_at IS NULL),
-               COALESCE(sum(GREATEST(amount - refunded, 0))
-                   FILTER (WHERE placed_at IS NOT NULL AND cancelled_at IS NULL), 0),
-               min(placed_at) FILTER (WHERE cancelled_at IS NULL),
-               max(placed_at) FILTER (WHERE cancelled_at IS NULL)
-        FROM orders WHERE orders.customer_id = u.customer_id
-    ) AS o
-    ON CONFLICT (customer_id) DO UPDATE SET {_TOUCH_UPDATES},
-        order_count = EXCLUDED.order_count,
-        net_spend = EXCLUDED.net_spend,
-        first_order_at = EXCLUDED.first_order_at,
-        last_order_at = EXCLUDED.last_order_at
+# Customers with order changes: their order rows, the order totals and the interaction side
+# in one statement, so each aggregates row is written once per batch.
+_ORDERS_AND_TOUCH_SQL = f"""
+    WITH {_ORDER_DELTAS},
+    totals AS (
+        INSERT INTO customer_aggregates AS a (
+            {", ".join(_TOUCH_COLUMNS)}, order_count, net_spend, first_order_at, last_order_at)
+        SELECT u.*, COALESCE(d.n, 0), COALESCE(d.spend, 0), d.first_at, d.last_at
+        FROM unnest({_touch_arrays(9)}) AS u({", ".join(_TOUCH_COLUMNS)})
+        LEFT JOIN d ON d.customer_id = u.customer_id
+        ORDER BY u.customer_id
+        ON CONFLICT (customer_id) DO UPDATE SET {_TOUCH_UPDATES}, {_ORDER_TOTALS_UPDATES}
+    )
+    SELECT customer_id FROM d WHERE recount
 """  # noqa: S608
 
 
 def touch_args(
-    touches: Sequence[CustomerTouch], order_customers: Collection[str] = frozenset()
+    touches: Sequence[CustomerTouch],
+    order_customers: Collection[str] = frozenset(),
+    order_changes: Sequence[OrderChange] = (),
 ) -> list[tuple[str, tuple[Any, ...]]]:
-    """`touch_customers`'s statements and arguments, built ahead of the commit."""
+    """A batch's aggregate statements and arguments, built ahead of the commit for
+    `apply_batch`: the customers in `order_customers` with their `order_changes` in one
+    statement, the others in another."""
     with_orders = set(order_customers)
     out = []
     for sql, part in (
         (_TOUCH_SQL, [t for t in touches if t.customer_id not in with_orders]),
-        (_TOUCH_WITH_ORDERS_SQL, [t for t in touches if t.customer_id in with_orders]),
+        (_ORDERS_AND_TOUCH_SQL, [t for t in touches if t.customer_id in with_orders]),
     ):
         if part:
             args = (
@@ -292,30 +404,18 @@ def touch_args(
                 [t.last_event_at for t in part],
                 *(int_array([t.counts.get(kind, 0) for t in part]) for kind in INTERACTION_TYPES),
             )
+            if sql is _ORDERS_AND_TOUCH_SQL:
+                args = order_args(order_changes) + args
             out.append((sql, args))
     return out
 
 
-async def touch_customers(
-    conn: asyncpg.Connection,
-    touches: Sequence[CustomerTouch],
-    order_customers: Collection[str] = frozenset(),
-) -> None:
+async def touch_customers(conn: asyncpg.Connection, touches: Sequence[CustomerTouch]) -> None:
     """Add interaction counts and keep the latest times; creates missing customers.
 
-    Sums and maxima commute, so these merge exactly whatever order events arrive in. The
-    customers in `order_customers` also get their order side recomputed from their order
-    rows, so `apply_orders` must run first in the same transaction.
+    Sums and maxima commute, so these merge exactly whatever order events arrive in.
     """
-    await touch_with_args(conn, touch_args(touches, order_customers))
-
-
-async def touch_with_args(
-    conn: asyncpg.Connection, statements: Sequence[tuple[str, tuple[Any, ...]]]
-) -> None:
-    """`touch_customers` with its statements built ahead by `touch_args`."""
-    for sql, args in statements:
-        await conn.execute(sql, *args)
+    await apply_batch(conn, touch_args(touches))
 
 
 def queue_args(

@@ -38,6 +38,10 @@ class IngestSettings(BaseSettings):
     interaction_retention_days: int = Field(default=31, ge=30)
     prune_interval_seconds: float = Field(default=60.0, gt=0)
     stall_seconds: float = Field(default=60.0, gt=0)
+    # How long a batch or a partition claim is retried through retriable errors (PostgreSQL
+    # restarting or in recovery, Kafka unreachable) before the process exits for its
+    # supervisor to restart it.
+    retry_budget_seconds: float = Field(default=300.0, gt=0)
     ops_host: str = "127.0.0.1"
     ops_port: int = 8101
     clock: str = "system"

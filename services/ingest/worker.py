@@ -10,38 +10,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import repository as repo
-from services.ingest.batch import DeadLetter, Part, PreparedBatch, Screen, build_changes, prepare
+from services.ingest.batch import (
+    DeadLetter,
+    Part,
+    PreparedBatch,
+    Screen,
+    build_changes,
+    prepare,
+    without_poison,
+)
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.clock import Clock, EventTimeClock, present
 from shared.db.engine import pg_connection
-from shared.kafka import dlq_headers, dlq_topic, locate
+from shared.kafka import (
+    DEAD_LETTER_MAX_BYTES,
+    HEADER_REFERENCE,
+    dead_letter_reference,
+    dlq_headers,
+    dlq_topic,
+    locate,
+    record_size,
+)
+from shared.retry import Backoff, Retry, is_retriable
 
 log = structlog.get_logger("ingest")
 
-RETRIABLE_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
+# Between tries of a batch or a claim; the first retries come quickly, since most errors
+# are a moment's (a dropped connection), and PostgreSQL's crash recovery takes seconds.
+RETRY_BACKOFF = Backoff(initial_seconds=0.05, maximum_seconds=5.0)
+
+
+class ClaimFailedError(RuntimeError):
+    """Partitions were assigned to this worker but it could not claim them in PostgreSQL.
+
+    aiokafka swallows what a rebalance listener raises, so the claim records the error and
+    `run()` raises it: the process exits and its supervisor restarts it, rather than keeping
+    partitions that nobody consumes."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -91,6 +109,10 @@ class IngestWorker:
         self._expect_new = True
         self._unreported: dict[TopicPartition, int] = {}
         self._reporting: asyncio.Task[None] | None = None
+        # Assigned by Kafka, not yet claimed in PostgreSQL: counted in the lag, and a claim
+        # that failed for good is raised by `run()`.
+        self._unclaimed: set[TopicPartition] = set()
+        self._fatal: BaseException | None = None
         self.batches_committed = 0
 
     @property
@@ -103,8 +125,35 @@ class IngestWorker:
 
     # ------------------------------------------------------------------ ownership
     async def claim(self, assigned: Sequence[TopicPartition]) -> None:
+        """Claim newly assigned partitions: retried while the error is retriable and the
+        retry budget lasts; otherwise the error is kept for `run()` to raise."""
         if not assigned:
             return
+        self._unclaimed.update(assigned)
+        retry = Retry(RETRY_BACKOFF, "ingest-claim", self._stopping)
+        started = time.monotonic()
+        while True:
+            try:
+                await self._claim_once(assigned)
+                return
+            except Exception as exc:
+                spent = time.monotonic() - started
+                if (
+                    not is_retriable(exc)
+                    or spent > self._settings.retry_budget_seconds
+                    or self._stopping.is_set()
+                ):
+                    log.error("claim_failed", error=f"{type(exc).__name__}: {exc}")
+                    self._fatal = ClaimFailedError(
+                        "could not claim "
+                        + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned)
+                        + f": {type(exc).__name__}: {exc}"
+                    )
+                    self._fatal.__cause__ = exc
+                    return
+                await retry.pause(exc)
+
+    async def _claim_once(self, assigned: Sequence[TopicPartition]) -> None:
         async with (
             self._commit_lock,
             pg_connection(self._engine) as conn,
@@ -120,6 +169,7 @@ class IngestWorker:
             self._epochs[tp] = o.epoch
             self._committed[tp] = self._fetched[tp] = o.next_offset
             self._consumer.seek(tp, o.next_offset)
+            self._unclaimed.discard(tp)
             log.info(
                 "partition_claimed",
                 partition=locate(o.topic, o.partition, o.next_offset),
@@ -129,6 +179,7 @@ class IngestWorker:
     async def release(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._commit_lock:
             for tp in revoked:
+                self._unclaimed.discard(tp)
                 self._forget(tp)
                 log.info("partition_released", topic=tp.topic, partition=tp.partition)
 
@@ -145,6 +196,8 @@ class IngestWorker:
         fetcher = asyncio.create_task(self._fetch_loop(ready), name="ingest-fetch")
         try:
             while not self._stopping.is_set():
+                if self._fatal is not None:
+                    raise self._fatal
                 if fetcher.done():
                     fetcher.result()  # re-raise what ended the fetch stage
                 try:
@@ -205,7 +258,9 @@ class IngestWorker:
             return
         if len(parts) != len(prepared.parts):
             prepared = _only(prepared, parts, self._settings, self._clock.now() - self._retention)
-        attempt = 0
+        retry = Retry(RETRY_BACKOFF, "ingest-batch")
+        retrying_since = time.monotonic()
+        poisoned = False
         while True:
             try:
                 applied = await self._commit(prepared)
@@ -216,18 +271,38 @@ class IngestWorker:
                 for part in parts:
                     self._forget(part.tp)
                 return
-            except RETRIABLE_ERRORS as exc:
-                attempt += 1
-                if attempt > 8 or (self._stopping.is_set() and attempt > 2):
+            except repo.OffsetsMovedError as exc:
+                self._rewind(exc.stored)
+                return
+            except Exception as exc:
+                if is_retriable(exc):
+                    # Safe even when the commit's outcome is unknown (the connection dropped
+                    # during COMMIT): a batch that did commit finds the stored offsets at its
+                    # end, not its start, and is rewound past instead of applied twice.
+                    spent = time.monotonic() - retrying_since
+                    if spent > self._settings.retry_budget_seconds or (
+                        self._stopping.is_set() and retry.failures >= 2
+                    ):
+                        raise
+                    await retry.pause(
+                        exc,
+                        partitions=[locate(p.tp.topic, p.tp.partition, p.start) for p in parts],
+                    )
+                    continue
+                if poisoned or not _may_be_poison(exc):
                     raise
-                delay = min(5.0, 0.05 * 2**attempt) * (0.5 + random.random())
-                log.warning(
-                    "batch_retry",
-                    attempt=attempt,
-                    delay_s=round(delay, 3),
-                    error=f"{type(exc).__name__}: {exc}",
+                # The database refused the batch for what is in it: find the events it
+                # refuses on their own, dead-letter them, and commit the rest.
+                poisoned = True
+                poison = await self._find_poison(prepared)
+                if not poison:
+                    raise
+                prepared = without_poison(
+                    prepared,
+                    poison,
+                    self._settings.currency_rates,
+                    self._clock.now() - self._retention,
                 )
-                await asyncio.sleep(delay)
         for part in parts:
             self._committed[part.tp] = part.end
         self._last_progress = time.monotonic()
@@ -236,6 +311,58 @@ class IngestWorker:
             applied, len(prepared.events) - applied, time.perf_counter() - started
         )
         self._report_offsets({p.tp: p.end for p in parts})
+
+    async def _find_poison(self, prepared: PreparedBatch) -> dict[str, str]:
+        """The events the database refuses on their own, each with its error: halves of the
+        batch are applied in transactions that always roll back, down to single events, so
+        a batch of n events with one poison costs about 2 log2(n) trials. A failure that
+        only a combination of events causes finds nothing, and the caller re-raises."""
+        now = self._clock.now()
+        retention_start = now - self._retention
+        poison: dict[str, str] = {}
+
+        async def trial(conn: Any, events: list[Any]) -> None:
+            if not events:
+                return
+            changes = build_changes(events, self._settings.currency_rates, retention_start)
+            try:
+                async with conn.transaction():
+                    await repo.insert_interactions(conn, changes.window_rows)
+                    await repo.apply_batch(conn, changes.statements)
+                    raise _TrialRolledBack
+            except _TrialRolledBack:
+                return
+            except asyncpg.PostgresError as exc:
+                if is_retriable(exc) or not _may_be_poison(exc):
+                    raise
+                if len(events) == 1:
+                    error = poison[events[0].event_id] = f"{exc.sqlstate}: {exc}"
+                    log.warning("poison_event", event_id=events[0].event_id, error=error)
+                    return
+            middle = len(events) // 2
+            await trial(conn, events[:middle])
+            await trial(conn, events[middle:])
+
+        async with pg_connection(self._engine) as conn:
+            await trial(conn, list(prepared.events.values()))
+        return poison
+
+    def _rewind(self, stored: dict[tuple[str, int], int]) -> None:
+        """Resume these partitions from their stored offsets: what came after them was lost
+        with a PostgreSQL crash, or never committed, and is read again. The batch prepared
+        meanwhile no longer starts where we are, and is dropped."""
+        for (topic, partition), offset in stored.items():
+            tp = TopicPartition(topic, partition)
+            if tp not in self._epochs:
+                continue
+            self._metrics.rewound.inc()
+            log.warning(
+                "offsets_rewound",
+                partition=locate(topic, partition, offset),
+                was=self._committed.get(tp),
+            )
+            self._committed[tp] = self._fetched[tp] = offset
+            self._consumer.seek(tp, offset)
 
     def _report_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         """Copy committed offsets to Kafka in the background, one request at a time.
@@ -306,14 +433,15 @@ class IngestWorker:
                     self._settings.currency_rates,
                     now - self._retention,
                 )
-            if changes.orders:
-                await repo.apply_order_args(conn, changes.order_args)
             await repo.insert_interactions(conn, changes.window_rows)
-            await repo.touch_with_args(conn, changes.touch_args)
+            await repo.apply_batch(conn, changes.statements)
             await repo.mark_with_args(conn, changes.queue_args, now)
         return len(fresh)
 
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Send dead letters and wait until Kafka has them all. A record too large for the
+        dead-letter topic (above `DEAD_LETTER_MAX_BYTES`, or refused as too large) goes as
+        a reference to where it is, so that no record can stop its partition."""
         futures = []
         for letter in letters:
             rec = letter.record
@@ -324,25 +452,58 @@ class IngestWorker:
                 reason=letter.reason,
                 detail=letter.detail,
             )
-            headers = [
-                *(rec.headers or ()),
-                *dlq_headers(letter.reason, letter.detail, rec.topic, rec.partition, rec.offset),
-            ]
-            futures.append(
-                await self._producer.send(
+            futures.append(await self._send_dead_letter(letter, as_reference=False))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        retry = []
+        for letter, result in zip(letters, results, strict=True):
+            if isinstance(result, MessageSizeTooLargeError):
+                retry.append(await self._send_dead_letter(letter, as_reference=True))
+            elif isinstance(result, BaseException):
+                raise result
+        await asyncio.gather(*retry)
+
+    async def _send_dead_letter(self, letter: DeadLetter, *, as_reference: bool) -> Any:
+        rec = letter.record
+        ours = dlq_headers(letter.reason, letter.detail, rec.topic, rec.partition, rec.offset)
+        headers = [*(rec.headers or ()), *ours]
+        if not as_reference and record_size(rec.key, rec.value, headers) <= DEAD_LETTER_MAX_BYTES:
+            try:
+                return await self._producer.send(
                     dlq_topic(rec.topic), value=rec.value, key=rec.key, headers=headers
                 )
-            )
-        await asyncio.gather(*futures)
+            except MessageSizeTooLargeError:
+                pass  # the producer's own limit is lower than ours
+        log.warning(
+            "dead_letter_as_reference",
+            record=locate(rec.topic, rec.partition, rec.offset),
+            size_bytes=record_size(rec.key, rec.value, headers),
+        )
+        key = rec.key if rec.key is not None and len(rec.key) <= 1024 else None
+        return await self._producer.send(
+            dlq_topic(rec.topic),
+            value=dead_letter_reference(rec.topic, rec.partition, rec.offset, rec.key, rec.value),
+            key=key,
+            headers=[*ours, (HEADER_REFERENCE, b"true")],
+        )
 
     # ------------------------------------------------------------------ health
     def _lags(self) -> dict[TopicPartition, int]:
+        """Per assigned partition, records not yet committed. An unclaimed partition counts
+        all its records up to the high watermark (at least one): where its consumption
+        stands is in PostgreSQL, which the claim could not read, and none of it is moving."""
         lags = {}
         for tp, committed in list(self._committed.items()):
             high = self._consumer.highwater(tp)
             if high is not None:
                 lags[tp] = max(0, high - committed)
+        for tp in self._unclaimed:
+            lags[tp] = max(1, self._consumer.highwater(tp) or 0)
         return lags
+
+    @property
+    def unclaimed(self) -> list[str]:
+        """Partitions assigned to this worker that it has not claimed."""
+        return sorted(f"{tp.topic}[{tp.partition}]" for tp in self._unclaimed)
 
     def _update_lag(self) -> None:
         for tp, lag in self._lags().items():
@@ -353,8 +514,9 @@ class IngestWorker:
         return sum(self._lags().values())
 
     def is_stalled(self) -> bool:
-        """True when records are waiting and no batch has committed for `stall_seconds`."""
-        if self.total_lag() == 0:
+        """True when records are waiting, or partitions unclaimed, and no batch has
+        committed for `stall_seconds`."""
+        if self.total_lag() == 0 and not self._unclaimed:
             self._last_progress = time.monotonic()
             return False
         return time.monotonic() - self._last_progress > self._settings.stall_seconds
@@ -364,14 +526,35 @@ class IngestWorker:
             return
         self._last_prune = time.monotonic()
         now = self._clock.now()
+        try:
+            dedup, inter = await self._prune(now)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.warning("prune_skipped", error=f"{type(exc).__name__}: {exc}")
+            return
+        if dedup or inter:
+            log.info("pruned", event_ids=dedup, interaction_rows=inter)
+
+    async def _prune(self, now: datetime) -> tuple[int, int]:
         async with pg_connection(self._engine) as conn, conn.transaction():
-            dedup, inter = await repo.prune(
+            return await repo.prune(
                 conn,
                 now - timedelta(days=self._settings.dedup_window_days),
                 now - self._retention,
             )
-        if dedup or inter:
-            log.info("pruned", event_ids=dedup, interaction_rows=inter)
+
+
+class _TrialRolledBack(Exception):
+    """Rolls a trial transaction back once its statements went through."""
+
+
+def _may_be_poison(exc: BaseException) -> bool:
+    """Errors that the data of a batch can cause: data exceptions (a value out of range,
+    a character the encoding refuses), integrity violations, program limits (a value too
+    large for an index)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(exc, asyncpg.PostgresError) and str(sqlstate)[:2] in {"22", "23", "54"}
 
 
 def _only(

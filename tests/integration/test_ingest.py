@@ -4,38 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.settings import IngestSettings
-from shared.events import Event, OrderPlaced, PageView, encode_event
+from shared.events import OrderPlaced, PageView, encode_event
 from shared.kafka import (
     HEADER_REASON,
     HEADER_SOURCE_OFFSET,
     HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TOPIC,
-    delete_topics,
     dlq_topic,
 )
 from shared.workload import Workload
-from tests.conftest import MakeTopic, eventually, free_port, unique
+from tests.conftest import eventually, free_port
 from tests.support.checker import differences, expected_aggregates
 from tests.support.ingest import (
-    IngestProcess,
-    Produced,
-    Topics,
+    Harness,
     as_records,
-    caught_up,
     produce,
     read_aggregates,
 )
@@ -43,68 +35,6 @@ from tests.support.ingest import (
 pytestmark = pytest.mark.integration
 
 RATES = IngestSettings().currency_rates
-
-
-@dataclass
-class Harness:
-    topics: Topics
-    env: dict[str, str]
-    bootstrap: str
-    engine: AsyncEngine
-    logs: Path
-    workers: list[IngestProcess]
-
-    def worker(self) -> IngestProcess:
-        w = IngestProcess(self.env, str(self.logs / f"ingest-{len(self.workers)}.log"))
-        self.workers.append(w)
-        w.start()
-        return w
-
-    async def wait_caught_up(self, produced: Produced, within_seconds: float = 120) -> None:
-        async def done() -> bool:
-            return await caught_up(self.engine, produced)
-
-        try:
-            await eventually(done, within_seconds=within_seconds, message="ingest caught up")
-        except AssertionError:
-            for w in self.workers:
-                assert w.alive() or w.proc is None or w.proc.returncode in (0, -9), (
-                    self.logs.read_text() if self.logs.is_file() else "worker died"
-                )
-            raise
-
-    async def assert_exact(self, events: list[Event]) -> None:
-        as_of = datetime.now(UTC)
-        expected = expected_aggregates(events, RATES, as_of)
-        actual = await read_aggregates(self.engine, as_of)
-        problems = differences(expected, actual)
-        assert not problems, f"{len(problems)} differences, first: {problems[:10]}"
-
-
-@pytest.fixture
-async def harness(
-    make_topic: MakeTopic,
-    service_env: dict[str, str],
-    engine: AsyncEngine,
-    tmp_path: Path,
-) -> AsyncIterator[Harness]:
-    topics = Topics(await make_topic("orders", 4), await make_topic("interactions", 4))
-    env = service_env | {
-        "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
-        "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
-        "STREAMSEG_INGEST_GROUP_ID": unique("g"),
-        "STREAMSEG_INGEST_OPS_PORT": "0",
-        "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "2000",
-        "STREAMSEG_LOG_JSON": "false",
-    }
-    h = Harness(topics, env, service_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, [])
-    try:
-        yield h
-    finally:
-        for w in h.workers:
-            w.ensure_dead()
-        # The worker creates the dead-letter topics; they go with the test's own topics.
-        await delete_topics(h.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)])
 
 
 def workload(seed: int, customers: int = 300) -> Workload:

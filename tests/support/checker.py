@@ -22,7 +22,7 @@ def expected_aggregates(
 ) -> dict[str, dict[str, Any]]:
     """Per customer, every aggregate the worker keeps, windows as of `as_of`."""
     seen: set[str] = set()
-    placed: dict[tuple[str, str], tuple[datetime, Decimal]] = {}
+    placed: dict[tuple[str, str], tuple[datetime, str, Decimal]] = {}
     refunded: dict[tuple[str, str], Decimal] = {}
     cancelled: set[tuple[str, str]] = set()
     interactions: dict[str, list[tuple[datetime, str]]] = {}
@@ -38,8 +38,9 @@ def expected_aggregates(
             key = (ev.customer_id, ev.order_id)
             amount = (ev.amount * rates[ev.currency]).quantize(Q, rounding=ROUND_HALF_EVEN)
             if isinstance(ev, OrderPlaced):
-                if key not in placed or ev.occurred_at < placed[key][0]:
-                    placed[key] = (ev.occurred_at, amount)
+                # The earliest placement wins; at the same time, the smaller event id.
+                if key not in placed or (ev.occurred_at, ev.event_id) < placed[key][:2]:
+                    placed[key] = (ev.occurred_at, ev.event_id, amount)
             elif isinstance(ev, OrderRefunded):
                 refunded[key] = refunded.get(key, Decimal(0)) + amount
             else:
@@ -52,7 +53,7 @@ def expected_aggregates(
     for cid in customers:
         orders = [
             (at, max(amount - refunded.get(key, Decimal(0)), Decimal(0)))
-            for key, (at, amount) in placed.items()
+            for key, (at, _, amount) in placed.items()
             if key[0] == cid and key not in cancelled
         ]
         inter = interactions.get(cid, [])

@@ -10,17 +10,20 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.repository import CustomerAggregates, fetch_aggregates
+from services.ingest.settings import IngestSettings
 from shared.db.engine import driver_connection
 from shared.events import Event, encode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import make_producer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, eventually
+from tests.support.checker import differences, expected_aggregates
 
 
 @dataclass
@@ -142,3 +145,51 @@ class IngestProcess:
             assert self.proc is not None
             self.proc.kill()
             self.proc.wait()
+
+
+@dataclass
+class Harness:
+    topics: Topics
+    env: dict[str, str]
+    bootstrap: str
+    engine: AsyncEngine
+    logs: Path
+    workers: list[IngestProcess]
+
+    def worker(self) -> IngestProcess:
+        w = IngestProcess(self.env, str(self.logs / f"ingest-{len(self.workers)}.log"))
+        self.workers.append(w)
+        w.start()
+        return w
+
+    async def wait_caught_up(self, produced: Produced, within_seconds: float = 120) -> None:
+        async def done() -> bool:
+            return await caught_up(self.engine, produced)
+
+        try:
+            await eventually(done, within_seconds=within_seconds, message="ingest caught up")
+        except AssertionError:
+            for w in self.workers:
+                assert w.alive() or w.proc is None or w.proc.returncode in (0, -9), (
+                    self.logs.read_text() if self.logs.is_file() else "worker died"
+                )
+            raise
+
+    async def assert_exact(self, events: list[Event]) -> None:
+        as_of = datetime.now(UTC)
+        expected = expected_aggregates(events, IngestSettings().currency_rates, as_of)
+        actual = await read_aggregates(self.engine, as_of)
+        problems = differences(expected, actual)
+        assert not problems, f"{len(problems)} differences, first: {problems[:10]}"
+
+    async def wait_owners(self, workers: int, within_seconds: float = 60) -> None:
+        """Until `workers` distinct workers own partitions of the test's topics."""
+
+        async def owned() -> bool:
+            async with self.engine.connect() as conn:
+                owners = await conn.execute(
+                    text("SELECT count(DISTINCT owner) FROM ingest_offsets")
+                )
+                return bool(owners.scalar_one() == workers)
+
+        await eventually(owned, within_seconds=within_seconds, message=f"{workers} owners")

@@ -61,7 +61,7 @@ async def seed(engine: AsyncEngine, histories: Sequence[History], marked_at: dat
                 )
             )
         ids = [t.customer_id for t in touches]
-        await ingest.touch_customers(conn, touches, ids)
+        await ingest.touch_customers(conn, touches)
         await ingest.mark_for_segmentation(
             conn, ids, marked_at, [t.last_event_at or marked_at for t in touches]
         )

@@ -1,0 +1,341 @@
+"""Ingest exact under the faults real deployments meet, compared with the independent checker:
+producers that do not key by customer, orders placed twice, batches PostgreSQL lost."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from sqlalchemy import text
+
+from services.ingest.settings import IngestSettings
+from shared.db.engine import create_engine
+from shared.db.migrate import upgrade
+from shared.events import Event, OrderPlaced, encode_event
+from shared.kafka import HEADER_REASON, HEADER_REFERENCE, delete_topics, dlq_topic
+from shared.workload import Workload
+from tests.conftest import MakeTopic, eventually, unique
+from tests.support.ingest import Harness, Produced, Topics, as_records, produce
+from tests.support.instances import private_stack
+
+pytestmark = pytest.mark.integration
+
+RATES = IngestSettings().currency_rates
+
+
+def spread(
+    events: list[Event], harness: Harness, partitions: int, seed: int
+) -> list[tuple[str, bytes | None, bytes]]:
+    """Records keyed by event id, not customer: one customer's events land on every
+    partition, as with round-robin producers, order-id keys or added partitions."""
+    rng = random.Random(seed)
+    records = as_records(events, harness.topics)
+    # A key per record chosen so each partition gets a share of each customer.
+    return [(topic, f"k{rng.randrange(partitions * 97)}".encode(), v) for topic, _, v in records]
+
+
+def orders_only(seed: int, customers: int, count: int) -> list[Event]:
+    end = datetime.now(UTC) - timedelta(minutes=1)
+    workload = Workload(seed=seed, customers=customers, start=end - timedelta(days=300), end=end)
+    return [e for e in workload.events(count * 3) if e.type.startswith("order_")][:count]
+
+
+@pytest.mark.timeout(300)
+async def test_two_workers_stay_exact_when_a_customers_orders_span_partitions(
+    harness: Harness,
+) -> None:
+    events = orders_only(seed=21, customers=200, count=8000)
+    harness.worker()
+    harness.worker()
+    await harness.wait_owners(2)
+    # Paced, so that both workers commit batches touching the same customers at once.
+    produced = await produce(
+        harness.bootstrap, spread(events, harness, 4, seed=21), rate_per_second=2000
+    )
+    await harness.wait_caught_up(produced, within_seconds=180)
+    await harness.assert_exact(events)
+
+
+async def test_an_order_placed_twice_keeps_its_earliest_placement(harness: Harness) -> None:
+    at = datetime.now(UTC) - timedelta(days=3)
+
+    def placed(event_id: str, minutes: int, amount: str) -> OrderPlaced:
+        return OrderPlaced(
+            event_id=event_id,
+            customer_id="c-twice",
+            occurred_at=at + timedelta(minutes=minutes),
+            order_id="o-1",
+            amount=Decimal(amount),
+            currency="EUR",
+        )
+
+    # The latest placement arrives first, in its own batch; then the earliest, then a tie
+    # with the earliest whose event id is larger (it must lose to the smaller id).
+    first_batch = [placed("e-late", 30, "90")]
+    later = [placed("e-early-b", 0, "70"), placed("e-early-a", 0, "50")]
+    harness.worker()
+    topic = harness.topics.orders
+    produced = await produce(
+        harness.bootstrap, [(topic, b"c-twice", encode_event(e)) for e in first_batch]
+    )
+    await harness.wait_caught_up(produced)
+    for e in later:
+        produced = await produce(
+            harness.bootstrap, [(topic, b"c-twice", encode_event(e))], produced
+        )
+        await harness.wait_caught_up(produced)
+    async with harness.engine.connect() as conn:
+        row = (
+            await conn.execute(text("SELECT placed_at, amount FROM orders WHERE order_id = 'o-1'"))
+        ).one()
+    assert (row.placed_at, row.amount) == (at, Decimal("50"))
+    await harness.assert_exact([*first_batch, *later])
+
+
+@pytest.mark.timeout(300)
+async def test_batches_that_postgresql_lost_are_read_again(harness: Harness) -> None:
+    """A PostgreSQL crash with `synchronous_commit = off` can lose the last acknowledged
+    batches, their effects and offsets alike, while the worker lives on. Here the loss is
+    made exact: every ingest table is emptied and the offsets go back to the start, as if
+    all batches so far had been lost; the worker must notice on its next batch and read
+    them again rather than move the offsets past them."""
+    events = list(
+        Workload(
+            seed=22,
+            customers=150,
+            start=datetime.now(UTC) - timedelta(days=200),
+            end=datetime.now(UTC) - timedelta(minutes=1),
+        ).events(3000)
+    )
+    first, second = events[:2000], events[2000:]
+    harness.worker()
+    produced = await produce(harness.bootstrap, as_records(first, harness.topics))
+    await harness.wait_caught_up(produced)
+    async with harness.engine.begin() as conn:
+        for table in ("orders", "interactions", "customer_aggregates", "processed_events"):
+            await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - constants
+        await conn.execute(text("UPDATE ingest_offsets SET next_offset = 0"))
+    produced = await produce(harness.bootstrap, as_records(second, harness.topics), produced)
+    await harness.wait_caught_up(produced)
+    await harness.assert_exact(events)
+
+
+@pytest.mark.timeout(300)
+async def test_a_claim_that_fails_is_retried_instead_of_leaving_partitions_unconsumed(
+    harness: Harness,
+) -> None:
+    """The claim's connection dies while it waits (a backend killed, a failover): aiokafka
+    swallows what the rebalance listener raises, so without a retry the partitions stay
+    assigned to a worker that never consumes them, and nothing says so."""
+    events = list(
+        Workload(
+            seed=23,
+            customers=100,
+            start=datetime.now(UTC) - timedelta(days=100),
+            end=datetime.now(UTC) - timedelta(minutes=1),
+        ).events(1500)
+    )
+    harness.worker()
+    await harness.wait_owners(1)
+    async with harness.engine.connect() as locker, harness.engine.connect() as killer:
+        await locker.begin()
+        await locker.execute(text("SELECT * FROM ingest_offsets FOR UPDATE"))
+        locker_pid = (await locker.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        harness.worker()  # a rebalance: both workers claim, and wait for our row locks
+
+        async def claims_blocked() -> bool:
+            rows = await killer.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE :p = ANY(pg_blocking_pids(pid))"),
+                {"p": locker_pid},
+            )
+            blocked = list(rows.scalars())
+            for pid in blocked:
+                await killer.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            await killer.commit()
+            return bool(blocked)
+
+        await eventually(claims_blocked, within_seconds=60, message="a claim waits for our lock")
+        await locker.rollback()
+    produced = await produce(harness.bootstrap, as_records(events, harness.topics))
+    await harness.wait_caught_up(produced, within_seconds=120)
+    await harness.assert_exact(events)
+    assert all(w.alive() for w in harness.workers)
+
+
+@pytest.mark.timeout(400)
+async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_lives(
+    stack_env: dict[str, str], make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """PostgreSQL itself fails under a live worker: a backend killed (the postmaster then
+    resets every backend and runs crash recovery, losing commits not yet flushed) and an
+    immediate shutdown and restart. The worker must ride through it (no exit), read again
+    whatever was lost, and end exact."""
+    events = list(
+        Workload(
+            seed=24,
+            customers=300,
+            start=datetime.now(UTC) - timedelta(days=300),
+            end=datetime.now(UTC) - timedelta(minutes=1),
+        ).events(9000)
+    )
+    with private_stack(stack_env, tmp_path / "pg", "postgres") as pg:
+        schema = unique("t")
+        engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
+        try:
+            await upgrade(engine, schema)
+            topics = Topics(await make_topic("orders", 4), await make_topic("interactions", 4))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEG_")} | {
+                "STREAMSEG_DATABASE_URL": pg.env["STREAMSEG_DATABASE_URL"],
+                "STREAMSEG_REDIS_URL": pg.env["STREAMSEG_REDIS_URL"],
+                "STREAMSEG_KAFKA_BOOTSTRAP": pg.env["STREAMSEG_KAFKA_BOOTSTRAP"],
+                "STREAMSEG_DATABASE_SCHEMA": schema,
+                "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
+                "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
+                "STREAMSEG_INGEST_GROUP_ID": unique("g"),
+                "STREAMSEG_INGEST_OPS_PORT": "0",
+                "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "300",
+                "STREAMSEG_LOG_JSON": "false",
+            }
+            harness = Harness(
+                topics, env, stack_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, []
+            )
+            worker = harness.worker()
+            records = as_records(events, topics)
+            producing = asyncio.create_task(
+                produce(harness.bootstrap, records, rate_per_second=600)
+            )
+            rng = random.Random(24)
+            for fault in ("crash", "crash", "restart", "crash"):
+                await asyncio.sleep(rng.uniform(2.0, 4.0))
+                if fault == "crash":
+                    assert pg.crash_postgres_backend("ingest"), "no ingest backend to kill"
+                else:
+                    await asyncio.to_thread(pg.restart_postgres_immediately, 1.0)
+                await asyncio.to_thread(pg.wait_postgres_accepts)
+                assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
+            produced = await producing
+            await harness.wait_caught_up(produced, within_seconds=180)
+            assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
+            await harness.assert_exact(events)
+            worker.ensure_dead()
+            await delete_topics(
+                harness.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
+            )
+        finally:
+            await engine.dispose()
+
+
+async def read_dead_letters(
+    bootstrap: str, topics: list[str], expected: int
+) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    """(key, value, headers) of the dead letters on `topics`, once `expected` have come."""
+    found: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(found) < expected and asyncio.get_running_loop().time() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                found += [(r.key, r.value or b"", dict(r.headers)) for r in batch]
+    finally:
+        await consumer.stop()
+    return found
+
+
+@pytest.mark.timeout(300)
+async def test_poison_records_are_dead_lettered_and_never_stop_a_partition(
+    harness: Harness,
+) -> None:
+    """Records that pass decoding yet break the batch in PostgreSQL, and records too large
+    for the dead-letter topic: each reaches it (or a reference to it does), and every good
+    event around them is applied."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=harness.bootstrap)
+    await admin.start()
+    try:
+        # A topic that accepts records larger than its dead-letter topic does (1 MiB).
+        await admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    harness.topics.orders,
+                    configs={"max.message.bytes": str(4 * 1024 * 1024)},
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+    at = datetime.now(UTC) - timedelta(hours=2)
+    good = orders_only(seed=25, customers=50, count=600)
+
+    def order(event_id: str, **fields: object) -> bytes:
+        base = {
+            "type": "order_placed",
+            "schema_version": 1,
+            "event_id": event_id,
+            "customer_id": "c-poison",
+            "order_id": event_id,
+            "occurred_at": at.isoformat(),
+            "amount": "10",
+            "currency": "EUR",
+        }
+        return orjson.dumps(base | fields)
+
+    poison = {
+        # Passes JSON decoding; PostgreSQL's text cannot hold U+0000.
+        "nul": order("p-nul", channel="we\u0000b"),
+        # 1e12 units at 100,000 base units each overflows numeric(20, 4): only the
+        # database can tell.
+        "overflow": order("p-overflow", amount="1000000000000", currency="XAU"),
+        # Over a megabyte: accepted by its topic, too large to copy to the dead letters.
+        "huge": order("p-huge", pad="x" * (2 * 1024 * 1024)),
+    }
+    harness.env["STREAMSEG_INGEST_CURRENCY_RATES"] = orjson.dumps(
+        {**{k: str(v) for k, v in RATES.items()}, "XAU": "100000"}
+    ).decode()
+    records = as_records(good, harness.topics)
+    rng = random.Random(25)
+    for name, value in poison.items():
+        records.insert(rng.randrange(len(records)), (harness.topics.orders, name.encode(), value))
+    harness.worker()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=harness.bootstrap, max_request_size=4 * 1024 * 1024, acks="all"
+    )
+    await producer.start()
+    produced = Produced()
+    try:
+        for topic, key, value in records:
+            meta = await (await producer.send(topic, value=value, key=key))
+            produced.note(meta.topic, meta.partition, meta.offset)
+    finally:
+        await producer.stop()
+    await harness.wait_caught_up(produced, within_seconds=120)
+    await harness.assert_exact(good)
+    assert all(w.alive() for w in harness.workers)
+    letters = await read_dead_letters(
+        harness.bootstrap, [dlq_topic(harness.topics.orders)], len(poison)
+    )
+    by_key = {key.decode(): (value, headers) for key, value, headers in letters if key}
+    assert set(by_key) == set(poison), by_key.keys()
+    assert by_key["nul"][1][HEADER_REASON] == b"schema_violation"
+    assert by_key["nul"][0] == poison["nul"]
+    assert by_key["overflow"][1][HEADER_REASON] == b"rejected_by_database"
+    assert by_key["overflow"][0] == poison["overflow"]
+    value, headers = by_key["huge"]
+    assert headers[HEADER_REASON] == b"oversized"
+    assert headers[HEADER_REFERENCE] == b"true"
+    reference = orjson.loads(value)
+    assert reference["reference"]["topic"] == harness.topics.orders
+    assert reference["value_bytes"] == len(poison["huge"])
+    assert reference["value_sha256"] == hashlib.sha256(poison["huge"]).hexdigest()
