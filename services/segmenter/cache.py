@@ -7,7 +7,8 @@ committed the API never serves an older document (shared/segment_cache.py says h
 2. In the transaction: the customers whose mark failed go into `cache_repairs`, so the
    batch still commits when Redis is away (Redis never stops the segmenter).
 3. After commit: `write` puts the new documents, retried twice with a short jittered
-   backoff; one that still fails leaves a miss, never a stale document.
+   backoff (shared/retry.py: a refused connection or a time-out, not an error reply); one
+   that still fails leaves a miss, never a stale document.
 After a failure Redis is left alone for `retry_after_seconds` (marks count as failed, writes
 are skipped): a dead or hanging Redis then costs a batch nothing but its repair rows.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 
 import structlog
@@ -30,12 +30,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from shared.db.engine import pg_connection
+from shared.retry import Backoff, retrying
 from shared.segment_cache import CACHE_ERRORS, CachedCustomer, SegmentCache
 
 log = structlog.get_logger("segmenter.cache")
 
+# Short: the evaluation loop waits for the write, and the mark already protects readers.
 WRITE_ATTEMPTS = 3
-BACKOFF_SECONDS = 0.05
+WRITE_BACKOFF = Backoff(initial_seconds=0.05, maximum_seconds=0.2)
 
 
 class CacheWriter:
@@ -75,16 +77,16 @@ class CacheWriter:
         if self.is_skipping:
             self._metrics.cache_failures.inc()
             return
-        for attempt in range(WRITE_ATTEMPTS):
-            try:
-                await self._cache.put_many(docs)
-                return
-            except CACHE_ERRORS as exc:
-                if attempt + 1 == WRITE_ATTEMPTS:
-                    self._metrics.cache_failures.inc()
-                    self._failed("cache_write_failed", exc)
-                    return
-            await asyncio.sleep(BACKOFF_SECONDS * 2**attempt * (0.5 + random.random()))
+        try:
+            await retrying(
+                lambda: self._cache.put_many(docs),
+                WRITE_BACKOFF,
+                "cache_write",
+                attempts=WRITE_ATTEMPTS,
+            )
+        except CACHE_ERRORS as exc:
+            self._metrics.cache_failures.inc()
+            self._failed("cache_write_failed", exc)
 
     def _failed(self, event: str, exc: BaseException) -> None:
         self._skip_until = time.monotonic() + self._retry_after
