@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from shared.db.engine import pg_connection
-from shared.retry import Backoff, retrying
+from shared.retry import Backoff, Retry, is_retriable, retrying
 from shared.segment_cache import CACHE_ERRORS, CachedCustomer, SegmentCache
 
 log = structlog.get_logger("segmenter.cache")
@@ -38,6 +38,8 @@ log = structlog.get_logger("segmenter.cache")
 # Short: the evaluation loop waits for the write, and the mark already protects readers.
 WRITE_ATTEMPTS = 3
 WRITE_BACKOFF = Backoff(initial_seconds=0.05, maximum_seconds=0.2)
+# Capped low: once Redis answers again, its stale documents are dropped within the cap.
+REPAIR_BACKOFF = Backoff(initial_seconds=0.2, maximum_seconds=2.0)
 
 
 class CacheWriter:
@@ -122,21 +124,20 @@ class CacheRepairer:
         return len(versions)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Repair until stopped. A database error ends the loop (and so the process)."""
-        is_failing = False
+        """Repair until stopped. Redis failing in any way, or PostgreSQL in a retriable one,
+        is waited out with backoff; anything else ends the loop, and so the process."""
+        retry = Retry(REPAIR_BACKOFF, "cache_repair", stopping)
         while not stopping.is_set():
             try:
                 repaired = await self.repair_once()
-            except CACHE_ERRORS as exc:
-                if not is_failing:
-                    log.warning("cache_repair_failed", error=f"{type(exc).__name__}: {exc}")
-                is_failing, repaired = True, 0
-            else:
-                if is_failing:
-                    log.info("cache_repair_resumed")
-                is_failing = False
-                if repaired:
-                    log.info("cache_repaired", customers=repaired)
+            except Exception as exc:
+                if not (isinstance(exc, CACHE_ERRORS) or is_retriable(exc)):
+                    raise
+                await retry.pause(exc)
+                continue
+            retry.succeeded()
+            if repaired:
+                log.info("cache_repaired", customers=repaired)
             if repaired < self._batch_size:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), self._interval)
