@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 DLQ_SUFFIX = ".dlq"
@@ -65,6 +66,34 @@ async def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec]) -> None:
                 await admin.create_topics(missing)
     finally:
         await admin.close()
+
+
+async def topic_retention_ms(bootstrap: str, names: Sequence[str]) -> dict[str, int]:
+    """Each topic's `retention.ms` as the broker applies it (-1: kept forever). Raises
+    LookupError naming a topic that does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n, {"retention.ms": None}) for n in names]
+        )
+    finally:
+        await admin.close()
+    out: dict[str, int] = {}
+    for response in responses:
+        for error_code, error_message, _, name, entries in response.resources:
+            if error_code:
+                raise LookupError(
+                    f"cannot read the configuration of topic {name!r}: error {error_code}"
+                    f" {error_message or ''}".rstrip()
+                )
+            for entry in entries:
+                if entry[0] == "retention.ms":
+                    out[name] = int(entry[1])
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise LookupError(f"no retention.ms reported for topics {missing}")
+    return out
 
 
 async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:

@@ -85,6 +85,8 @@ class IngestWorker:
         clock: Clock,
         metrics: IngestMetrics,
         owner: str,
+        *,
+        dedup_window: timedelta = timedelta(days=7),
     ) -> None:
         self._settings = settings
         self._engine = engine
@@ -95,6 +97,7 @@ class IngestWorker:
         self._owner = owner
         self._screen = Screen(settings.currency_rates)
         self._retention = timedelta(days=settings.interaction_retention_days)
+        self._dedup_window = dedup_window
         # Per owned partition: our fencing epoch, the next offset committed to PostgreSQL,
         # and the next offset prepared (ahead of committed by at most one batch).
         self._epochs: dict[TopicPartition, int] = {}
@@ -418,8 +421,14 @@ class IngestWorker:
                 [p.max_event_at for p in parts],
             )
             ids = prepared.event_ids
+            # Seen at the real present, whatever the clock: the window is measured against
+            # how long the input topics keep their records, which is wall-clock time.
             fresh = await repo.keep_new_events(
-                conn, ids, now, expect_new=self._expect_new, arg=prepared.event_ids_arg
+                conn,
+                ids,
+                present(self._clock),
+                expect_new=self._expect_new,
+                arg=prepared.event_ids_arg,
             )
             # Duplicates come in runs (a producer retrying, a replayed topic): after one,
             # go straight to the conflict-aware insert until a batch comes clean again.
@@ -533,6 +542,7 @@ class IngestWorker:
                 raise
             log.warning("prune_skipped", error=f"{type(exc).__name__}: {exc}")
             return
+        self._metrics.prunes.inc()
         if dedup or inter:
             log.info("pruned", event_ids=dedup, interaction_rows=inter)
 
@@ -540,7 +550,7 @@ class IngestWorker:
         async with pg_connection(self._engine) as conn, conn.transaction():
             return await repo.prune(
                 conn,
-                now - timedelta(days=self._settings.dedup_window_days),
+                present(self._clock) - self._dedup_window,
                 now - self._retention,
             )
 
