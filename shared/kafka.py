@@ -6,11 +6,14 @@ Every record the services handle is located as `topic[partition]@offset` in logs
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 DLQ_SUFFIX = ".dlq"
@@ -19,6 +22,12 @@ HEADER_DETAIL = "streamseg.dlq.detail"
 HEADER_SOURCE_TOPIC = "streamseg.dlq.source.topic"
 HEADER_SOURCE_PARTITION = "streamseg.dlq.source.partition"
 HEADER_SOURCE_OFFSET = "streamseg.dlq.source.offset"
+# Set on a dead letter that carries a reference to its record instead of the record, which
+# was too large for the dead-letter topic; the value then says where to find it.
+HEADER_REFERENCE = "streamseg.dlq.reference"
+# Kafka's default limit on a record is 1 MiB (message.max.bytes, max.request.size); a dead
+# letter above this much is sent as a reference, leaving room for the headers we add.
+DEAD_LETTER_MAX_BYTES = 900 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,34 @@ async def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec]) -> None:
                 await admin.create_topics(missing)
     finally:
         await admin.close()
+
+
+async def topic_retention_ms(bootstrap: str, names: Sequence[str]) -> dict[str, int]:
+    """Each topic's `retention.ms` as the broker applies it (-1: kept forever). Raises
+    LookupError naming a topic that does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n, {"retention.ms": None}) for n in names]
+        )
+    finally:
+        await admin.close()
+    out: dict[str, int] = {}
+    for response in responses:
+        for error_code, error_message, _, name, entries in response.resources:
+            if error_code:
+                raise LookupError(
+                    f"cannot read the configuration of topic {name!r}: error {error_code}"
+                    f" {error_message or ''}".rstrip()
+                )
+            for entry in entries:
+                if entry[0] == "retention.ms":
+                    out[name] = int(entry[1])
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise LookupError(f"no retention.ms reported for topics {missing}")
+    return out
 
 
 async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
@@ -124,3 +161,29 @@ def dlq_headers(
         (HEADER_SOURCE_PARTITION, str(partition).encode()),
         (HEADER_SOURCE_OFFSET, str(offset).encode()),
     ]
+
+
+def record_size(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> int:
+    """About what a record costs against Kafka's size limits (key, value and headers)."""
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(name) + len(data or b"") for name, data in headers)
+    )
+
+
+def dead_letter_reference(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+) -> bytes:
+    """The value of a dead letter that stands for a record too large to copy: where the
+    record is (while the source topic keeps it), how large it was and its SHA-256."""
+    return orjson.dumps(
+        {
+            "reference": {"topic": topic, "partition": partition, "offset": offset},
+            "key_bytes": len(key or b""),
+            "value_bytes": len(value or b""),
+            "value_sha256": hashlib.sha256(value or b"").hexdigest(),
+        }
+    )

@@ -1,4 +1,5 @@
-"""`python -m services.ingest`: run one ingest worker until SIGTERM."""
+"""`python -m services.ingest`: run one ingest worker until SIGTERM; `python -m
+services.ingest verify [--repair]` checks the stored aggregates (services/ingest/verify.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import socket
 import sys
 from contextlib import AsyncExitStack
+from datetime import timedelta
 
 import structlog
 
@@ -17,7 +19,14 @@ from shared.clock import clock_from_setting
 from shared.db.engine import create_engine
 from shared.db.migrate import SchemaBehindError, require_current
 from shared.health import check_kafka, check_postgres, overall
-from shared.kafka import TopicSpec, dlq_topic, ensure_topics, make_consumer, make_producer
+from shared.kafka import (
+    TopicSpec,
+    dlq_topic,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    topic_retention_ms,
+)
 from shared.lifecycle import install_stop_handlers, settle_garbage_collector
 from shared.logging import configure_logging
 from shared.ops import OpsServer
@@ -48,6 +57,7 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
             [TopicSpec(t, settings.topic_partitions) for t in topics]
             + [TopicSpec(dlq_topic(t), settings.topic_partitions) for t in topics],
         )
+        dedup_window = await dedup_window_for(conn.kafka_bootstrap, topics, settings)
         producer = make_producer(conn.kafka_bootstrap, client_id=f"ingest-dlq-{owner}")
         await producer.start()
         stack.push_async_callback(producer.stop)
@@ -65,6 +75,7 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
             clock_from_setting(settings.clock),
             IngestMetrics(),
             owner,
+            dedup_window=dedup_window,
         )
         consumer.subscribe(topics, listener=worker.listener)
         await consumer.start()
@@ -92,13 +103,47 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
         stack.push_async_callback(ops.stop)
         if stopping.is_set():
             return
-        log.info("ingest_started", owner=owner, topics=topics, ops_port=ops.port)
+        log.info(
+            "ingest_started",
+            owner=owner,
+            topics=topics,
+            ops_port=ops.port,
+            dedup_window_days=round(dedup_window / timedelta(days=1), 3),
+        )
         settle_garbage_collector()
         await worker.run()
         log.info("ingest_stopped", batches=worker.batches_committed)
 
 
+class DedupWindowError(Exception):
+    """The dedup window cannot be set from the input topics' retention."""
+
+
+async def dedup_window_for(
+    bootstrap: str, topics: list[str], settings: IngestSettings
+) -> timedelta:
+    """As long as the longest input topic keeps records, so that any duplicate still held
+    by a topic (a replay, a producer retrying late) is recognised, or longer if set."""
+    retention = await topic_retention_ms(bootstrap, topics)
+    forever = sorted(t for t, ms in retention.items() if ms < 0)
+    if forever and settings.dedup_window_days is None:
+        raise DedupWindowError(
+            f"topic {', '.join(forever)} keeps records forever (retention.ms=-1), so the "
+            "window for recognising duplicates cannot follow it: set "
+            "STREAMSEG_INGEST_DEDUP_WINDOW_DAYS to how far back a duplicate may arrive"
+        )
+    longest = max((ms for ms in retention.values() if ms >= 0), default=0)
+    window = timedelta(milliseconds=longest)
+    if settings.dedup_window_days is not None:
+        window = max(window, timedelta(days=settings.dedup_window_days))
+    return window
+
+
 def cli() -> None:
+    if sys.argv[1:2] == ["verify"]:
+        from services.ingest import verify
+
+        verify.cli(sys.argv[2:])
     conn = ConnectionSettings()
     configure_logging(conn.log_level, json=conn.log_json)
     try:
@@ -106,6 +151,9 @@ def cli() -> None:
     except SchemaBehindError as exc:
         log.error("schema_behind", error=str(exc))
         sys.exit(3)
+    except DedupWindowError as exc:
+        log.error("dedup_window_unknown", error=str(exc))
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ class Part:
     end: int
     max_event_at: datetime | None = None
     event_ids: list[str] = field(default_factory=list)
+    # The record of each event id above, in the same order: what a poison event found only
+    # by the database is dead-lettered with.
+    records: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
@@ -205,6 +208,7 @@ async def prepare(
                 part.dead_letters.append(DeadLetter(rec, str(exc.reason), str(exc)))
                 continue
             part.event_ids.append(event.event_id)
+            part.records.append(rec)
             if part.max_event_at is None or event.occurred_at > part.max_event_at:
                 part.max_event_at = event.occurred_at
             found.append(event)
@@ -219,3 +223,29 @@ async def prepare(
         return None
     changes = build_changes(list(events.values()), rates, now - retention)
     return PreparedBatch(parts, events, changes)
+
+
+def without_poison(
+    prepared: PreparedBatch,
+    poison: dict[str, str],
+    rates: dict[str, Decimal],
+    retention_start: datetime,
+) -> PreparedBatch:
+    """The batch with the events in `poison` (event id: why) moved to the dead letters."""
+    parts = []
+    for part in prepared.parts:
+        kept = Part(part.tp, part.epoch, part.start, part.end, part.max_event_at)
+        kept.dead_letters = list(part.dead_letters)
+        for event_id, rec in zip(part.event_ids, part.records, strict=True):
+            if event_id in poison:
+                kept.dead_letters.append(
+                    DeadLetter(rec, str(RejectReason.REJECTED_BY_DATABASE), poison[event_id])
+                )
+            else:
+                kept.event_ids.append(event_id)
+                kept.records.append(rec)
+        parts.append(kept)
+    events = {eid: ev for eid, ev in prepared.events.items() if eid not in poison}
+    return PreparedBatch(
+        parts, events, build_changes(list(events.values()), rates, retention_start)
+    )

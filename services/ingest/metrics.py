@@ -30,6 +30,11 @@ class IngestMetrics:
             "(batches PostgreSQL lost in a crash)",
             registry=registry,
         )
+        self.prunes = Counter(
+            "streamseg_ingest_prunes_total",
+            "Runs of the job that forgets event ids past the dedup window and old interactions",
+            registry=registry,
+        )
         self.lag = Gauge(
             "streamseg_ingest_lag_records",
             "Records waiting per owned partition",

@@ -566,3 +566,135 @@ async def fetch_aggregates(
             open_cart_at=r["open_cart_at"],
         )
     return out
+
+
+# Verification and repair ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One customer's stored aggregates against what its stored rows give."""
+
+    customer_id: str
+    # field: (stored, recomputed); interaction counts recomputed from the rows still kept are
+    # lower bounds, so only a stored value below them is drift.
+    fields: dict[str, tuple[Any, Any]]
+
+
+_ORDER_TRUTH = """
+    SELECT count(*) FILTER (WHERE placed_at IS NOT NULL AND cancelled_at IS NULL) AS n,
+           COALESCE(sum(GREATEST(amount - refunded, 0))
+               FILTER (WHERE placed_at IS NOT NULL AND cancelled_at IS NULL), 0) AS spend,
+           min(placed_at) FILTER (WHERE cancelled_at IS NULL) AS first_at,
+           max(placed_at) FILTER (WHERE cancelled_at IS NULL) AS last_at
+    FROM orders WHERE orders.customer_id = u.customer_id
+"""
+_INTERACTION_TRUTH = """
+    SELECT count(*) AS n, max(occurred_at) AS last_at,
+           max(occurred_at) FILTER (WHERE type = 'add_to_cart') AS cart_at, {per_type}
+    FROM interactions WHERE interactions.customer_id = u.customer_id
+""".format(  # noqa: S608 - the fixed list of event types
+    per_type=", ".join(f"count(*) FILTER (WHERE type = '{t}') AS {t}_n" for t in INTERACTION_TYPES)
+)
+_VERIFY_SQL = f"""
+    SELECT u.customer_id, a.customer_id IS NOT NULL AS has_row,
+           a.order_count, a.net_spend, a.first_order_at, a.last_order_at,
+           a.interaction_count, a.last_interaction_at, a.last_add_to_cart_at,
+           {", ".join(f"a.{c}" for c in _COUNT_COLUMNS)},
+           o.n AS t_order_count, o.spend AS t_net_spend, o.first_at AS t_first_order_at,
+           o.last_at AS t_last_order_at, i.n AS t_interaction_count,
+           i.last_at AS t_last_interaction_at, i.cart_at AS t_last_add_to_cart_at,
+           {", ".join(f"i.{t}_n AS t_{t}_count" for t in INTERACTION_TYPES)}
+    FROM unnest($1::text[]) AS u(customer_id)
+    LEFT JOIN customer_aggregates a ON a.customer_id = u.customer_id
+    CROSS JOIN LATERAL ({_ORDER_TRUTH}) AS o
+    CROSS JOIN LATERAL ({_INTERACTION_TRUTH}) AS i
+    ORDER BY u.customer_id
+"""  # noqa: S608 - constants only
+_EXACT_FIELDS = ("order_count", "net_spend", "first_order_at", "last_order_at")
+_LOWER_BOUNDS = ("interaction_count", *_COUNT_COLUMNS)
+_LATEST = ("last_interaction_at", "last_add_to_cart_at")
+
+
+async def customers_to_verify(conn: asyncpg.Connection, after: str, limit: int) -> list[str]:
+    """The next customers in id order that have aggregates or order rows."""
+    rows = await conn.fetch(
+        """
+        SELECT customer_id FROM (
+            (SELECT customer_id FROM customer_aggregates WHERE customer_id > $1
+             ORDER BY customer_id LIMIT $2)
+            UNION
+            (SELECT DISTINCT customer_id FROM orders WHERE customer_id > $1
+             ORDER BY customer_id LIMIT $2)
+        ) AS ids ORDER BY customer_id LIMIT $2
+        """,
+        after,
+        limit,
+    )
+    return [r["customer_id"] for r in rows]
+
+
+async def verify_customers(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> list[Drift]:
+    """Compare these customers' aggregates with their order and interaction rows.
+
+    Their aggregates rows are locked first, then read in a new statement (and so a new
+    snapshot): an ingest batch changing their orders meanwhile waits, and adds its own
+    exact difference after whatever a repair in this transaction writes.
+    """
+    await conn.execute(
+        "SELECT 1 FROM customer_aggregates WHERE customer_id = ANY($1::text[])"
+        " ORDER BY customer_id FOR UPDATE",
+        list(customer_ids),
+    )
+    drifts = []
+    for r in await conn.fetch(_VERIFY_SQL, list(customer_ids)):
+        fields: dict[str, tuple[Any, Any]] = {}
+        if not r["has_row"]:
+            if r["t_order_count"] or r["t_interaction_count"]:
+                fields["row"] = (None, "missing")
+        else:
+            for name in _EXACT_FIELDS:
+                if r[name] != r[f"t_{name}"]:
+                    fields[name] = (r[name], r[f"t_{name}"])
+            for name in _LOWER_BOUNDS:
+                if r[name] < r[f"t_{name}"]:
+                    fields[name] = (r[name], r[f"t_{name}"])
+            for name in _LATEST:
+                truth = r[f"t_{name}"]
+                if truth is not None and (r[name] is None or r[name] < truth):
+                    fields[name] = (r[name], truth)
+        if fields:
+            drifts.append(Drift(r["customer_id"], fields))
+    return drifts
+
+
+async def repair_customers(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> None:
+    """Set these customers' order side to what their order rows give, raise interaction
+    counts and times to at least what the kept rows give, and create missing rows; call it
+    after `verify_customers` in the same transaction, which locked the rows."""
+    ids = list(customer_ids)
+    await conn.execute(
+        """
+        INSERT INTO customer_aggregates (customer_id) SELECT unnest($1::text[])
+        ON CONFLICT (customer_id) DO NOTHING
+        """,
+        ids,
+    )
+    raised = ", ".join(
+        f"{c} = GREATEST(a.{c}, i.{c.removesuffix('_count')}_n)" for c in _COUNT_COLUMNS
+    )
+    await conn.execute(
+        f"""
+        UPDATE customer_aggregates a SET
+            order_count = o.n, net_spend = o.spend,
+            first_order_at = o.first_at, last_order_at = o.last_at,
+            interaction_count = GREATEST(a.interaction_count, i.n),
+            last_interaction_at = GREATEST(a.last_interaction_at, i.last_at),
+            last_add_to_cart_at = GREATEST(a.last_add_to_cart_at, i.cart_at),
+            {raised},
+            version = a.version + 1, updated_at = now()
+        FROM unnest($1::text[]) AS u(customer_id)
+        CROSS JOIN LATERAL ({_ORDER_TRUTH}) AS o
+        CROSS JOIN LATERAL ({_INTERACTION_TRUTH}) AS i
+        WHERE a.customer_id = u.customer_id
+        """,  # noqa: S608 - constants only
+        ids,
+    )

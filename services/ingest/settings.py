@@ -33,7 +33,11 @@ class IngestSettings(BaseSettings):
     )
     max_batch_records: int = Field(default=5000, ge=1, le=100_000)
     poll_timeout_ms: int = Field(default=200, ge=1)
-    dedup_window_days: int = Field(default=7, ge=1)
+    # How long event ids are remembered, so that a duplicate is never applied twice: at
+    # least as long as the longest retention.ms of the input topics, read at start. Only
+    # needed when a topic keeps records forever (retention.ms -1), where ingest refuses to
+    # start without it; a longer value than the retention lengthens the window.
+    dedup_window_days: float | None = Field(default=None, gt=0)
     # Interaction rows older than this are only needed for lifetime counts, kept elsewhere.
     interaction_retention_days: int = Field(default=31, ge=30)
     prune_interval_seconds: float = Field(default=60.0, gt=0)

@@ -13,19 +13,38 @@ import contextlib
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
+import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import repository as repo
-from services.ingest.batch import DeadLetter, Part, PreparedBatch, Screen, build_changes, prepare
+from services.ingest.batch import (
+    DeadLetter,
+    Part,
+    PreparedBatch,
+    Screen,
+    build_changes,
+    prepare,
+    without_poison,
+)
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.clock import Clock, EventTimeClock, present
 from shared.db.engine import pg_connection
-from shared.kafka import dlq_headers, dlq_topic, locate
+from shared.kafka import (
+    DEAD_LETTER_MAX_BYTES,
+    HEADER_REFERENCE,
+    dead_letter_reference,
+    dlq_headers,
+    dlq_topic,
+    locate,
+    record_size,
+)
 from shared.retry import Backoff, Retry, is_retriable
 
 log = structlog.get_logger("ingest")
@@ -66,6 +85,8 @@ class IngestWorker:
         clock: Clock,
         metrics: IngestMetrics,
         owner: str,
+        *,
+        dedup_window: timedelta = timedelta(days=7),
     ) -> None:
         self._settings = settings
         self._engine = engine
@@ -76,6 +97,7 @@ class IngestWorker:
         self._owner = owner
         self._screen = Screen(settings.currency_rates)
         self._retention = timedelta(days=settings.interaction_retention_days)
+        self._dedup_window = dedup_window
         # Per owned partition: our fencing epoch, the next offset committed to PostgreSQL,
         # and the next offset prepared (ahead of committed by at most one batch).
         self._epochs: dict[TopicPartition, int] = {}
@@ -241,6 +263,7 @@ class IngestWorker:
             prepared = _only(prepared, parts, self._settings, self._clock.now() - self._retention)
         retry = Retry(RETRY_BACKOFF, "ingest-batch")
         retrying_since = time.monotonic()
+        poisoned = False
         while True:
             try:
                 applied = await self._commit(prepared)
@@ -255,18 +278,33 @@ class IngestWorker:
                 self._rewind(exc.stored)
                 return
             except Exception as exc:
-                # A retry is safe even when the commit's outcome is unknown (the connection
-                # dropped during COMMIT): a batch that did commit finds the stored offsets
-                # at its end, not its start, and is rewound past instead of applied twice.
-                if not is_retriable(exc):
+                if is_retriable(exc):
+                    # Safe even when the commit's outcome is unknown (the connection dropped
+                    # during COMMIT): a batch that did commit finds the stored offsets at its
+                    # end, not its start, and is rewound past instead of applied twice.
+                    spent = time.monotonic() - retrying_since
+                    if spent > self._settings.retry_budget_seconds or (
+                        self._stopping.is_set() and retry.failures >= 2
+                    ):
+                        raise
+                    await retry.pause(
+                        exc,
+                        partitions=[locate(p.tp.topic, p.tp.partition, p.start) for p in parts],
+                    )
+                    continue
+                if poisoned or not _may_be_poison(exc):
                     raise
-                spent = time.monotonic() - retrying_since
-                if spent > self._settings.retry_budget_seconds or (
-                    self._stopping.is_set() and retry.failures >= 2
-                ):
+                # The database refused the batch for what is in it: find the events it
+                # refuses on their own, dead-letter them, and commit the rest.
+                poisoned = True
+                poison = await self._find_poison(prepared)
+                if not poison:
                     raise
-                await retry.pause(
-                    exc, partitions=[locate(p.tp.topic, p.tp.partition, p.start) for p in parts]
+                prepared = without_poison(
+                    prepared,
+                    poison,
+                    self._settings.currency_rates,
+                    self._clock.now() - self._retention,
                 )
         for part in parts:
             self._committed[part.tp] = part.end
@@ -276,6 +314,41 @@ class IngestWorker:
             applied, len(prepared.events) - applied, time.perf_counter() - started
         )
         self._report_offsets({p.tp: p.end for p in parts})
+
+    async def _find_poison(self, prepared: PreparedBatch) -> dict[str, str]:
+        """The events the database refuses on their own, each with its error: halves of the
+        batch are applied in transactions that always roll back, down to single events, so
+        a batch of n events with one poison costs about 2 log2(n) trials. A failure that
+        only a combination of events causes finds nothing, and the caller re-raises."""
+        now = self._clock.now()
+        retention_start = now - self._retention
+        poison: dict[str, str] = {}
+
+        async def trial(conn: Any, events: list[Any]) -> None:
+            if not events:
+                return
+            changes = build_changes(events, self._settings.currency_rates, retention_start)
+            try:
+                async with conn.transaction():
+                    await repo.insert_interactions(conn, changes.window_rows)
+                    await repo.apply_batch(conn, changes.statements)
+                    raise _TrialRolledBack
+            except _TrialRolledBack:
+                return
+            except asyncpg.PostgresError as exc:
+                if is_retriable(exc) or not _may_be_poison(exc):
+                    raise
+                if len(events) == 1:
+                    error = poison[events[0].event_id] = f"{exc.sqlstate}: {exc}"
+                    log.warning("poison_event", event_id=events[0].event_id, error=error)
+                    return
+            middle = len(events) // 2
+            await trial(conn, events[:middle])
+            await trial(conn, events[middle:])
+
+        async with pg_connection(self._engine) as conn:
+            await trial(conn, list(prepared.events.values()))
+        return poison
 
     def _rewind(self, stored: dict[tuple[str, int], int]) -> None:
         """Resume these partitions from their stored offsets: what came after them was lost
@@ -348,8 +421,14 @@ class IngestWorker:
                 [p.max_event_at for p in parts],
             )
             ids = prepared.event_ids
+            # Seen at the real present, whatever the clock: the window is measured against
+            # how long the input topics keep their records, which is wall-clock time.
             fresh = await repo.keep_new_events(
-                conn, ids, now, expect_new=self._expect_new, arg=prepared.event_ids_arg
+                conn,
+                ids,
+                present(self._clock),
+                expect_new=self._expect_new,
+                arg=prepared.event_ids_arg,
             )
             # Duplicates come in runs (a producer retrying, a replayed topic): after one,
             # go straight to the conflict-aware insert until a batch comes clean again.
@@ -369,6 +448,9 @@ class IngestWorker:
         return len(fresh)
 
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Send dead letters and wait until Kafka has them all. A record too large for the
+        dead-letter topic (above `DEAD_LETTER_MAX_BYTES`, or refused as too large) goes as
+        a reference to where it is, so that no record can stop its partition."""
         futures = []
         for letter in letters:
             rec = letter.record
@@ -379,16 +461,39 @@ class IngestWorker:
                 reason=letter.reason,
                 detail=letter.detail,
             )
-            headers = [
-                *(rec.headers or ()),
-                *dlq_headers(letter.reason, letter.detail, rec.topic, rec.partition, rec.offset),
-            ]
-            futures.append(
-                await self._producer.send(
+            futures.append(await self._send_dead_letter(letter, as_reference=False))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        retry = []
+        for letter, result in zip(letters, results, strict=True):
+            if isinstance(result, MessageSizeTooLargeError):
+                retry.append(await self._send_dead_letter(letter, as_reference=True))
+            elif isinstance(result, BaseException):
+                raise result
+        await asyncio.gather(*retry)
+
+    async def _send_dead_letter(self, letter: DeadLetter, *, as_reference: bool) -> Any:
+        rec = letter.record
+        ours = dlq_headers(letter.reason, letter.detail, rec.topic, rec.partition, rec.offset)
+        headers = [*(rec.headers or ()), *ours]
+        if not as_reference and record_size(rec.key, rec.value, headers) <= DEAD_LETTER_MAX_BYTES:
+            try:
+                return await self._producer.send(
                     dlq_topic(rec.topic), value=rec.value, key=rec.key, headers=headers
                 )
-            )
-        await asyncio.gather(*futures)
+            except MessageSizeTooLargeError:
+                pass  # the producer's own limit is lower than ours
+        log.warning(
+            "dead_letter_as_reference",
+            record=locate(rec.topic, rec.partition, rec.offset),
+            size_bytes=record_size(rec.key, rec.value, headers),
+        )
+        key = rec.key if rec.key is not None and len(rec.key) <= 1024 else None
+        return await self._producer.send(
+            dlq_topic(rec.topic),
+            value=dead_letter_reference(rec.topic, rec.partition, rec.offset, rec.key, rec.value),
+            key=key,
+            headers=[*ours, (HEADER_REFERENCE, b"true")],
+        )
 
     # ------------------------------------------------------------------ health
     def _lags(self) -> dict[TopicPartition, int]:
@@ -437,6 +542,7 @@ class IngestWorker:
                 raise
             log.warning("prune_skipped", error=f"{type(exc).__name__}: {exc}")
             return
+        self._metrics.prunes.inc()
         if dedup or inter:
             log.info("pruned", event_ids=dedup, interaction_rows=inter)
 
@@ -444,9 +550,21 @@ class IngestWorker:
         async with pg_connection(self._engine) as conn, conn.transaction():
             return await repo.prune(
                 conn,
-                now - timedelta(days=self._settings.dedup_window_days),
+                present(self._clock) - self._dedup_window,
                 now - self._retention,
             )
+
+
+class _TrialRolledBack(Exception):
+    """Rolls a trial transaction back once its statements went through."""
+
+
+def _may_be_poison(exc: BaseException) -> bool:
+    """Errors that the data of a batch can cause: data exceptions (a value out of range,
+    a character the encoding refuses), integrity violations, program limits (a value too
+    large for an index)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(exc, asyncpg.PostgresError) and str(sqlstate)[:2] in {"22", "23", "54"}
 
 
 def _only(

@@ -13,6 +13,7 @@ import structlog
 from services.ingest.repository import event_time_watermark
 from services.segmenter import population
 from services.segmenter import repository as repo
+from services.segmenter.cache import CacheRepairer
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
 from services.segmenter.settings import SegmenterSettings
@@ -143,9 +144,16 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             metrics,
             batch_size=settings.publish_batch_size,
         )
+        cache = SegmentCache(redis, conn.redis_key_prefix)
+        repairer = CacheRepairer(
+            engine,
+            cache,
+            interval_seconds=settings.cache_repair_interval_seconds,
+            batch_size=settings.batch_size,
+        )
         evaluator = Evaluator(
             engine,
-            SegmentCache(redis, conn.redis_key_prefix),
+            cache,
             clock,
             metrics,
             ruleset,
@@ -158,6 +166,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
                 for _ in range(settings.evaluators)
             ),
             publisher.run(stopping),
+            repairer.run(stopping),
             population_loop(engine, ruleset, clock, settings, stopping),
             backlog_loop(engine, clock, metrics, stopping),
         ]

@@ -545,3 +545,34 @@ async def delete_outbox(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
 
 async def outbox_size(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM segment_outbox"))
+
+
+# Cache repairs ----------------------------------------------------------------------------
+async def queue_cache_repairs(
+    conn: asyncpg.Connection, versions: Sequence[tuple[str, int]]
+) -> None:
+    """Queue (customer id, committed version) for the repair loop; the higher version wins."""
+    await conn.execute(
+        """
+        INSERT INTO cache_repairs AS r (customer_id, version)
+        SELECT * FROM unnest($1::text[], $2::bigint[])
+        ON CONFLICT (customer_id) DO UPDATE SET version = GREATEST(r.version, EXCLUDED.version)
+        """,
+        *_columns(versions, 2),
+    )
+
+
+async def claim_cache_repairs(conn: asyncpg.Connection, limit: int) -> list[tuple[str, int]]:
+    """Lock up to `limit` queued repairs until this transaction ends; others' are skipped."""
+    rows = await conn.fetch(
+        "SELECT customer_id, version FROM cache_repairs ORDER BY customer_id LIMIT $1"
+        " FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    return [(r["customer_id"], r["version"]) for r in rows]
+
+
+async def delete_cache_repairs(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> None:
+    await conn.execute(
+        "DELETE FROM cache_repairs WHERE customer_id = ANY($1::text[])", list(customer_ids)
+    )

@@ -5,6 +5,8 @@ outbox records and the next wake-up commit in one PostgreSQL transaction (`_comm
 a claim avoids holding queue rows while evaluating is in queue.py. Redis and Kafka
 are written after commit, from what was committed, so neither can show a change that the
 database does not have; the outbox publishes each change at least once, under a stable id.
+Before the transaction the batch's cached documents are marked stale (cache.py), so that
+none older than what commits can be served once it has.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.segmenter import queue
 from services.segmenter import repository as repo
+from services.segmenter.cache import CacheWriter
 from services.segmenter.metrics import SegmenterMetrics
 from shared.clock import Clock, is_running
 from shared.db.engine import pg_connection
@@ -94,7 +97,7 @@ class Evaluator:
         on_changes: Any = None,
     ) -> None:
         self._engine = engine
-        self._cache = cache
+        self._cache = CacheWriter(cache, metrics)
         self._clock = clock
         self._metrics = metrics
         self.ruleset = ruleset
@@ -142,12 +145,16 @@ class Evaluator:
                     # their round trips would otherwise wait out this whole batch.
                     await asyncio.sleep(0)
             due = [leased.due for leased in batch]
+            # Before the transaction, so no row lock waits for Redis; under the leases, so no
+            # other evaluation of these customers runs in between.
+            writes.unmarked = await self._cache.mark_stale(writes.docs)
             try:
                 async with conn.transaction():
                     await self._commit(conn, due, now, writes, rules)
             except PopulationMovedError as exc:
                 # Rolled back, queue rows included: the customers are leased again, and
-                # evaluated with the stats that are now the newest.
+                # evaluated with the stats that are now the newest. (The marks stay: a mark
+                # only drops documents, and the API answers a miss from PostgreSQL.)
                 self.ruleset.adopt_population(
                     await repo.latest_population_stats(conn, rules.version)
                 )
@@ -159,13 +166,9 @@ class Evaluator:
         self._metrics.evaluations.inc(len(writes.evaluations))
         self._metrics.evaluation_seconds.observe(time.perf_counter() - started)
         self._observe_lateness(due, now)
-        # After commit: a Redis failure only delays the cache; the API falls back to
-        # PostgreSQL, and the next evaluation of the customer writes it again.
-        try:
-            await self._cache.put_many(writes.docs)
-        except Exception as exc:  # Redis is an optimisation here, never the truth
-            self._metrics.cache_failures.inc()
-            log.warning("cache_write_failed", error=f"{type(exc).__name__}: {exc}")
+        # After commit, from what was committed. A write that fails leaves a miss (the mark
+        # dropped the old document), and the API answers from PostgreSQL.
+        await self._cache.write(writes.docs)
         if writes.history and self._on_changes is not None:
             self._on_changes()
         return len(due)
@@ -173,7 +176,8 @@ class Evaluator:
     async def _commit(
         self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes, rules: Ruleset
     ) -> None:
-        """The batch's one transaction: state, then history and outbox, then the queue rows.
+        """The batch's one transaction: state, then history and outbox, then the cache
+        repairs of customers Redis could not mark stale, then the queue rows.
 
         The evaluation version only moves from the version read to the next one, and the
         customer is leased meanwhile, so no other evaluation can have committed in between;
@@ -202,6 +206,10 @@ class Evaluator:
             # change stream) can never miss a change committed later with a smaller id.
             await repo.lock_history(conn)
             await repo.insert_changes(conn, writes.history, writes.payloads)
+        if writes.unmarked:
+            # Committed with the evaluations or not at all: a Redis that missed the mark has
+            # its stale documents dropped by the repair loop once it answers.
+            await repo.queue_cache_repairs(conn, writes.unmarked)
         # Last: ingest waits for the queue rows this locks, so they are locked only for the
         # commit. A customer whose row ingest changed meanwhile stays queued, due now, and
         # schedules its wake-up when evaluated again.
@@ -321,6 +329,8 @@ class Writes:
     payloads: list[bytes] = field(default_factory=list)
     wakeups: list[tuple[str, datetime]] = field(default_factory=list)
     docs: list[CachedCustomer] = field(default_factory=list)
+    # (customer id, version) of the documents Redis could not mark stale before commit.
+    unmarked: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _document(

@@ -71,6 +71,14 @@ def decode_event(raw: bytes) -> Event:
         raise EventRejected(RejectReason.UNDECODABLE, None, str(exc)) from None
     except RecursionError:
         raise EventRejected(RejectReason.UNDECODABLE, None, "JSON nested too deeply") from None
+    # JSON can spell U+0000 only as an escape; PostgreSQL's text cannot hold it, and a
+    # record that reached the database with one would fail its whole batch there.
+    if b"\\u0000" in raw:
+        path = _nul_path(msgspec.to_builtins(event), "$")
+        if path is not None:
+            raise EventRejected(
+                RejectReason.SCHEMA_VIOLATION, path, "must not contain the NUL character U+0000"
+            )
     if isinstance(event, OrderEvent):
         _check_order(event)
     elif _INTERACTION_TEXT.fullmatch(f"{event.event_id}\n{event.customer_id}") is None:
@@ -82,6 +90,25 @@ def decode_event(raw: bytes) -> Event:
             f"must not be earlier than {limits.MIN_OCCURRED_AT.isoformat()}",
         )
     return event
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """The JSON path of the first string (key or value) holding U+0000, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in str(key):
+                return f"{path}.{key!r}"
+            found = _nul_path(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def encode_event(event: Event) -> bytes:

@@ -19,6 +19,9 @@ class RejectReason(StrEnum):
     # (`check_occurred_at`) or on its currency list.
     OCCURRED_AT_OUT_OF_RANGE = "occurred_at_out_of_range"
     UNKNOWN_CURRENCY = "unknown_currency"
+    # The database refused the event itself (a value out of a column's range, say): found by
+    # applying the events of a failed batch one at a time.
+    REJECTED_BY_DATABASE = "rejected_by_database"
 
 
 class EventRejected(Exception):

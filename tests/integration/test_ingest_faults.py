@@ -4,25 +4,37 @@ producers that do not key by customer, orders placed twice, batches PostgreSQL l
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy import text
 
+from services.ingest.settings import IngestSettings
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
-from shared.events import Event, OrderPlaced, encode_event
-from shared.kafka import delete_topics, dlq_topic
+from shared.events import Event, OrderPlaced, OrderRefunded, encode_event
+from shared.kafka import HEADER_REASON, HEADER_REFERENCE, delete_topics, dlq_topic
 from shared.workload import Workload
-from tests.conftest import MakeTopic, eventually, unique
-from tests.support.ingest import Harness, Topics, as_records, produce
+from tests.conftest import MakeTopic, eventually, free_port, unique
+from tests.support.checker import expected_aggregates
+from tests.support.ingest import Harness, Produced, Topics, as_records, produce, read_aggregates
 from tests.support.instances import private_stack
 
 pytestmark = pytest.mark.integration
+
+RATES = IngestSettings().currency_rates
 
 
 def spread(
@@ -225,3 +237,284 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
             )
         finally:
             await engine.dispose()
+
+
+async def read_dead_letters(
+    bootstrap: str, topics: list[str], expected: int
+) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    """(key, value, headers) of the dead letters on `topics`, once `expected` have come."""
+    found: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(found) < expected and asyncio.get_running_loop().time() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                found += [(r.key, r.value or b"", dict(r.headers)) for r in batch]
+    finally:
+        await consumer.stop()
+    return found
+
+
+@pytest.mark.timeout(300)
+async def test_poison_records_are_dead_lettered_and_never_stop_a_partition(
+    harness: Harness,
+) -> None:
+    """Records that pass decoding yet break the batch in PostgreSQL, and records too large
+    for the dead-letter topic: each reaches it (or a reference to it does), and every good
+    event around them is applied."""
+    # A topic that accepts records larger than its dead-letter topic does (1 MiB).
+    await set_topic_configs(
+        harness.bootstrap, harness.topics.orders, {"max.message.bytes": str(4 * 1024 * 1024)}
+    )
+    at = datetime.now(UTC) - timedelta(hours=2)
+    good = orders_only(seed=25, customers=50, count=600)
+
+    def order(event_id: str, **fields: object) -> bytes:
+        base = {
+            "type": "order_placed",
+            "schema_version": 1,
+            "event_id": event_id,
+            "customer_id": "c-poison",
+            "order_id": event_id,
+            "occurred_at": at.isoformat(),
+            "amount": "10",
+            "currency": "EUR",
+        }
+        return orjson.dumps(base | fields)
+
+    poison = {
+        # Passes JSON decoding; PostgreSQL's text cannot hold U+0000.
+        "nul": order("p-nul", channel="we\u0000b"),
+        # 1e12 units at 100,000 base units each overflows numeric(20, 4): only the
+        # database can tell.
+        "overflow": order("p-overflow", amount="1000000000000", currency="XAU"),
+        # Over a megabyte: accepted by its topic, too large to copy to the dead letters.
+        "huge": order("p-huge", pad="x" * (2 * 1024 * 1024)),
+    }
+    harness.env["STREAMSEG_INGEST_CURRENCY_RATES"] = orjson.dumps(
+        {**{k: str(v) for k, v in RATES.items()}, "XAU": "100000"}
+    ).decode()
+    records = as_records(good, harness.topics)
+    rng = random.Random(25)
+    for name, value in poison.items():
+        records.insert(rng.randrange(len(records)), (harness.topics.orders, name.encode(), value))
+    harness.worker()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=harness.bootstrap, max_request_size=4 * 1024 * 1024, acks="all"
+    )
+    await producer.start()
+    produced = Produced()
+    try:
+        for topic, key, value in records:
+            meta = await (await producer.send(topic, value=value, key=key))
+            produced.note(meta.topic, meta.partition, meta.offset)
+    finally:
+        await producer.stop()
+    await harness.wait_caught_up(produced, within_seconds=120)
+    await harness.assert_exact(good)
+    assert all(w.alive() for w in harness.workers)
+    letters = await read_dead_letters(
+        harness.bootstrap, [dlq_topic(harness.topics.orders)], len(poison)
+    )
+    by_key = {key.decode(): (value, headers) for key, value, headers in letters if key}
+    assert set(by_key) == set(poison), by_key.keys()
+    assert by_key["nul"][1][HEADER_REASON] == b"schema_violation"
+    assert by_key["nul"][0] == poison["nul"]
+    assert by_key["overflow"][1][HEADER_REASON] == b"rejected_by_database"
+    assert by_key["overflow"][0] == poison["overflow"]
+    value, headers = by_key["huge"]
+    assert headers[HEADER_REASON] == b"oversized"
+    assert headers[HEADER_REFERENCE] == b"true"
+    reference = orjson.loads(value)
+    assert reference["reference"]["topic"] == harness.topics.orders
+    assert reference["value_bytes"] == len(poison["huge"])
+    assert reference["value_sha256"] == hashlib.sha256(poison["huge"]).hexdigest()
+
+
+async def set_topic_configs(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)]
+        )
+    finally:
+        await admin.close()
+
+
+@pytest.mark.timeout(300)
+async def test_a_duplicate_is_recognised_as_long_as_the_topic_keeps_records(
+    harness: Harness,
+) -> None:
+    """Topics that keep 30 days: a refund re-sent 8 days after it was first applied (here,
+    a worker whose clock is 8 days ahead prunes the ledger) must not count again."""
+    month = str(30 * 24 * 3600 * 1000)
+    for topic in (harness.topics.orders, harness.topics.interactions):
+        await set_topic_configs(harness.bootstrap, topic, {"retention.ms": month})
+    at = datetime.now(UTC) - timedelta(days=2)
+    placed = OrderPlaced(
+        event_id="e-placed",
+        customer_id="c-late",
+        order_id="o-1",
+        occurred_at=at,
+        amount=Decimal("70"),
+        currency="EUR",
+    )
+    refund = OrderRefunded(
+        event_id="e-refund",
+        customer_id="c-late",
+        order_id="o-1",
+        occurred_at=at + timedelta(hours=1),
+        amount=Decimal("30"),
+        currency="EUR",
+    )
+    topic = harness.topics.orders
+    first = harness.worker()
+    produced = await produce(
+        harness.bootstrap, [(topic, b"c-late", encode_event(e)) for e in (placed, refund)]
+    )
+    await harness.wait_caught_up(produced)
+    assert await first.terminate() == 0
+    port = free_port()
+    harness.env |= {
+        "STREAMSEG_INGEST_CLOCK": f"offset:{8 * 24 * 3600}",
+        "STREAMSEG_INGEST_PRUNE_INTERVAL_SECONDS": "0.2",
+        "STREAMSEG_INGEST_OPS_PORT": str(port),
+    }
+    later = harness.worker()
+
+    async def pruned_since_claim() -> bool:
+        log = harness.logs / "ingest-1.log"
+        if not (log.is_file() and "partition_claimed" in log.read_text()):
+            return False
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        except httpx.HTTPError:
+            return False
+        runs = [ln for ln in metrics.splitlines() if ln.startswith("streamseg_ingest_prunes_total")]
+        return bool(runs) and float(runs[0].split()[-1]) >= 2
+
+    await eventually(pruned_since_claim, within_seconds=60, message="the later worker prunes")
+    produced = await produce(
+        harness.bootstrap, [(topic, b"c-late", encode_event(refund))], produced
+    )
+    await harness.wait_caught_up(produced)
+    assert later.alive()
+    async with harness.engine.connect() as conn:
+        spend = (
+            await conn.execute(
+                text("SELECT net_spend FROM customer_aggregates WHERE customer_id = 'c-late'")
+            )
+        ).scalar_one()
+    assert spend == Decimal("40")
+
+
+async def test_ingest_refuses_to_start_on_a_topic_kept_forever_without_a_window(
+    harness: Harness,
+) -> None:
+    await set_topic_configs(harness.bootstrap, harness.topics.orders, {"retention.ms": "-1"})
+    worker = harness.worker()
+    assert worker.proc is not None
+    code = await asyncio.to_thread(worker.proc.wait, 60)
+    assert code == 2
+    text_ = (harness.logs / "ingest-0.log").read_text()
+    assert harness.topics.orders in text_
+    assert "STREAMSEG_INGEST_DEDUP_WINDOW_DAYS" in text_
+    harness.env["STREAMSEG_INGEST_DEDUP_WINDOW_DAYS"] = "400"
+    again = harness.worker()
+    produced = await produce(
+        harness.bootstrap,
+        as_records(orders_only(seed=26, customers=10, count=50), harness.topics),
+    )
+    await harness.wait_caught_up(produced)
+    assert again.alive()
+
+
+async def test_verify_reports_drift_and_repair_corrects_it(harness: Harness) -> None:
+    """What a deployment that ran with the cross-partition undercount does once: recompute
+    from the stored rows, see the drift, repair it, and get the customers re-segmented."""
+    events = list(
+        Workload(
+            seed=27,
+            customers=80,
+            start=datetime.now(UTC) - timedelta(days=200),
+            end=datetime.now(UTC) - timedelta(minutes=1),
+        ).events(2000)
+    )
+    harness.worker()
+    produced = await produce(harness.bootstrap, as_records(events, harness.topics))
+    await harness.wait_caught_up(produced)
+    for w in harness.workers:
+        await w.terminate()
+    async with harness.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM segmentation_queue"))
+        broken = list(
+            (
+                await conn.execute(
+                    text(
+                        "UPDATE customer_aggregates SET order_count = order_count - 1,"
+                        " net_spend = net_spend + 1, page_view_count = 0"
+                        " WHERE customer_id IN (SELECT customer_id FROM customer_aggregates"
+                        "   WHERE order_count > 0 ORDER BY customer_id LIMIT 7)"
+                        " RETURNING customer_id"
+                    )
+                )
+            ).scalars()
+        )
+    assert len(broken) == 7
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.ingest", "verify", *args],
+            env=harness.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    found = await asyncio.to_thread(run)
+    assert found.returncode == 1, found.stderr
+    assert "customers with drift: 7" in found.stdout, found.stdout
+    assert "order_count: 7" in found.stdout
+    assert "net_spend: 7" in found.stdout
+    repaired = await asyncio.to_thread(run, "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    assert "repaired and queued for segmentation: 7" in repaired.stdout, repaired.stdout
+    clean = await asyncio.to_thread(run)
+    assert clean.returncode == 0, clean.stdout
+    assert "customers with drift: 0" in clean.stdout, clean.stdout
+    async with harness.engine.connect() as conn:
+        queued = set(
+            (await conn.execute(text("SELECT customer_id FROM segmentation_queue"))).scalars()
+        )
+        rows = await conn.execute(
+            text(
+                "SELECT a.customer_id, a.page_view_count, count(i.type) AS kept"
+                " FROM customer_aggregates a LEFT JOIN interactions i"
+                "   ON i.customer_id = a.customer_id AND i.type = 'page_view'"
+                " GROUP BY a.customer_id, a.page_view_count"
+            )
+        )
+        kept_page_views = {r.customer_id: (r.page_view_count, r.kept) for r in rows}
+    assert queued == set(broken)
+    # The order side is exact again; interaction counts can only be raised to what the
+    # rows still kept give (older ones are pruned), which is what the repair did.
+    as_of = datetime.now(UTC)
+    expected = expected_aggregates(events, RATES, as_of)
+    actual = await read_aggregates(harness.engine, as_of)
+    for cid, want in expected.items():
+        got = actual[cid]
+        assert (got.order_count, got.net_spend, got.first_order_at, got.last_order_at) == (
+            want["order_count"],
+            want["net_spend"],
+            want["first_order_at"],
+            want["last_order_at"],
+        ), cid
+    for cid in broken:
+        stored, kept = kept_page_views[cid]
+        assert stored == kept, cid
