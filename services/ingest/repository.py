@@ -703,3 +703,20 @@ async def repair_customers(conn: asyncpg.Connection, customer_ids: Sequence[str]
         """,  # noqa: S608 - constants only
         ids,
     )
+
+
+async def queue_repaired(
+    conn: asyncpg.Connection, customer_ids: Sequence[str], now: datetime
+) -> None:
+    """Queue repaired customers for segmentation now, with cause "repair", so their change
+    reasons say why they moved."""
+    await conn.execute(
+        """
+        INSERT INTO segmentation_queue AS q (customer_id, due_at, cause)
+        SELECT unnest($1::text[]), $2, 'repair'
+        ON CONFLICT (customer_id) DO UPDATE SET
+            due_at = LEAST(q.due_at, EXCLUDED.due_at), cause = 'repair', enqueued_at = now()
+        """,
+        list(customer_ids),
+        now,
+    )

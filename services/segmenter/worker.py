@@ -54,6 +54,7 @@ CAUSE_NOTE = {
     "population": "cut-offs recomputed from the population; ",
     "definitions": "new segment definitions; ",
     "time": "time passed; ",
+    "repair": "aggregates repaired; ",
     "event": "",
 }
 

@@ -493,7 +493,11 @@ async def test_verify_reports_drift_and_repair_corrects_it(harness: Harness) -> 
     assert "customers with drift: 0" in clean.stdout, clean.stdout
     async with harness.engine.connect() as conn:
         queued = set(
-            (await conn.execute(text("SELECT customer_id FROM segmentation_queue"))).scalars()
+            (
+                await conn.execute(
+                    text("SELECT customer_id FROM segmentation_queue WHERE cause = 'repair'")
+                )
+            ).scalars()
         )
         rows = await conn.execute(
             text(
