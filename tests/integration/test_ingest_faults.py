@@ -222,6 +222,16 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
                 produce(harness.bootstrap, records, rate_per_second=600)
             )
             rng = random.Random(24)
+
+            async def answers() -> bool:
+                # pg_isready may answer before the postmaster has noticed the crash.
+                try:
+                    async with engine.connect() as conn:
+                        await conn.execute(text("SELECT 1"))
+                except Exception:  # noqa: BLE001 - any failure means not yet
+                    return False
+                return True
+
             for fault in ("crash", "crash", "restart", "crash"):
                 await asyncio.sleep(rng.uniform(2.0, 4.0))
                 if fault == "crash":
@@ -231,6 +241,7 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
                 await asyncio.to_thread(pg.wait_postgres_accepts)
                 assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
             produced = await producing
+            await eventually(answers, within_seconds=60, message="PostgreSQL answers")
             await harness.wait_caught_up(produced, within_seconds=180)
             assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
             await harness.assert_exact(events)
