@@ -228,7 +228,7 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
                 try:
                     async with engine.connect() as conn:
                         await conn.execute(text("SELECT 1"))
-                except Exception:  # noqa: BLE001 - any failure means not yet
+                except Exception:  # any failure means not yet
                     return False
                 return True
 
