@@ -194,3 +194,24 @@ async def retrying(
             if not is_retriable(exc) or retry.failures + 1 >= attempts:
                 raise
             await retry.pause(exc)
+
+
+async def repeat_until_stopped(
+    step: Callable[[], Awaitable[object]],
+    interval_seconds: float,
+    stopping: asyncio.Event,
+    retry: Retry,
+) -> None:
+    """Await `step` every `interval_seconds` until `stopping` is set. After a retriable
+    error the next try follows the backoff instead; any other error ends the loop."""
+    while not stopping.is_set():
+        try:
+            await step()
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            await retry.pause(exc)
+            continue
+        retry.succeeded()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval_seconds)

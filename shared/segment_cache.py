@@ -4,6 +4,15 @@ and read by the API on its hot path.
 One hash per customer, `{prefix}customer:{customer_id}`, with fields `v` (the evaluation
 version) and `doc` (a JSON `CachedCustomer`). The write is a compare-and-set in Lua, so an
 older evaluation never overwrites a newer one whatever order the writes arrive in.
+
+Stale before commit (`mark_stale`): before the segmenter commits evaluation N of a customer,
+its document is dropped and the field `dirty` raised to N; a document below `dirty` is then
+refused, so a delayed write of an older evaluation cannot bring one back. Once N is committed,
+Redis therefore holds no document for the customer, or one at least as new as N, whether or
+not N's own write after commit succeeds: readers need nothing but `doc`, a missing one sends
+them to PostgreSQL. A transaction that rolls back after the mark leaves only a miss, and the
+customer's evaluation again, under the same version, clears it. A mark that fails is made
+good after commit by the segmenter's repair loop (services/segmenter/cache.py).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from decimal import Decimal
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 
 class CachedSegment(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,17 +63,46 @@ _SET_IF_NEWER = """
 local written = 0
 for i, key in ipairs(KEYS) do
   local version = tonumber(ARGV[2 * i - 1])
-  local current = redis.call('HGET', key, 'v')
-  if not current or tonumber(current) < version then
+  local fields = redis.call('HMGET', key, 'v', 'dirty')
+  local current, dirty = tonumber(fields[1]), tonumber(fields[2])
+  if (not current or current < version) and (not dirty or dirty <= version) then
     redis.call('HSET', key, 'v', ARGV[2 * i - 1], 'doc', ARGV[2 * i])
+    if dirty then
+      redis.call('HDEL', key, 'dirty')
+    end
     written = written + 1
   end
 end
 return written
 """
+# KEYS[i] = hash key; ARGV[i] = the version about to commit (or committed). A document at
+# least that new stays (a mark that arrives late, after its own write; erasure's marker);
+# any older one goes, and `dirty` keeps the highest version marked. Returns how many went.
+_MARK_STALE = """
+local dropped = 0
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[i])
+  local fields = redis.call('HMGET', key, 'v', 'dirty')
+  local current, dirty = tonumber(fields[1]), tonumber(fields[2])
+  if not current or current < version then
+    dropped = dropped + redis.call('HDEL', key, 'doc')
+    if not dirty or dirty < version then
+      redis.call('HSET', key, 'dirty', ARGV[i])
+    end
+  end
+end
+return dropped
+"""
 _CHUNK = 200
+# Marks carry no document: a whole batch (500 by default) in one call, one round trip.
+_MARK_CHUNK = 1000
 # Above every evaluation version, and exact as a Lua number (a double).
 ERASED_VERSION = 2**53
+
+
+# What a Redis call that did not happen (or may not have) raises: refused, unreachable, timed
+# out, or an error reply (out of memory, read-only replica).
+CACHE_ERRORS = (RedisError, OSError)
 
 
 def customer_key(prefix: str, customer_id: str) -> str:
@@ -78,6 +117,7 @@ class SegmentCache:
         self._redis = redis
         self._prefix = prefix
         self._set_if_newer = redis.register_script(_SET_IF_NEWER)
+        self._mark_stale = redis.register_script(_MARK_STALE)
 
     async def put_many(self, docs: list[CachedCustomer]) -> int:
         """Write documents that are newer than what Redis holds; returns how many were."""
@@ -90,6 +130,16 @@ class SegmentCache:
             keys = [customer_key(self._prefix, doc.customer_id) for doc in chunk]
             written += int(await self._set_if_newer(keys=keys, args=args))
         return written
+
+    async def mark_stale(self, versions: list[tuple[str, int]]) -> int:
+        """Drop the documents older than each (customer id, version) and refuse any older
+        one from now on; returns how many documents were dropped."""
+        dropped = 0
+        for start in range(0, len(versions), _MARK_CHUNK):
+            chunk = versions[start : start + _MARK_CHUNK]
+            keys = [customer_key(self._prefix, cid) for cid, _ in chunk]
+            dropped += int(await self._mark_stale(keys=keys, args=[v for _, v in chunk]))
+        return dropped
 
     async def get(self, customer_id: str) -> CachedCustomer | None:
         """The cached document, or None when Redis has none for this customer."""

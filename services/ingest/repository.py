@@ -122,17 +122,7 @@ async def advance_offsets(
         return
     kept = {(r["topic"], r["partition"]) for r in rows}
     missed = [o for o, _ in advances if (o.topic, o.partition) not in kept]
-    current = {
-        (r["topic"], r["partition"]): (r["owner_epoch"], r["next_offset"])
-        for r in await conn.fetch(
-            """
-            SELECT topic, partition, owner_epoch, next_offset FROM ingest_offsets
-            WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
-            """,
-            [o.topic for o in missed],
-            [o.partition for o in missed],
-        )
-    }
+    current = await stored_offsets(conn, [(o.topic, o.partition) for o in missed])
     lost = [o for o in missed if current.get((o.topic, o.partition), (None,))[0] != o.epoch]
     if lost:
         names = ", ".join(f"{o.topic}[{o.partition}]" for o in lost)
@@ -140,6 +130,21 @@ async def advance_offsets(
     raise OffsetsMovedError(
         {(o.topic, o.partition): current[(o.topic, o.partition)][1] for o in missed}
     )
+
+
+async def stored_offsets(
+    conn: asyncpg.Connection, topic_partitions: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """(owner epoch, next offset) of these partitions as PostgreSQL holds them now."""
+    rows = await conn.fetch(
+        """
+        SELECT topic, partition, owner_epoch, next_offset FROM ingest_offsets
+        WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+        """,
+        [t for t, _ in topic_partitions],
+        [p for _, p in topic_partitions],
+    )
+    return {(r["topic"], r["partition"]): (r["owner_epoch"], r["next_offset"]) for r in rows}
 
 
 async def skip_flush_wait(conn: asyncpg.Connection) -> None:
@@ -697,4 +702,21 @@ async def repair_customers(conn: asyncpg.Connection, customer_ids: Sequence[str]
         WHERE a.customer_id = u.customer_id
         """,  # noqa: S608 - constants only
         ids,
+    )
+
+
+async def queue_repaired(
+    conn: asyncpg.Connection, customer_ids: Sequence[str], now: datetime
+) -> None:
+    """Queue repaired customers for segmentation now, with cause "repair", so their change
+    reasons say why they moved."""
+    await conn.execute(
+        """
+        INSERT INTO segmentation_queue AS q (customer_id, due_at, cause)
+        SELECT unnest($1::text[]), $2, 'repair'
+        ON CONFLICT (customer_id) DO UPDATE SET
+            due_at = LEAST(q.due_at, EXCLUDED.due_at), cause = 'repair', enqueued_at = now()
+        """,
+        list(customer_ids),
+        now,
     )

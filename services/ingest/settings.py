@@ -46,6 +46,9 @@ class IngestSettings(BaseSettings):
     # restarting or in recovery, Kafka unreachable) before the process exits for its
     # supervisor to restart it.
     retry_budget_seconds: float = Field(default=300.0, gt=0)
+    # How often a worker compares its partitions' stored offsets with what it committed, to
+    # read again batches a PostgreSQL crash took back on partitions that get no new record.
+    offset_check_seconds: float = Field(default=5.0, gt=0)
     ops_host: str = "127.0.0.1"
     ops_port: int = 8101
     clock: str = "system"

@@ -51,8 +51,7 @@ async def verify(engine: AsyncEngine, *, repair: bool, examples: int = 10) -> Re
             if repair and drifts:
                 changed = [d.customer_id for d in drifts]
                 await repo.repair_customers(conn, changed)
-                now = datetime.now(UTC)
-                await repo.mark_for_segmentation(conn, changed, now, [now] * len(changed))
+                await repo.queue_repaired(conn, changed, datetime.now(UTC))
                 report.repaired += len(changed)
         report.checked += len(ids)
         report.drifted += len(drifts)

@@ -109,6 +109,7 @@ class IngestWorker:
         self._stopping = asyncio.Event()
         self._last_progress = time.monotonic()
         self._last_prune = 0.0
+        self._last_offset_check = time.monotonic()
         self._expect_new = True
         self._unreported: dict[TopicPartition, int] = {}
         self._reporting: asyncio.Task[None] | None = None
@@ -212,6 +213,7 @@ class IngestWorker:
                         await self._process(prepared)
                 self._update_lag()
                 await self._maybe_prune()
+                await self._maybe_check_offsets()
         finally:
             fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -545,6 +547,33 @@ class IngestWorker:
         self._metrics.prunes.inc()
         if dedup or inter:
             log.info("pruned", event_ids=dedup, interaction_rows=inter)
+
+    async def _maybe_check_offsets(self) -> None:
+        """Every `offset_check_seconds`, compare the stored offsets of our partitions with
+        what we committed. A PostgreSQL crash can take back the last batches, offsets and
+        all; the next batch of a partition notices (its start is not the stored offset),
+        but a partition that gets no new record would wait for one, so this notices."""
+        if time.monotonic() - self._last_offset_check < self._settings.offset_check_seconds:
+            return
+        self._last_offset_check = time.monotonic()
+        try:
+            async with self._commit_lock:
+                owned = sorted((tp.topic, tp.partition) for tp in self._committed)
+                if not owned:
+                    return
+                async with pg_connection(self._engine) as conn:
+                    stored = await repo.stored_offsets(conn, owned)
+                behind = {}
+                for (topic, partition), (epoch, offset) in stored.items():
+                    tp = TopicPartition(topic, partition)
+                    if self._epochs.get(tp) == epoch and offset != self._committed.get(tp):
+                        behind[(topic, partition)] = offset
+                if behind:
+                    self._rewind(behind)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.warning("offset_check_skipped", error=f"{type(exc).__name__}: {exc}")
 
     async def _prune(self, now: datetime) -> tuple[int, int]:
         async with pg_connection(self._engine) as conn, conn.transaction():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
@@ -14,6 +13,7 @@ import structlog
 from services.ingest.repository import event_time_watermark
 from services.segmenter import population
 from services.segmenter import repository as repo
+from services.segmenter.cache import CacheRepairer
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
 from services.segmenter.settings import SegmenterSettings
@@ -27,6 +27,7 @@ from shared.lifecycle import install_stop_handlers, settle_garbage_collector
 from shared.logging import configure_logging
 from shared.ops import OpsServer
 from shared.redis import make_redis
+from shared.retry import Backoff, Retry, repeat_until_stopped
 from shared.segment_cache import SegmentCache
 from shared.segmentation import (
     DefinitionError,
@@ -37,6 +38,9 @@ from shared.segmentation import (
 from shared.settings import ConnectionSettings
 
 log = structlog.get_logger("segmenter")
+
+
+BACKGROUND_BACKOFF = Backoff(0.2, 5.0)
 
 
 async def population_loop(
@@ -51,25 +55,32 @@ async def population_loop(
     next_recompute = loop.time() if ruleset.population_id is None else 0.0
     if next_recompute == 0.0:
         next_recompute = loop.time() + settings.population_interval_seconds
-    while not stopping.is_set():
+
+    async def step() -> None:
+        nonlocal next_recompute
         if loop.time() >= next_recompute and is_running(clock):
             await population.recompute(engine, ruleset, clock.now())
             next_recompute = loop.time() + settings.population_interval_seconds
         else:
             await population.refresh(engine, ruleset)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), settings.stats_refresh_seconds)
+
+    await repeat_until_stopped(
+        step,
+        settings.stats_refresh_seconds,
+        stopping,
+        Retry(BACKGROUND_BACKOFF, "population", stopping),
+    )
 
 
 async def backlog_loop(
     engine: Any, clock: Clock, metrics: SegmenterMetrics, stopping: asyncio.Event
 ) -> None:
-    while not stopping.is_set():
+    async def step() -> None:
         async with pg_connection(engine) as conn:
             due, age = await repo.backlog(conn, clock.now())
             metrics.record_backlog(due, age, await repo.outbox_size(conn))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 2.0)
+
+    await repeat_until_stopped(step, 2.0, stopping, Retry(BACKGROUND_BACKOFF, "backlog", stopping))
 
 
 async def read_watermark(engine: Any, clock: EventTimeClock) -> None:
@@ -80,10 +91,12 @@ async def read_watermark(engine: Any, clock: EventTimeClock) -> None:
 
 async def event_time_loop(engine: Any, clock: EventTimeClock, stopping: asyncio.Event) -> None:
     """Follow ingest's watermark, so replays and backfills see time move with their events."""
-    while not stopping.is_set():
-        await read_watermark(engine, clock)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 0.2)
+    await repeat_until_stopped(
+        lambda: read_watermark(engine, clock),
+        0.2,
+        stopping,
+        Retry(BACKGROUND_BACKOFF, "event_time", stopping),
+    )
 
 
 async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
@@ -131,9 +144,16 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             metrics,
             batch_size=settings.publish_batch_size,
         )
+        cache = SegmentCache(redis, conn.redis_key_prefix)
+        repairer = CacheRepairer(
+            engine,
+            cache,
+            interval_seconds=settings.cache_repair_interval_seconds,
+            batch_size=settings.batch_size,
+        )
         evaluator = Evaluator(
             engine,
-            SegmentCache(redis, conn.redis_key_prefix),
+            cache,
             clock,
             metrics,
             ruleset,
@@ -146,6 +166,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
                 for _ in range(settings.evaluators)
             ),
             publisher.run(stopping),
+            repairer.run(stopping),
             population_loop(engine, ruleset, clock, settings, stopping),
             backlog_loop(engine, clock, metrics, stopping),
         ]

@@ -28,6 +28,16 @@ class SegmenterMetrics:
             "Redis writes that failed after commit",
             registry=registry,
         )
+        self.population_retries = Counter(
+            "streamseg_segmenter_population_retries_total",
+            "Batches rolled back because newer population stats were stored meanwhile",
+            registry=registry,
+        )
+        self.cache_repairs = Counter(
+            "streamseg_segmenter_cache_repairs_total",
+            "Customers queued for a cache repair: Redis could not mark them stale before commit",
+            registry=registry,
+        )
         self.evaluation_seconds = Histogram(
             "streamseg_segmenter_batch_seconds",
             "Time to evaluate and commit one batch of customers",

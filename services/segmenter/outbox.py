@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from typing import Any
 
 import structlog
@@ -23,10 +22,12 @@ from services.segmenter.metrics import SegmenterMetrics
 from shared.db.engine import pg_connection
 from shared.events import CLOUDEVENTS_CONTENT_TYPE
 from shared.kafka import make_producer
+from shared.retry import Backoff, Retry, is_retriable
 
 log = structlog.get_logger("segmenter.outbox")
 _HEADERS = [("content-type", CLOUDEVENTS_CONTENT_TYPE.encode())]
 _PARTITIONER = DefaultPartitioner()
+PUBLISH_BACKOFF = Backoff(0.2, 10.0)
 
 
 class OutboxPublisher:
@@ -48,26 +49,26 @@ class OutboxPublisher:
         self._poll_seconds = poll_seconds
         self._wake = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
+        self._retry = Retry(PUBLISH_BACKOFF, "outbox")
 
     def wake(self) -> None:
         """New rows were committed in this process: publish without waiting for the poll."""
         self._wake.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Publish while holding the publisher lock; wait for it otherwise."""
-        failures = 0
+        """Publish while holding the publisher lock; wait for it otherwise. Kafka or
+        PostgreSQL going away is retried with backoff: unpublished rows stay in the outbox,
+        and a row Kafka took but that was not yet deleted goes out again under its id."""
+        retry = self._retry = Retry(PUBLISH_BACKOFF, "outbox", stopping)
         while not stopping.is_set():
             try:
                 await self._lead(stopping)
-                failures = 0
-            except (OSError, ConnectionError, TimeoutError, KafkaUnavailable) as exc:
-                failures += 1
-                delay = min(10.0, 0.2 * 2**failures) * (0.5 + random.random())
-                log.warning(
-                    "publish_retry", error=f"{type(exc).__name__}: {exc}", delay_s=round(delay, 2)
-                )
-                await self._close_producer()
-                await _sleep_unless(stopping, delay)
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                if isinstance(exc, KafkaUnavailable):
+                    await self._close_producer()
+                await retry.pause(exc)
         await self._close_producer()
 
     async def _lead(self, stopping: asyncio.Event) -> None:
@@ -78,6 +79,7 @@ class OutboxPublisher:
             try:
                 while not stopping.is_set():
                     published = await self._publish_batch(conn)
+                    self._retry.succeeded()
                     if published == 0:
                         self._metrics.outbox.set(0)
                         self._wake.clear()

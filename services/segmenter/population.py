@@ -104,6 +104,5 @@ async def refresh(engine: AsyncEngine, ruleset: Ruleset) -> bool:
         latest = await repo.latest_population_stats(conn, ruleset.version)
     if latest is None or latest[0] == ruleset.population_id:
         return False
-    ruleset.population = PopulationStats.from_dict(ruleset.definitions, latest[1])
-    ruleset.population_id = latest[0]
+    ruleset.adopt_population(latest)
     return True

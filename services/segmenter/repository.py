@@ -39,6 +39,9 @@ class State:
     change_sequence: int
     assignments: dict[str, Assignment]
     reasons: dict[str, str]
+    # Change ids derive from it (shared/events/segment_change.py); None: no evaluation is
+    # stored, a new customer or one erased, whose first evaluation starts a new incarnation.
+    incarnation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +270,8 @@ _BATCH_SQL = """
            a.first_order_at, a.last_order_at, a.interaction_count, a.last_interaction_at,
            a.last_add_to_cart_at, {counts},
            o.placed, o.net, i.n AS interactions_30d, {times} AS interaction_times,
-           e.version, e.change_sequence, s.dimensions, s.segments, s.sinces, s.reasons
+           e.version, e.change_sequence, e.incarnation::text AS incarnation,
+           s.dimensions, s.segments, s.sinces, s.reasons
     FROM segmentation_queue q
     LEFT JOIN customer_aggregates a ON a.customer_id = q.customer_id
     LEFT JOIN LATERAL (
@@ -327,7 +331,7 @@ async def load_leased(
             )
         state = State(0, 0, {}, {})
         if r["version"] is not None:
-            state = State(r["version"], r["change_sequence"], {}, {})
+            state = State(r["version"], r["change_sequence"], {}, {}, r["incarnation"])
             for dimension, segment, since, reason in zip(
                 r["dimensions"] or (),
                 r["segments"] or (),
@@ -341,27 +345,36 @@ async def load_leased(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Saved:
+    evaluations: int  # how many evaluations were written
+    population_id: int | None  # the newest population stats of the definitions, as of then
+
+
 async def save_state(
     conn: asyncpg.Connection,
-    evaluations: Sequence[tuple[str, int, int, int, datetime, datetime | None]],
+    evaluations: Sequence[tuple[str, int, int, int, datetime, datetime | None, str]],
     segments: Sequence[tuple[str, str, str, datetime, str, int, datetime]],
-) -> int:
-    """Write evaluations and changed segments in one statement (one round trip).
+    definition_version: int,
+) -> Saved:
+    """Write evaluations and changed segments in one statement (one round trip), and read
+    the id of the newest population stats of `definition_version` in the same snapshot.
 
     evaluations: (customer_id, version, change_sequence, definition_version, evaluated_at,
-    next_change_at); segments: (customer_id, dimension, segment, since, reason,
-    definition_version, evaluated_at). A version is written only over the one before it;
-    returns how many evaluations were, so the caller can tell that no other evaluation got
-    in between."""
+    next_change_at, incarnation); segments: (customer_id, dimension, segment, since, reason,
+    definition_version, evaluated_at). A version is written only over the one before it, of
+    the same incarnation (the one the change ids were derived from), which a first
+    evaluation stores. How many evaluations were written tells the caller that no other
+    evaluation got in between; the stats id, that none were stored since it read its own."""
     if not evaluations:
-        return 0
-    written: int = await conn.fetchval(
+        return Saved(0, None)
+    row = await conn.fetchrow(
         """
         WITH segments AS (
             INSERT INTO customer_segments AS s (customer_id, dimension, segment, since, reason,
                                                 definition_version, evaluated_at)
-            SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                                 $11::text[], $12::int[], $13::timestamptz[])
+            SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::timestamptz[],
+                                 $12::text[], $13::int[], $14::timestamptz[])
             ON CONFLICT (customer_id, dimension) DO UPDATE SET
                 segment = EXCLUDED.segment, since = EXCLUDED.since, reason = EXCLUDED.reason,
                 definition_version = EXCLUDED.definition_version,
@@ -369,24 +382,27 @@ async def save_state(
         ), evaluations AS (
             INSERT INTO customer_evaluations AS e (customer_id, version, change_sequence,
                                                    definition_version, evaluated_at,
-                                                   next_change_at)
+                                                   next_change_at, incarnation)
             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[],
-                                 $5::timestamptz[], $6::timestamptz[])
+                                 $5::timestamptz[], $6::timestamptz[], $7::uuid[])
             ON CONFLICT (customer_id) DO UPDATE SET
                 version = EXCLUDED.version,
                 change_sequence = EXCLUDED.change_sequence,
                 definition_version = EXCLUDED.definition_version,
                 evaluated_at = EXCLUDED.evaluated_at,
                 next_change_at = EXCLUDED.next_change_at
-            WHERE e.version = EXCLUDED.version - 1
+            WHERE e.version = EXCLUDED.version - 1 AND e.incarnation = EXCLUDED.incarnation
             RETURNING 1
         )
-        SELECT count(*) FROM evaluations
+        SELECT (SELECT count(*) FROM evaluations) AS written,
+               (SELECT id FROM population_stats WHERE definition_version = $15
+                ORDER BY id DESC LIMIT 1) AS population_id
         """,
-        *_columns(evaluations, 6),
+        *_columns(evaluations, 7),
         *_columns(segments, 7),
+        definition_version,
     )
-    return written
+    return Saved(int(row["written"]), row["population_id"])
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -529,3 +545,34 @@ async def delete_outbox(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
 
 async def outbox_size(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM segment_outbox"))
+
+
+# Cache repairs ----------------------------------------------------------------------------
+async def queue_cache_repairs(
+    conn: asyncpg.Connection, versions: Sequence[tuple[str, int]]
+) -> None:
+    """Queue (customer id, committed version) for the repair loop; the higher version wins."""
+    await conn.execute(
+        """
+        INSERT INTO cache_repairs AS r (customer_id, version)
+        SELECT * FROM unnest($1::text[], $2::bigint[])
+        ON CONFLICT (customer_id) DO UPDATE SET version = GREATEST(r.version, EXCLUDED.version)
+        """,
+        *_columns(versions, 2),
+    )
+
+
+async def claim_cache_repairs(conn: asyncpg.Connection, limit: int) -> list[tuple[str, int]]:
+    """Lock up to `limit` queued repairs until this transaction ends; others' are skipped."""
+    rows = await conn.fetch(
+        "SELECT customer_id, version FROM cache_repairs ORDER BY customer_id LIMIT $1"
+        " FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    return [(r["customer_id"], r["version"]) for r in rows]
+
+
+async def delete_cache_repairs(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> None:
+    await conn.execute(
+        "DELETE FROM cache_repairs WHERE customer_id = ANY($1::text[])", list(customer_ids)
+    )

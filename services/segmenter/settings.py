@@ -31,6 +31,7 @@ class SegmenterSettings(BaseSettings):
     stats_refresh_seconds: float = Field(default=5.0, gt=0)
     publish_batch_size: int = Field(default=1000, ge=1)
     backlog_degraded_seconds: float = Field(default=30.0, gt=0)
+    cache_repair_interval_seconds: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("clock")
     @classmethod

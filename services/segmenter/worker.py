@@ -5,13 +5,17 @@ outbox records and the next wake-up commit in one PostgreSQL transaction (`_comm
 a claim avoids holding queue rows while evaluating is in queue.py. Redis and Kafka
 are written after commit, from what was committed, so neither can show a change that the
 database does not have; the outbox publishes each change at least once, under a stable id.
+Before the transaction the batch's cached documents are marked stale (cache.py), so that
+none older than what commits can be served once it has.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,10 +26,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.segmenter import queue
 from services.segmenter import repository as repo
+from services.segmenter.cache import CacheWriter
 from services.segmenter.metrics import SegmenterMetrics
 from shared.clock import Clock, is_running
 from shared.db.engine import pg_connection
-from shared.events.segment_change import SegmentChange, segment_change_event
+from shared.events.segment_change import (
+    SegmentChange,
+    segment_change_event,
+    segment_change_id,
+)
+from shared.retry import Backoff, Retry, is_retriable
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 from shared.segmentation import (
     Definitions,
@@ -38,11 +48,13 @@ log = structlog.get_logger("segmenter")
 
 _event_encoder = msgspec.json.Encoder()
 YIELD_EVERY_CUSTOMERS = 16
+EVALUATE_BACKOFF = Backoff(0.1, 5.0)
 WINDOWED_INTERACTION_METRICS = frozenset({"interactions_7d", "interactions_30d"})
 CAUSE_NOTE = {
     "population": "cut-offs recomputed from the population; ",
     "definitions": "new segment definitions; ",
     "time": "time passed; ",
+    "repair": "aggregates repaired; ",
     "event": "",
 }
 
@@ -55,6 +67,15 @@ class Ruleset:
     version: int
     population: PopulationStats
     population_id: int | None
+
+    def adopt_population(self, latest: tuple[int, dict[str, Any]] | None) -> None:
+        """Take the newest stats stored for these definitions, (id, stats), or none."""
+        if latest is None:
+            self.population, self.population_id = PopulationStats(), None
+        else:
+            stats_id, stats = latest
+            self.population = PopulationStats.from_dict(self.definitions, stats)
+            self.population_id = stats_id
 
     @property
     def counts_interactions(self) -> bool:
@@ -77,7 +98,7 @@ class Evaluator:
         on_changes: Any = None,
     ) -> None:
         self._engine = engine
-        self._cache = cache
+        self._cache = CacheWriter(cache, metrics)
         self._clock = clock
         self._metrics = metrics
         self.ruleset = ruleset
@@ -104,7 +125,9 @@ class Evaluator:
 
     async def _evaluate_batch(self, conn: Any) -> int:
         now = self._clock.now()
-        rules = self.ruleset
+        # One view of the rules for the whole batch: the population loop replaces the stats
+        # while the batch yields, and the commit checks the very stats it evaluated with.
+        rules = dataclasses.replace(self.ruleset)
         started = time.perf_counter()
         writes = Writes()
         try:
@@ -123,40 +146,71 @@ class Evaluator:
                     # their round trips would otherwise wait out this whole batch.
                     await asyncio.sleep(0)
             due = [leased.due for leased in batch]
-            async with conn.transaction():
-                await self._commit(conn, due, now, writes)
+            # Before the transaction, so no row lock waits for Redis; under the leases, so no
+            # other evaluation of these customers runs in between.
+            writes.unmarked = await self._cache.mark_stale(writes.docs)
+            try:
+                async with conn.transaction():
+                    await self._commit(conn, due, now, writes, rules)
+            except PopulationMovedError as exc:
+                # Rolled back, queue rows included: the customers are leased again, and
+                # evaluated with the stats that are now the newest. (The marks stay: a mark
+                # only drops documents, and the API answers a miss from PostgreSQL.)
+                self.ruleset.adopt_population(
+                    await repo.latest_population_stats(conn, rules.version)
+                )
+                self._metrics.population_retries.inc()
+                log.info("population_moved_during_batch", customers=len(due), error=str(exc))
+                return len(due)
         finally:
             await queue.release_leases(conn)
         self._metrics.evaluations.inc(len(writes.evaluations))
         self._metrics.evaluation_seconds.observe(time.perf_counter() - started)
         self._observe_lateness(due, now)
-        # After commit: a Redis failure only delays the cache; the API falls back to
-        # PostgreSQL, and the next evaluation of the customer writes it again.
-        try:
-            await self._cache.put_many(writes.docs)
-        except Exception as exc:  # Redis is an optimisation here, never the truth
-            self._metrics.cache_failures.inc()
-            log.warning("cache_write_failed", error=f"{type(exc).__name__}: {exc}")
+        # After commit, from what was committed. A write that fails leaves a miss (the mark
+        # dropped the old document), and the API answers from PostgreSQL.
+        await self._cache.write(writes.docs)
         if writes.history and self._on_changes is not None:
             self._on_changes()
         return len(due)
 
-    async def _commit(self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes) -> None:
-        """The batch's one transaction: state, then history and outbox, then the queue rows.
+    async def _commit(
+        self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes, rules: Ruleset
+    ) -> None:
+        """The batch's one transaction: state, then history and outbox, then the cache
+        repairs of customers Redis could not mark stale, then the queue rows.
 
         The evaluation version only moves from the version read to the next one, and the
         customer is leased meanwhile, so no other evaluation can have committed in between;
         if one did, the write stops here and the transaction rolls back.
+
+        Nor can an evaluation made with population stats older than the newest settle a
+        customer the newest moved. Another process's recompute stores the new stats and
+        queues exactly the customers they move, in one transaction R; the statement that
+        saves the state (S) also reads the newest stats id, and the batch rolls back
+        unless it is the one it evaluated with. If R committed before S, S sees its stats:
+        rollback, whether R came before the customers were read or after. If R commits
+        after S, R's queue writes meet settle at each moved customer's queue row: R wrote
+        it first (settle skips a row R holds, and sees a row R committed as changed) and
+        the customer stays queued, or settle did (R waits for this commit, then queues the
+        customer again). Either way the customer is evaluated again, and that evaluation
+        meets the new stats at its own S.
         """
-        written = await repo.save_state(conn, writes.evaluations, writes.segments)
-        if written != len(writes.evaluations):
-            raise EvaluationRaceError(len(writes.evaluations) - written)
+        saved = await repo.save_state(conn, writes.evaluations, writes.segments, rules.version)
+        if writes.evaluations and saved.population_id != rules.population_id:
+            raise PopulationMovedError(rules.population_id, saved.population_id)
+        if saved.evaluations != len(writes.evaluations):
+            raise EvaluationRaceError(len(writes.evaluations) - saved.evaluations)
         if writes.history:
             # Under a lock held to commit: history ids are then assigned in commit order
             # across segmenter processes, so a reader resuming "after id N" (the API's
             # change stream) can never miss a change committed later with a smaller id.
             await repo.lock_history(conn)
             await repo.insert_changes(conn, writes.history, writes.payloads)
+        if writes.unmarked:
+            # Committed with the evaluations or not at all: a Redis that missed the mark has
+            # its stale documents dropped by the repair loop once it answers.
+            await repo.queue_cache_repairs(conn, writes.unmarked)
         # Last: ingest waits for the queue rows this locks, so they are locked only for the
         # commit. A customer whose row ingest changed meanwhile stays queued, due now, and
         # schedules its wake-up when evaluated again.
@@ -182,6 +236,7 @@ class Evaluator:
             return
         cid = item.customer_id
         sequence = state.change_sequence
+        incarnation = state.incarnation or str(uuid.uuid4())
         reasons = dict(state.reasons)
         for dimension, decision in result.assignments.items():
             if not decision.changed:
@@ -190,7 +245,8 @@ class Evaluator:
             reason = CAUSE_NOTE.get(item.cause, "") + decision.reason
             reasons[dimension] = reason
             event = segment_change_event(
-                SegmentChange(
+                change_id=segment_change_id(cid, dimension, sequence, incarnation),
+                change=SegmentChange(
                     customer_id=cid,
                     dimension=dimension,
                     from_segment=decision.previous,
@@ -200,7 +256,7 @@ class Evaluator:
                     caused_by_event_time=item.cause_event_at,
                     evaluated_at=now,
                     sequence=sequence,
-                )
+                ),
             )
             writes.history.append(
                 repo.HistoryRow(
@@ -224,7 +280,7 @@ class Evaluator:
             self._count_change(dimension, decision.segment)
         version = state.version + 1
         writes.evaluations.append(
-            (cid, version, sequence, rules.version, now, result.next_change_at)
+            (cid, version, sequence, rules.version, now, result.next_change_at, incarnation)
         )
         if result.next_change_at is not None:
             writes.wakeups.append((cid, result.next_change_at))
@@ -252,11 +308,21 @@ class EvaluationRaceError(RuntimeError):
         super().__init__(f"{customers} customers were evaluated elsewhere meanwhile")
 
 
+class PopulationMovedError(Exception):
+    """Newer population stats were stored than the batch evaluated with: roll it back and
+    evaluate its customers again with them."""
+
+    retriable = True
+
+    def __init__(self, evaluated_with: int | None, newest: int | None) -> None:
+        super().__init__(f"evaluated with population stats {evaluated_with}, newest {newest}")
+
+
 @dataclass
 class Writes:
     """What one batch writes, collected before the statements that write it."""
 
-    evaluations: list[tuple[str, int, int, int, datetime, datetime | None]] = field(
+    evaluations: list[tuple[str, int, int, int, datetime, datetime | None, str]] = field(
         default_factory=list
     )
     segments: list[tuple[str, str, str, datetime, str, int, datetime]] = field(default_factory=list)
@@ -264,6 +330,8 @@ class Writes:
     payloads: list[bytes] = field(default_factory=list)
     wakeups: list[tuple[str, datetime]] = field(default_factory=list)
     docs: list[CachedCustomer] = field(default_factory=list)
+    # (customer id, version) of the documents Redis could not mark stale before commit.
+    unmarked: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _document(
@@ -307,12 +375,28 @@ def _document(
     )
 
 
-async def evaluate_loop(evaluator: Evaluator, stopping: asyncio.Event, idle_seconds: float) -> None:
+async def evaluate_loop(
+    evaluator: Evaluator,
+    stopping: asyncio.Event,
+    idle_seconds: float,
+    backoff: Backoff = EVALUATE_BACKOFF,
+) -> None:
     """Evaluate until stopped, on a connection of its own, sleeping `idle_seconds` only when
-    nothing was due. A database error ends the loop (and so the process, to be restarted)."""
-    async with pg_connection(evaluator.engine) as conn:
-        while not stopping.is_set():
-            claimed = await evaluator.evaluate_due(conn)
-            if claimed == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=idle_seconds)
+    nothing was due. After a retriable error (PostgreSQL restarting, recovering, a deadlock)
+    it drops the connection, backs off and goes on with a new one: the failed batch rolled
+    back, and its leases went with the connection or were released, so nothing committed is
+    lost and its customers are still queued. Any other error ends the loop, and the process."""
+    retry = Retry(backoff, "evaluate", stopping)
+    while not stopping.is_set():
+        try:
+            async with pg_connection(evaluator.engine) as conn:
+                while not stopping.is_set():
+                    claimed = await evaluator.evaluate_due(conn)
+                    retry.succeeded()
+                    if claimed == 0:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stopping.wait(), timeout=idle_seconds)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            await retry.pause(exc)

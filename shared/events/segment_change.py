@@ -56,14 +56,18 @@ _encoder: Final = msgspec.json.Encoder()
 _NAMESPACE_BYTES: Final = SEGMENT_CHANGE_ID_NAMESPACE.bytes
 
 
-def segment_change_id(customer_id: str, dimension: str, sequence: int) -> str:
-    """The event id for a customer's `sequence`-th change: a UUIDv5, the same on every retry.
+def segment_change_id(customer_id: str, dimension: str, sequence: int, incarnation: str) -> str:
+    """The event id of a customer's `sequence`-th change, in the customer's `incarnation`:
+    a UUIDv5, the same on every retry, never the same for two different changes.
 
-    Consumers dedupe by it. The name is a JSON array so that no two inputs can collide.
+    Consumers dedupe by it. A customer erased and then back starts a new incarnation, and
+    its sequence numbers from 1 again: without the incarnation in the name, the returning
+    customer's changes would carry the ids of the erased one's and be dropped as duplicates.
+    The name is a JSON array so that no two inputs can collide.
     """
     # uuid.uuid5 spelled out: the segmenter makes one per change, and building a UUID object
     # only to print it took half its cost. The unit tests compare the two.
-    name = _encoder.encode((customer_id, dimension, sequence))
+    name = _encoder.encode((customer_id, dimension, sequence, incarnation))
     digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
     digest[6] = digest[6] & 0x0F | 0x50  # version 5
     digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
@@ -72,11 +76,14 @@ def segment_change_id(customer_id: str, dimension: str, sequence: int) -> str:
 
 
 def segment_change_event(
-    change: SegmentChange, *, source: str = SEGMENTER_SOURCE
+    change: SegmentChange, *, change_id: str, source: str = SEGMENTER_SOURCE
 ) -> SegmentChangeEvent:
-    """Wrap a change in its envelope; `time` is `evaluated_at`, so the result is deterministic."""
+    """Wrap a change in its envelope; `time` is `evaluated_at`, so the result is deterministic.
+
+    `change_id` is the id recorded with the change (`segment_change_id` when it was made):
+    it is stored, never derived again, so every copy of a change carries the same id."""
     return SegmentChangeEvent(
-        id=segment_change_id(change.customer_id, change.dimension, change.sequence),
+        id=change_id,
         source=source,
         subject=change.customer_id,
         time=change.evaluated_at,
@@ -84,9 +91,11 @@ def segment_change_event(
     )
 
 
-def encode_segment_change(change: SegmentChange, *, source: str = SEGMENTER_SOURCE) -> bytes:
+def encode_segment_change(
+    change: SegmentChange, *, change_id: str, source: str = SEGMENTER_SOURCE
+) -> bytes:
     """Encode a change as a structured-mode CloudEvent; equal changes give equal bytes."""
-    return _encoder.encode(segment_change_event(change, source=source))
+    return _encoder.encode(segment_change_event(change, change_id=change_id, source=source))
 
 
 def decode_segment_change(raw: bytes) -> SegmentChangeEvent:

@@ -1,5 +1,6 @@
 """The change stream over real HTTP (uvicorn): resume by Last-Event-ID or `after`, live
-changes, the dimension filter, and a server stop that does not wait for open streams."""
+changes, the dimension filter, a server stop that does not wait for open streams, and a
+revoked key that ends its stream."""
 
 from __future__ import annotations
 
@@ -12,14 +13,18 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.events.segment_change import decode_segment_change, segment_change_id
+from services.api.auth.keys import key_id_of
+from shared.events.segment_change import decode_segment_change
+from tests.conftest import eventually
 from tests.integration.test_api_support import (
     Change,
     api_process,
+    audit_rows,
     bearer,
     make_key,
     seed_history,
 )
+from tests.support.segmenter import scalar
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +96,10 @@ async def test_stream_resumes_after_last_event_id_then_follows_new_changes(
     assert live.id == later[0]
     event = decode_segment_change(backlog[0].data.encode())
     assert backlog[0].event == "segment.changed"
-    assert event.id == segment_change_id("c-1", "lifecycle", 2)
+    # The id recorded with the change, the one Kafka carries, not one derived again.
+    assert event.id == str(
+        await scalar(engine, "SELECT change_id FROM segment_history WHERE id = :id", id=ids[2])
+    )
     assert (event.data.from_segment, event.data.to_segment) == ("s2", "s3")
     assert event.data.evaluated_at == NOW + timedelta(seconds=2)
     assert decode_segment_change(live.data.encode()).subject == "c-2"
@@ -144,3 +152,41 @@ async def test_sigterm_ends_open_streams_and_the_server(
     assert code == -signal.SIGTERM, output
     assert "Application shutdown complete" in output
     assert not any(line.startswith("id:") for line in rest)
+
+
+async def test_a_revoked_key_ends_its_open_stream_and_gets_no_later_change(
+    engine: AsyncEngine, service_env: dict[str, str]
+) -> None:
+    await seed_history(engine, changes(1))
+    key = await make_key(engine, "segments:read")
+    key_id = key_id_of(key)
+    admin = bearer(await make_key(engine, "admin"))
+    async with (
+        api_process(service_env, FAST) as api,
+        httpx.AsyncClient(base_url=api.url, timeout=10) as client,
+    ):
+        async with client.stream(
+            "GET", "/v1/changes/stream", params={"after": 0}, headers=bearer(key)
+        ) as r:
+            reader = EventReader(r)
+            await reader.next(1)
+            revoked = await client.delete(f"/v1/admin/keys/{key_id}", headers=admin)
+            assert revoked.status_code == 200
+            after_revocation = await seed_history(engine, changes(3, customer="c-after"))
+            # Generous: the stream checks its key at every poll (50 ms here).
+            rest = await asyncio.wait_for(reader.rest(), 15)
+        again = await client.get("/v1/changes/stream", headers=bearer(key))
+
+        async def is_audited() -> bool:
+            return bool(await audit_rows(engine, "changes.stream.end"))
+
+        # While the API runs: its audit buffer is written every 500 ms, and lost to a kill.
+        await eventually(is_audited, within_seconds=10, message="the stream's end audited")
+
+    sent = {int(line.removeprefix("id: ")) for line in rest if line.startswith("id:")}
+    assert not sent & set(after_revocation)
+    assert ": the API key was revoked" in rest
+    assert again.status_code == 401
+    (end,) = await audit_rows(engine, "changes.stream.end")
+    assert end["key_id"] == key_id
+    assert end["detail"]["reason"] == "key_revoked"

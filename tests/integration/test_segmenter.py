@@ -6,8 +6,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -21,6 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.api.erasure.repository import erase_customer
 from services.segmenter import population
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
@@ -36,7 +35,15 @@ from shared.segmentation import OrderFact, PopulationStats, build_facts, evaluat
 from shared.segmentation.facts import Interaction
 from shared.settings import ConnectionSettings
 from tests.conftest import ROOT, MakeTopic, eventually, unique
-from tests.support.segmenter import History, evaluator, ruleset, scalar, seed, segments
+from tests.support.segmenter import (
+    History,
+    evaluator,
+    ruleset,
+    run_segmenter,
+    scalar,
+    seed,
+    segments,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -304,7 +311,7 @@ async def test_kill_9_loses_no_change_and_duplicates_none_after_dedup(
     procs: list[Any] = []
 
     def start() -> Any:
-        proc = _run_segmenter(env, tmp_path / f"segmenter-{len(procs)}.log")
+        proc = run_segmenter(env, tmp_path / f"segmenter-{len(procs)}.log")
         procs.append(proc)
         return proc
 
@@ -441,7 +448,7 @@ async def test_event_time_clock_moves_with_the_ingested_watermark(
         return (await segments(engine)).get(("replayed", "lifecycle")) == segment
 
     await set_watermark(NOW)
-    proc = _run_segmenter(_event_time_env(service_env, changes_topic), tmp_path / "segmenter.log")
+    proc = run_segmenter(_event_time_env(service_env, changes_topic), tmp_path / "segmenter.log")
     try:
         await eventually(lambda: lifecycle_is("active"), within_seconds=30, message="active")
         # The replay reaches a day past the 90-day mark: the customer is at risk then.
@@ -462,7 +469,7 @@ async def test_event_time_clock_evaluates_nothing_before_the_first_watermark(
     # Facts seeded before ingest has recorded any event time: evaluated at the clock's
     # placeholder start, every order would lie in the future and no wake-up would follow.
     await seed(engine, [History("early", orders=[(NOW - 10 * DAY, Decimal(9))])], NOW)
-    proc = _run_segmenter(
+    proc = run_segmenter(
         _event_time_env(service_env, changes_topic)
         | {"STREAMSEG_SEGMENTER_IDLE_POLL_SECONDS": "0.05"},
         tmp_path / "segmenter.log",
@@ -511,19 +518,6 @@ def _event_time_env(service_env: dict[str, str], changes_topic: str) -> dict[str
     }
 
 
-def _run_segmenter(env: dict[str, str], log_path: Any) -> Any:
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.segmenter"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    return proc
-
-
 async def test_new_definitions_reevaluate_everyone_and_say_so(
     engine: AsyncEngine,
     cache: SegmentCache,
@@ -546,7 +540,7 @@ async def test_new_definitions_reevaluate_everyone_and_say_so(
     )
     path = tmp_path / "stricter.yaml"
     path.write_text(stricter)
-    proc = _run_segmenter(
+    proc = run_segmenter(
         service_env
         | {
             "STREAMSEG_SEGMENTER_DEFINITIONS_PATH": str(path),
@@ -586,7 +580,7 @@ async def test_invalid_definitions_stop_the_segmenter_naming_the_rule(
     broken = broken.replace("days_since_last_interaction < 7", "days_since_last_interactoin < 7")
     path = tmp_path / "broken.yaml"
     path.write_text(broken)
-    proc = _run_segmenter(
+    proc = run_segmenter(
         service_env
         | {
             "STREAMSEG_SEGMENTER_DEFINITIONS_PATH": str(path),
@@ -633,3 +627,114 @@ async def test_history_ids_follow_commit_order_across_processes(engine: AsyncEng
         assert not waiting.done()
         await tx.commit()
         await asyncio.wait_for(waiting, 5)
+
+
+async def _change_ids(engine: AsyncEngine, customer_id: str) -> dict[int, str]:
+    """The customer's change ids by sequence, as recorded and as queued for Kafka."""
+    async with pg_connection(engine) as conn:
+        history = await conn.fetch(
+            "SELECT sequence, change_id::text AS id FROM segment_history WHERE customer_id = $1",
+            customer_id,
+        )
+        outbox = await conn.fetch(
+            "SELECT change_id::text AS id, payload FROM segment_outbox WHERE customer_id = $1",
+            customer_id,
+        )
+    # What goes to Kafka carries the id that was recorded with the change.
+    assert {r["id"] for r in outbox} == {r["id"] for r in history}
+    assert all(decode_segment_change(r["payload"]).id == r["id"] for r in outbox)
+    return {r["sequence"]: r["id"] for r in history}
+
+
+async def test_a_customer_erased_and_back_never_gets_an_earlier_change_id(
+    engine: AsyncEngine, cache: SegmentCache
+) -> None:
+    rules = await ruleset(engine)
+    ev = evaluator(engine, cache, FixedClock(NOW), rules)
+    customer = History(
+        "returns",
+        orders=[(NOW - 10 * DAY, Decimal(40))],
+        interactions=[Interaction(NOW - DAY, "login")],
+    )
+    await seed(engine, [customer], NOW)
+    await run_until_idle(ev)
+    first = await _change_ids(engine, "returns")
+    assert first
+    async with pg_connection(engine) as conn, conn.transaction():
+        await erase_customer(conn, "returns")
+    assert not await _change_ids(engine, "returns")
+
+    # Back with the same events: the same changes again, numbered from 1 again, and a
+    # consumer that deduplicates by id must still see every one of them.
+    await seed(engine, [customer], NOW)
+    await run_until_idle(ev)
+    second = await _change_ids(engine, "returns")
+    assert sorted(second) == sorted(first)
+    assert not set(first.values()) & set(second.values())
+
+
+class _RecomputesBeforeItCommits(Evaluator):
+    """An evaluator during whose first batch, after it read its customers and evaluated them
+    and before it commits, another process's cut-off recompute commits."""
+
+    def __init__(self, *args: Any, recompute: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._recompute = recompute
+
+    async def _commit(self, *args: Any, **kwargs: Any) -> None:
+        if self._recompute is not None:
+            recompute, self._recompute = self._recompute, None
+            await recompute()
+        await super()._commit(*args, **kwargs)
+
+
+@pytest.mark.parametrize("recomputed", ["before the read", "between the read and the commit"])
+async def test_an_evaluation_with_old_cut_offs_cannot_settle_a_customer_they_moved(
+    engine: AsyncEngine, cache: SegmentCache, settings: ConnectionSettings, recomputed: str
+) -> None:
+    spenders = [
+        History(f"s{i:03d}", orders=[(NOW - 10 * DAY, Decimal(10 * (i + 1)))]) for i in range(100)
+    ]
+    await seed(engine, spenders, NOW)
+    recomputing = await ruleset(engine)  # the process that recomputes the cut-offs
+    assert await population.recompute(engine, recomputing, NOW) == 100
+    await run_until_idle(evaluator(engine, cache, FixedClock(NOW), recomputing))
+    assert (await segments(engine))[("s099", "value_tier")] == "vip"
+
+    other_engine = create_engine(settings.database_url, settings.database_schema)
+    try:
+        # The other process has picked up those cut-offs, and will not refresh them (its
+        # next refresh is seconds away) before it evaluates the customers they move.
+        stale = await ruleset(other_engine)
+        assert await population.refresh(other_engine, stale)
+        later = NOW + DAY
+        # Ten new big spenders: the vip cut-off moves above s099's spend.
+        await seed(
+            engine,
+            [History(f"t{i}", orders=[(later - DAY, Decimal(5000))]) for i in range(10)],
+            later,
+        )
+
+        async def recompute() -> None:
+            assert await population.recompute(engine, recomputing, later)
+
+        if recomputed == "before the read":
+            await recompute()
+        other = _RecomputesBeforeItCommits(
+            other_engine,
+            cache,
+            FixedClock(later),
+            SegmenterMetrics(CollectorRegistry()),
+            stale,
+            recompute=recompute if recomputed != "before the read" else None,
+        )
+        await run_until_idle(other)
+    finally:
+        await other_engine.dispose()
+    tiers = {c: s for (c, d), s in (await segments(engine)).items() if d == "value_tier"}
+    # The tiers the new cut-offs give: only the new big spenders are vips.
+    assert tiers["s099"] != "vip"
+    assert {c for c, s in tiers.items() if s == "vip"} == {f"t{i}" for i in range(10)}
+    assert stale.population_id == recomputing.population_id  # it caught up on the way
+    due = "SELECT count(*) FROM segmentation_queue WHERE due_at <= :t"
+    assert await scalar(engine, due, t=later) == 0

@@ -17,7 +17,7 @@ from services.ingest import repository as ingest
 from services.segmenter import queue
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
-from services.segmenter.worker import Evaluator, Writes
+from services.segmenter.worker import Evaluator, Ruleset, Writes
 from shared.clock import FixedClock
 from shared.db.engine import pg_connection
 from shared.segment_cache import SegmentCache
@@ -122,12 +122,14 @@ class IngestMidBatch(Evaluator):
 
     ordered = False
 
-    async def _commit(self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes) -> None:
+    async def _commit(
+        self, conn: Any, due: list[queue.Due], now: datetime, writes: Writes, rules: Ruleset
+    ) -> None:
         if not self.ordered:
             self.ordered = True
             order = History("c0", orders=[(NOW - DAY, Decimal("20.00"))])
             await asyncio.wait_for(seed(self.engine, [order], NOW), timeout=5)
-        await super()._commit(conn, due, now, writes)
+        await super()._commit(conn, due, now, writes, rules)
 
 
 async def test_facts_that_arrive_mid_batch_are_evaluated_next(

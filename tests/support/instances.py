@@ -8,9 +8,11 @@ The components it does not ask for are taken from the shared stack's settings.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -209,29 +211,37 @@ def private_stack(
     shared_env: dict[str, str], directory: Path, *components: str
 ) -> Iterator[PrivateStack]:
     """Start private `components` ("postgres", "redis", "kafka"); the rest are the shared
-    stack's. Everything private is stopped afterwards, whatever the test did to it."""
+    stack's. Everything private is stopped afterwards, whatever the test did to it.
+
+    The instances keep their files in a directory of their own under the system's temporary
+    directory, not in `directory`: every pytest session that starts on this machine (other
+    worktrees share it) resets pytest's base directory to mode 0700, and a PostgreSQL that
+    restarts or recovers from a crash then no longer reaches its data directory as its own
+    user. Their logs are copied to `directory` at the end, and the rest is removed.
+    """
     unknown = set(components) - set(_ENV_OF)
     if unknown:
         raise ValueError(f"unknown components: {sorted(unknown)}")
+    own = Path(tempfile.mkdtemp(prefix="streamseg-stack-"))
     stack = PrivateStack(
-        directory=directory,
+        directory=own,
         env=dict(shared_env),
         pg_port=_free_port() if "postgres" in components else None,
         redis_port=_free_port() if "redis" in components else None,
         kafka_port=_free_port(pair=True) if "kafka" in components else None,
     )
-    stack.up()
-    env = dict(shared_env)
-    if stack.pg_port is not None:
-        env["STREAMSEG_DATABASE_URL"] = (
-            f"postgresql+asyncpg://streamseg:streamseg@127.0.0.1:{stack.pg_port}/streamseg"
-        )
-    if stack.redis_port is not None:
-        env["STREAMSEG_REDIS_URL"] = f"redis://127.0.0.1:{stack.redis_port}/0"
-    if stack.kafka_port is not None:
-        env["STREAMSEG_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{stack.kafka_port}"
-    stack.env = env
     try:
+        stack.up()
+        env = dict(shared_env)
+        if stack.pg_port is not None:
+            env["STREAMSEG_DATABASE_URL"] = (
+                f"postgresql+asyncpg://streamseg:streamseg@127.0.0.1:{stack.pg_port}/streamseg"
+            )
+        if stack.redis_port is not None:
+            env["STREAMSEG_REDIS_URL"] = f"redis://127.0.0.1:{stack.redis_port}/0"
+        if stack.kafka_port is not None:
+            env["STREAMSEG_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{stack.kafka_port}"
+        stack.env = env
         yield stack
     finally:
         try:
@@ -239,6 +249,10 @@ def private_stack(
         finally:
             # A Kafka killed and not restarted leaves nothing for `down` to stop; make sure
             # nothing of ours outlives the test.
-            for pidfile in directory.glob("*/*.pid"):
+            for pidfile in own.glob("*/*.pid"):
                 with suppress(ProcessLookupError, ValueError):
                     os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+            directory.mkdir(parents=True, exist_ok=True)
+            for log in own.glob("*/*.log"):
+                shutil.copy2(log, directory / f"{log.parent.name}-{log.name}")
+            shutil.rmtree(own, ignore_errors=True)

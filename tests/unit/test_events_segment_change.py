@@ -37,14 +37,16 @@ CHANGE = SegmentChange(
     evaluated_at=datetime(2024, 5, 1, 12, 35, tzinfo=UTC),
     sequence=7,
 )
+INCARNATION = "0b2d3a5e-8f1c-4c6e-9a7b-2d4e6f8a0c1e"
+CHANGE_ID = segment_change_id("cust-42", "value", 7, INCARNATION)
 
 
 def test_encoded_event_is_a_structured_cloudevent() -> None:
-    envelope = json.loads(encode_segment_change(CHANGE))
+    envelope = json.loads(encode_segment_change(CHANGE, change_id=CHANGE_ID))
 
     assert envelope == {
         "specversion": "1.0",
-        "id": segment_change_id("cust-42", "value", 7),
+        "id": CHANGE_ID,
         "source": SEGMENTER_SOURCE,
         "type": "io.streamseg.segment.changed.v1",
         "subject": "cust-42",
@@ -66,15 +68,16 @@ def test_encoded_event_is_a_structured_cloudevent() -> None:
 
 
 def test_literal_defaults_match_the_named_constants() -> None:
-    event = segment_change_event(CHANGE)
+    event = segment_change_event(CHANGE, change_id=CHANGE_ID)
 
     assert event.type == SEGMENT_CHANGED_TYPE
     assert event.dataschema == SEGMENT_CHANGE_DATASCHEMA
 
 
 def test_encoding_is_deterministic_so_a_retried_publish_is_identical() -> None:
-    assert encode_segment_change(CHANGE) == encode_segment_change(
-        SegmentChange(**{f: getattr(CHANGE, f) for f in CHANGE.__struct_fields__})
+    assert encode_segment_change(CHANGE, change_id=CHANGE_ID) == encode_segment_change(
+        SegmentChange(**{f: getattr(CHANGE, f) for f in CHANGE.__struct_fields__}),
+        change_id=CHANGE_ID,
     )
 
 
@@ -96,45 +99,58 @@ def test_encoding_is_deterministic_so_a_retried_publish_is_identical() -> None:
     ],
 )
 def test_round_trip(change: SegmentChange) -> None:
-    event = decode_segment_change(encode_segment_change(change))
+    event = decode_segment_change(encode_segment_change(change, change_id=CHANGE_ID))
 
-    assert event == segment_change_event(change)
+    assert event == segment_change_event(change, change_id=CHANGE_ID)
     assert event.data == change
 
 
 def test_id_is_stable_and_depends_on_every_input() -> None:
-    first = segment_change_id("cust-42", "value", 7)
+    first = segment_change_id("cust-42", "value", 7, INCARNATION)
 
-    assert first == segment_change_id("cust-42", "value", 7)
-    assert len({first, segment_change_id("cust-43", "value", 7)}) == 2
-    assert len({first, segment_change_id("cust-42", "recency", 7)}) == 2
-    assert len({first, segment_change_id("cust-42", "value", 8)}) == 2
+    assert first == segment_change_id("cust-42", "value", 7, INCARNATION)
+    assert len({first, segment_change_id("cust-43", "value", 7, INCARNATION)}) == 2
+    assert len({first, segment_change_id("cust-42", "recency", 7, INCARNATION)}) == 2
+    assert len({first, segment_change_id("cust-42", "value", 8, INCARNATION)}) == 2
+
+
+def test_a_new_incarnation_never_repeats_an_id_of_the_last() -> None:
+    # An erased customer who comes back numbers its changes from 1 again.
+    erased, returned = str(uuid.uuid4()), str(uuid.uuid4())
+    changes = [(d, n) for d in ("value", "rfm") for n in range(50)]
+    before = {segment_change_id("cust-42", d, n, erased) for d, n in changes}
+    after = {segment_change_id("cust-42", d, n, returned) for d, n in changes}
+    assert len(before) == len(after) == 100
+    assert not before & after
 
 
 def test_id_cannot_collide_across_field_boundaries() -> None:
-    assert segment_change_id("a:b", "c", 1) != segment_change_id("a", "b:c", 1)
+    assert segment_change_id("a:b", "c", 1, INCARNATION) != segment_change_id(
+        "a", "b:c", 1, INCARNATION
+    )
 
 
-@given(st.text(), st.text(), st.integers(0, 2**63 - 1))
+@given(st.text(), st.text(), st.integers(0, 2**63 - 1), st.uuids())
 def test_change_id_is_the_uuid5_of_the_json_name(
-    customer_id: str, dimension: str, sequence: int
+    customer_id: str, dimension: str, sequence: int, incarnation: uuid.UUID
 ) -> None:
-    name = msgspec.json.encode([customer_id, dimension, sequence]).decode()
+    name = msgspec.json.encode([customer_id, dimension, sequence, str(incarnation)]).decode()
 
     expected = uuid.uuid5(SEGMENT_CHANGE_ID_NAMESPACE, name)
 
-    assert segment_change_id(customer_id, dimension, sequence) == str(expected)
+    assert segment_change_id(customer_id, dimension, sequence, str(incarnation)) == str(expected)
 
 
 def test_unknown_extension_attributes_are_ignored() -> None:
-    envelope = json.loads(encode_segment_change(CHANGE))
+    envelope = json.loads(encode_segment_change(CHANGE, change_id=CHANGE_ID))
     envelope["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
-    assert decode_segment_change(json.dumps(envelope).encode()) == segment_change_event(CHANGE)
+    expected = segment_change_event(CHANGE, change_id=CHANGE_ID)
+    assert decode_segment_change(json.dumps(envelope).encode()) == expected
 
 
 def _envelope(**overrides: Any) -> bytes:
-    envelope = json.loads(encode_segment_change(CHANGE))
+    envelope = json.loads(encode_segment_change(CHANGE, change_id=CHANGE_ID))
     for path, value in overrides.items():
         *parents, leaf = path.split("__")
         target = envelope
@@ -184,7 +200,7 @@ def test_invalid_segment_change_is_rejected(
 
 
 def test_missing_data_field_is_named() -> None:
-    envelope = json.loads(encode_segment_change(CHANGE))
+    envelope = json.loads(encode_segment_change(CHANGE, change_id=CHANGE_ID))
     del envelope["data"]["to_segment"]
 
     with pytest.raises(EventRejected) as caught:

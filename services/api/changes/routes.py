@@ -56,7 +56,8 @@ async def stream_changes(
         str | None, Query(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)
     ] = None,
 ) -> StreamingResponse:
-    """Segment changes as Server-Sent Events, from `Last-Event-ID` (or `after`) onwards."""
+    """Segment changes as Server-Sent Events, from `Last-Event-ID` (or `after`) onwards, while
+    the key is valid."""
     if last_event_id is not None:
         if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > 18:
             raise ApiError(422, "invalid_last_event_id", "Last-Event-ID must be an event id")
@@ -76,11 +77,13 @@ async def stream_changes(
     settings = resources.settings
     events = service.change_events(
         resources.db,
+        who,
         after,
         dimension,
         poll_seconds=settings.stream_poll_interval_ms / 1000,
         heartbeat_seconds=settings.stream_heartbeat_seconds,
         control=resources.streams,
+        audit=resources.audit,
     )
     return StreamingResponse(
         events,
