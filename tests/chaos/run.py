@@ -494,6 +494,12 @@ class Run:
             "api_first_pass_sources": sources,
             "top_spend_cutoff": str(expected.top_spend),
             "process_restarts": supervisor.restarts,
+            # Exits the nemesis did not cause (kill -9 is -9): crashes the supervisor saw.
+            "unplanned_exits": {
+                n: [code for code in svc.exits if code != -9]
+                for n, svc in supervisor.services.items()
+                if any(code != -9 for code in svc.exits)
+            },
         }
         result = RunResult(
             self.seed,
