@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -536,3 +537,67 @@ async def test_verify_reports_drift_and_repair_corrects_it(harness: Harness) -> 
     for cid in broken:
         stored, kept = kept_page_views[cid]
         assert stored == kept, cid
+
+
+@pytest.mark.timeout(300)
+async def test_a_batch_on_a_connection_that_stops_answering_is_retried_on_a_new_one(
+    stack_env: dict[str, str], make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """The worker's backend stops answering mid-batch (SIGSTOP: as a network partition
+    looks to the client) and the batch must not wait forever: past the batch deadline the
+    connection is closed and the batch retried; once the backend resumes it finds its client
+    gone and rolls back, and nothing is lost or doubled."""
+    events = orders_only(seed=28, customers=60, count=1200)
+    with private_stack(stack_env, tmp_path / "pg", "postgres") as pg:
+        schema = unique("t")
+        engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
+        try:
+            await upgrade(engine, schema)
+            topics = Topics(await make_topic("orders", 2), await make_topic("interactions", 2))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEG_")} | {
+                "STREAMSEG_DATABASE_URL": pg.env["STREAMSEG_DATABASE_URL"],
+                "STREAMSEG_REDIS_URL": pg.env["STREAMSEG_REDIS_URL"],
+                "STREAMSEG_KAFKA_BOOTSTRAP": pg.env["STREAMSEG_KAFKA_BOOTSTRAP"],
+                "STREAMSEG_DATABASE_SCHEMA": schema,
+                "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
+                "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
+                "STREAMSEG_INGEST_GROUP_ID": unique("g"),
+                "STREAMSEG_INGEST_OPS_PORT": "0",
+                "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "100",
+                "STREAMSEG_INGEST_BATCH_TIMEOUT_SECONDS": "3",
+                "STREAMSEG_LOG_JSON": "false",
+            }
+            harness = Harness(
+                topics, env, stack_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, []
+            )
+            worker = harness.worker()
+            first, rest = events[:200], events[200:]
+            produced = await produce(harness.bootstrap, as_records(first, topics))
+            await harness.wait_caught_up(produced)
+            backends = pg.backend_pids("ingest")
+            assert backends, "the worker has no backend"
+            for pid in backends:
+                os.kill(pid, signal.SIGSTOP)
+            log = tmp_path / "ingest-0.log"
+            try:
+                producing = asyncio.create_task(
+                    produce(harness.bootstrap, as_records(rest, topics), produced)
+                )
+
+                async def gave_up_on_it() -> bool:
+                    return "batch_connection_stuck" in log.read_text()
+
+                await eventually(gave_up_on_it, within_seconds=60, message="the watchdog fires")
+            finally:
+                for pid in backends:
+                    os.kill(pid, signal.SIGCONT)
+            produced = await producing
+            await harness.wait_caught_up(produced, within_seconds=120)
+            assert worker.alive(), log.read_text()[-3000:]
+            await harness.assert_exact(events)
+            worker.ensure_dead()
+            await delete_topics(
+                harness.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
+            )
+        finally:
+            await engine.dispose()
