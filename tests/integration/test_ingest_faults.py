@@ -30,7 +30,15 @@ from shared.kafka import HEADER_REASON, HEADER_REFERENCE, delete_topics, dlq_top
 from shared.workload import Workload
 from tests.conftest import MakeTopic, eventually, free_port, unique
 from tests.support.checker import expected_aggregates
-from tests.support.ingest import Harness, Produced, Topics, as_records, produce, read_aggregates
+from tests.support.ingest import (
+    Harness,
+    IngestProcess,
+    Produced,
+    Topics,
+    as_records,
+    produce,
+    read_aggregates,
+)
 from tests.support.instances import private_stack
 
 pytestmark = pytest.mark.integration
@@ -199,6 +207,7 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
     with private_stack(stack_env, tmp_path / "pg", "postgres") as pg:
         schema = unique("t")
         engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
+        workers: list[IngestProcess] = []
         try:
             await upgrade(engine, schema)
             topics = Topics(await make_topic("orders", 4), await make_topic("interactions", 4))
@@ -215,7 +224,7 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
                 "STREAMSEG_LOG_JSON": "false",
             }
             harness = Harness(
-                topics, env, stack_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, []
+                topics, env, stack_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, workers
             )
             worker = harness.worker()
             records = as_records(events, topics)
@@ -246,11 +255,12 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
             await harness.wait_caught_up(produced, within_seconds=180)
             assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
             await harness.assert_exact(events)
-            worker.ensure_dead()
             await delete_topics(
                 harness.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
             )
         finally:
+            for w in workers:
+                w.ensure_dead()
             await engine.dispose()
 
 
@@ -551,6 +561,7 @@ async def test_a_batch_on_a_connection_that_stops_answering_is_retried_on_a_new_
     with private_stack(stack_env, tmp_path / "pg", "postgres") as pg:
         schema = unique("t")
         engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
+        workers: list[IngestProcess] = []
         try:
             await upgrade(engine, schema)
             topics = Topics(await make_topic("orders", 2), await make_topic("interactions", 2))
@@ -568,7 +579,7 @@ async def test_a_batch_on_a_connection_that_stops_answering_is_retried_on_a_new_
                 "STREAMSEG_LOG_JSON": "false",
             }
             harness = Harness(
-                topics, env, stack_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, []
+                topics, env, stack_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, workers
             )
             worker = harness.worker()
             first, rest = events[:200], events[200:]
@@ -595,9 +606,10 @@ async def test_a_batch_on_a_connection_that_stops_answering_is_retried_on_a_new_
             await harness.wait_caught_up(produced, within_seconds=120)
             assert worker.alive(), log.read_text()[-3000:]
             await harness.assert_exact(events)
-            worker.ensure_dead()
             await delete_topics(
                 harness.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
             )
         finally:
+            for w in workers:
+                w.ensure_dead()
             await engine.dispose()
