@@ -277,7 +277,10 @@ class IngestWorker:
                     self._forget(part.tp)
                 return
             except repo.OffsetsMovedError as exc:
-                self._rewind(exc.stored)
+                # Every partition of the batch goes back, not only those whose stored
+                # offset moved: the others were fetched past this batch (the next one is
+                # prepared), and with nothing committed they would never be read again.
+                self._rewind({(p.tp.topic, p.tp.partition): p.start for p in parts} | exc.stored)
                 return
             except Exception as exc:
                 if is_retriable(exc):

@@ -17,12 +17,18 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from prometheus_client import CollectorRegistry
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.ingest.batch import Part, PreparedBatch, build_changes
+from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
+from services.ingest.worker import IngestWorker
+from shared.clock import SystemClock
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
 from shared.events import Event, OrderPlaced, OrderRefunded, encode_event
@@ -38,6 +44,7 @@ from tests.support.ingest import (
     as_records,
     produce,
     read_aggregates,
+    stored_offsets,
 )
 from tests.support.instances import private_stack
 
@@ -613,3 +620,135 @@ async def test_a_batch_on_a_connection_that_stops_answering_is_retried_on_a_new_
             for w in workers:
                 w.ensure_dead()
             await engine.dispose()
+
+
+async def produce_to(
+    bootstrap: str, records: list[tuple[str, int, bytes]], produced: Produced
+) -> Produced:
+    """Send (topic, partition, value) records, each to the partition named."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50)
+    await producer.start()
+    try:
+        # All sent before any is awaited, so that they reach the worker together.
+        futures = [
+            await producer.send(topic, value=value, partition=partition)
+            for topic, partition, value in records
+        ]
+        for meta in await asyncio.gather(*futures):
+            produced.note(meta.topic, meta.partition, meta.offset)
+    finally:
+        await producer.stop()
+    return produced
+
+
+@pytest.mark.timeout(300)
+async def test_a_loss_on_one_partition_is_read_again_while_the_others_go_on(
+    harness: Harness,
+) -> None:
+    """A crash took back a batch that held one partition only, while the next records land
+    on that partition and on one that lost nothing: the loss is read again, and the other
+    partition goes on."""
+    now = datetime.now(UTC)
+    workload = Workload(seed=29, customers=40, start=now - timedelta(days=90), end=now)
+    orders = harness.topics.orders
+    everywhere = [e for e in workload.events(3000) if e.type.startswith("order_")][:600]
+    first = [(orders, i % 4, encode_event(e)) for i, e in enumerate(everywhere[:300])]
+    # Only the next batch may find the loss here, not the periodic offset check.
+    harness.env["STREAMSEG_INGEST_OFFSET_CHECK_SECONDS"] = "3600"
+    harness.worker()
+    produced = await produce_to(harness.bootstrap, first, Produced())
+    await harness.wait_caught_up(produced)
+    # A batch with partition 0 alone, for one customer, is committed and then "lost".
+    at = now - timedelta(hours=1)
+    lone = [
+        OrderPlaced(
+            event_id=f"e-lone-{i}",
+            customer_id="c-lone",
+            order_id=f"o-lone-{i}",
+            occurred_at=at,
+            amount=Decimal("5"),
+            currency="EUR",
+        )
+        for i in range(5)
+    ]
+    before_loss = (await stored_offsets(harness.engine))[(orders, 0)]
+    produced = await produce_to(
+        harness.bootstrap, [(orders, 0, encode_event(e)) for e in lone], produced
+    )
+    await harness.wait_caught_up(produced)
+    async with harness.engine.begin() as conn:
+        for table in ("orders", "customer_aggregates", "segmentation_queue"):
+            await conn.execute(
+                text(f"DELETE FROM {table} WHERE customer_id = 'c-lone'")  # noqa: S608
+            )
+        await conn.execute(text("DELETE FROM processed_events WHERE event_id LIKE 'e-lone-%'"))
+        await conn.execute(
+            text("UPDATE ingest_offsets SET next_offset = :n WHERE topic = :t AND partition = 0"),
+            {"n": before_loss, "t": orders},
+        )
+    # The next records land on partition 0 and on partition 1, which lost nothing; the
+    # worker is paused meanwhile (well within its session timeout), so that it fetches them
+    # in one batch.
+    rest = [(orders, i % 2, encode_event(e)) for i, e in enumerate(everywhere[300:])]
+    proc = harness.workers[0].proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        produced = await produce_to(harness.bootstrap, rest, produced)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    await harness.wait_caught_up(produced, within_seconds=60)
+    await harness.assert_exact([*everywhere, *lone])
+
+
+async def test_a_batch_that_fails_its_offset_check_sends_all_its_partitions_back(
+    engine: AsyncEngine, make_topic: MakeTopic, stack_env: dict[str, str]
+) -> None:
+    """The worker's own state after a batch over two partitions finds one of them behind in
+    PostgreSQL (a crash took back an earlier batch of it): the transaction rolled back
+    whole, so the other partition must resume from its committed offset too. It had been
+    fetched past the batch, and, left so, would never be read again (seen once as a stall
+    after a crash: some partitions rewound, the rest silent)."""
+    bootstrap = stack_env["STREAMSEG_KAFKA_BOOTSTRAP"]
+    topic = await make_topic("orders", 2)
+    tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.assign([tp0, tp1])
+        worker = IngestWorker(
+            IngestSettings(orders_topic=topic),
+            engine,
+            consumer,
+            producer,
+            SystemClock(),
+            IngestMetrics(CollectorRegistry()),
+            "test-worker",
+        )
+        await worker.claim([tp0, tp1])
+        async with engine.begin() as conn:
+            # Stored: partition 0 at 5 (10 was committed, then lost), partition 1 at 7.
+            await conn.execute(
+                text(
+                    "UPDATE ingest_offsets"
+                    " SET next_offset = CASE partition WHEN 0 THEN 5 ELSE 7 END"
+                )
+            )
+        worker._committed.update({tp0: 10, tp1: 7})
+        worker._fetched.update({tp0: 12, tp1: 9})
+        epoch = worker._epochs[tp0]
+        batch = PreparedBatch(
+            [Part(tp0, epoch, 10, 12), Part(tp1, epoch, 7, 9)],
+            {},
+            build_changes([], RATES, datetime.now(UTC)),
+        )
+        await worker._process(batch)
+        assert worker._committed == {tp0: 5, tp1: 7}
+        assert worker._fetched == {tp0: 5, tp1: 7}
+        assert await consumer.position(tp0) == 5
+        assert await consumer.position(tp1) == 7
+    finally:
+        await consumer.stop()
+        await producer.stop()
