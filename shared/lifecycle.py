@@ -39,7 +39,7 @@ def dump_tasks() -> None:
     for task in asyncio.all_tasks():
         frames = task.get_stack(limit=12)
         stack = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in frames]
-        log.warning("task_dump", task=task.get_name(), stack=stack)
+        log.warning("task_dump", task=task.get_name(), frames=stack)
 
 
 def settle_garbage_collector() -> None:
