@@ -10,6 +10,8 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -46,7 +48,7 @@ from tests.support.ingest import (
     read_aggregates,
     stored_offsets,
 )
-from tests.support.instances import private_stack
+from tests.support.instances import PrivateStack, private_stack
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +66,59 @@ def spread(
     return [(topic, f"k{rng.randrange(partitions * 97)}".encode(), v) for topic, _, v in records]
 
 
+def recent_events(*, seed: int, customers: int, days: int, count: int) -> list[Event]:
+    """`count` realistic events over the last `days`, up to a minute ago."""
+    end = datetime.now(UTC) - timedelta(minutes=1)
+    workload = Workload(seed=seed, customers=customers, start=end - timedelta(days=days), end=end)
+    return list(workload.events(count))
+
+
 def orders_only(seed: int, customers: int, count: int) -> list[Event]:
     end = datetime.now(UTC) - timedelta(minutes=1)
     workload = Workload(seed=seed, customers=customers, start=end - timedelta(days=300), end=end)
     return [e for e in workload.events(count * 3) if e.type.startswith("order_")][:count]
+
+
+@asynccontextmanager
+async def private_pg_harness(
+    stack_env: dict[str, str],
+    make_topic: MakeTopic,
+    tmp_path: Path,
+    partitions: int,
+    settings: dict[str, str],
+) -> AsyncIterator[tuple[PrivateStack, Harness]]:
+    """A harness whose PostgreSQL is a private instance the test may crash, stop or pause;
+    Kafka is the shared one. Workers, topics and the instance go when the test ends."""
+    bootstrap = stack_env["STREAMSEG_KAFKA_BOOTSTRAP"]
+    with private_stack(stack_env, tmp_path / "pg", "postgres") as pg:
+        schema = unique("t")
+        engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
+        workers: list[IngestProcess] = []
+        topics = Topics(
+            await make_topic("orders", partitions), await make_topic("interactions", partitions)
+        )
+        try:
+            await upgrade(engine, schema)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEG_")} | {
+                "STREAMSEG_DATABASE_URL": pg.env["STREAMSEG_DATABASE_URL"],
+                "STREAMSEG_REDIS_URL": pg.env["STREAMSEG_REDIS_URL"],
+                "STREAMSEG_KAFKA_BOOTSTRAP": bootstrap,
+                "STREAMSEG_DATABASE_SCHEMA": schema,
+                "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
+                "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
+                "STREAMSEG_INGEST_GROUP_ID": unique("g"),
+                "STREAMSEG_INGEST_OPS_PORT": "0",
+                "STREAMSEG_LOG_JSON": "false",
+                **settings,
+            }
+            yield pg, Harness(topics, env, bootstrap, engine, tmp_path, workers)
+        finally:
+            for w in workers:
+                w.ensure_dead()
+            await delete_topics(
+                bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
+            )
+            await engine.dispose()
 
 
 @pytest.mark.timeout(300)
@@ -129,14 +180,7 @@ async def test_batches_that_postgresql_lost_are_read_again(harness: Harness) -> 
     made exact: every ingest table is emptied and the offsets go back to the start, as if
     all batches so far had been lost; the worker must notice on its next batch and read
     them again rather than move the offsets past them."""
-    events = list(
-        Workload(
-            seed=22,
-            customers=150,
-            start=datetime.now(UTC) - timedelta(days=200),
-            end=datetime.now(UTC) - timedelta(minutes=1),
-        ).events(3000)
-    )
+    events = recent_events(seed=22, customers=150, days=200, count=3000)
     first, second = events[:2000], events[2000:]
     harness.worker()
     produced = await produce(harness.bootstrap, as_records(first, harness.topics))
@@ -160,14 +204,7 @@ async def test_a_claim_that_fails_is_retried_instead_of_leaving_partitions_uncon
     """The claim's connection dies while it waits (a backend killed, a failover): aiokafka
     swallows what the rebalance listener raises, so without a retry the partitions stay
     assigned to a worker that never consumes them, and nothing says so."""
-    events = list(
-        Workload(
-            seed=23,
-            customers=100,
-            start=datetime.now(UTC) - timedelta(days=100),
-            end=datetime.now(UTC) - timedelta(minutes=1),
-        ).events(1500)
-    )
+    events = recent_events(seed=23, customers=100, days=100, count=1500)
     harness.worker()
     await harness.wait_owners(1)
     async with harness.engine.connect() as locker, harness.engine.connect() as killer:
@@ -203,72 +240,40 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
     resets every backend and runs crash recovery, losing commits not yet flushed) and an
     immediate shutdown and restart. The worker must ride through it (no exit), read again
     whatever was lost, and end exact."""
-    events = list(
-        Workload(
-            seed=24,
-            customers=300,
-            start=datetime.now(UTC) - timedelta(days=300),
-            end=datetime.now(UTC) - timedelta(minutes=1),
-        ).events(9000)
-    )
-    with private_stack(stack_env, tmp_path / "pg", "postgres") as pg:
-        schema = unique("t")
-        engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
-        workers: list[IngestProcess] = []
-        try:
-            await upgrade(engine, schema)
-            topics = Topics(await make_topic("orders", 4), await make_topic("interactions", 4))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEG_")} | {
-                "STREAMSEG_DATABASE_URL": pg.env["STREAMSEG_DATABASE_URL"],
-                "STREAMSEG_REDIS_URL": pg.env["STREAMSEG_REDIS_URL"],
-                "STREAMSEG_KAFKA_BOOTSTRAP": pg.env["STREAMSEG_KAFKA_BOOTSTRAP"],
-                "STREAMSEG_DATABASE_SCHEMA": schema,
-                "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
-                "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
-                "STREAMSEG_INGEST_GROUP_ID": unique("g"),
-                "STREAMSEG_INGEST_OPS_PORT": "0",
-                "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "300",
-                "STREAMSEG_LOG_JSON": "false",
-            }
-            harness = Harness(
-                topics, env, stack_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, workers
-            )
-            worker = harness.worker()
-            records = as_records(events, topics)
-            producing = asyncio.create_task(
-                produce(harness.bootstrap, records, rate_per_second=600)
-            )
-            rng = random.Random(24)
+    events = recent_events(seed=24, customers=300, days=300, count=9000)
+    settings = {"STREAMSEG_INGEST_MAX_BATCH_RECORDS": "300"}
+    async with private_pg_harness(stack_env, make_topic, tmp_path, 4, settings) as (pg, harness):
+        worker = harness.worker()
+        records = as_records(events, harness.topics)
+        producing = asyncio.create_task(produce(harness.bootstrap, records, rate_per_second=600))
+        rng = random.Random(24)
 
-            async def answers() -> bool:
-                # pg_isready may answer before the postmaster has noticed the crash.
-                try:
-                    async with engine.connect() as conn:
-                        await conn.execute(text("SELECT 1"))
-                except Exception:  # any failure means not yet
-                    return False
-                return True
+        async def answers() -> bool:
+            # pg_isready may answer before the postmaster has noticed the crash.
+            try:
+                async with harness.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            except Exception:  # any failure means not yet
+                return False
+            return True
 
-            for fault in ("crash", "crash", "restart", "crash"):
-                await asyncio.sleep(rng.uniform(2.0, 4.0))
-                if fault == "crash":
-                    assert pg.crash_postgres_backend("ingest"), "no ingest backend to kill"
-                else:
-                    await asyncio.to_thread(pg.restart_postgres_immediately, 1.0)
-                await asyncio.to_thread(pg.wait_postgres_accepts)
-                assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
-            produced = await producing
-            await eventually(answers, within_seconds=60, message="PostgreSQL answers")
-            await harness.wait_caught_up(produced, within_seconds=180)
+        for fault in ("crash", "crash", "restart", "crash"):
+            await asyncio.sleep(rng.uniform(2.0, 4.0))
+            if fault == "crash":
+                # Any backend's death resets them all; the worker's own is the likeliest to
+                # be mid-batch, but between retries it may hold none.
+                await eventually(answers, within_seconds=60, message="PostgreSQL answers")
+                killed = pg.crash_postgres_backend("ingest") or pg.crash_postgres_backend()
+                assert killed, "no backend to kill"
+            else:
+                await asyncio.to_thread(pg.restart_postgres_immediately, 1.0)
+            await asyncio.to_thread(pg.wait_postgres_accepts)
             assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
-            await harness.assert_exact(events)
-            await delete_topics(
-                harness.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
-            )
-        finally:
-            for w in workers:
-                w.ensure_dead()
-            await engine.dispose()
+        produced = await producing
+        await eventually(answers, within_seconds=60, message="PostgreSQL answers")
+        await harness.wait_caught_up(produced, within_seconds=180)
+        assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
+        await harness.assert_exact(events)
 
 
 async def read_dead_letters(
@@ -469,14 +474,7 @@ async def test_ingest_refuses_to_start_on_a_topic_kept_forever_without_a_window(
 async def test_verify_reports_drift_and_repair_corrects_it(harness: Harness) -> None:
     """What a deployment that ran with the cross-partition undercount does once: recompute
     from the stored rows, see the drift, repair it, and get the customers re-segmented."""
-    events = list(
-        Workload(
-            seed=27,
-            customers=80,
-            start=datetime.now(UTC) - timedelta(days=200),
-            end=datetime.now(UTC) - timedelta(minutes=1),
-        ).events(2000)
-    )
+    events = recent_events(seed=27, customers=80, days=200, count=2000)
     harness.worker()
     produced = await produce(harness.bootstrap, as_records(events, harness.topics))
     await harness.wait_caught_up(produced)
@@ -565,61 +563,36 @@ async def test_a_batch_on_a_connection_that_stops_answering_is_retried_on_a_new_
     connection is closed and the batch retried; once the backend resumes it finds its client
     gone and rolls back, and nothing is lost or doubled."""
     events = orders_only(seed=28, customers=60, count=1200)
-    with private_stack(stack_env, tmp_path / "pg", "postgres") as pg:
-        schema = unique("t")
-        engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
-        workers: list[IngestProcess] = []
+    settings = {
+        "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "100",
+        "STREAMSEG_INGEST_BATCH_TIMEOUT_SECONDS": "3",
+    }
+    async with private_pg_harness(stack_env, make_topic, tmp_path, 2, settings) as (pg, harness):
+        worker = harness.worker()
+        first, rest = events[:200], events[200:]
+        produced = await produce(harness.bootstrap, as_records(first, harness.topics))
+        await harness.wait_caught_up(produced)
+        backends = pg.backend_pids("ingest")
+        assert backends, "the worker has no backend"
+        for pid in backends:
+            os.kill(pid, signal.SIGSTOP)
+        log = tmp_path / "ingest-0.log"
         try:
-            await upgrade(engine, schema)
-            topics = Topics(await make_topic("orders", 2), await make_topic("interactions", 2))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEG_")} | {
-                "STREAMSEG_DATABASE_URL": pg.env["STREAMSEG_DATABASE_URL"],
-                "STREAMSEG_REDIS_URL": pg.env["STREAMSEG_REDIS_URL"],
-                "STREAMSEG_KAFKA_BOOTSTRAP": pg.env["STREAMSEG_KAFKA_BOOTSTRAP"],
-                "STREAMSEG_DATABASE_SCHEMA": schema,
-                "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
-                "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
-                "STREAMSEG_INGEST_GROUP_ID": unique("g"),
-                "STREAMSEG_INGEST_OPS_PORT": "0",
-                "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "100",
-                "STREAMSEG_INGEST_BATCH_TIMEOUT_SECONDS": "3",
-                "STREAMSEG_LOG_JSON": "false",
-            }
-            harness = Harness(
-                topics, env, stack_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, workers
+            producing = asyncio.create_task(
+                produce(harness.bootstrap, as_records(rest, harness.topics), produced)
             )
-            worker = harness.worker()
-            first, rest = events[:200], events[200:]
-            produced = await produce(harness.bootstrap, as_records(first, topics))
-            await harness.wait_caught_up(produced)
-            backends = pg.backend_pids("ingest")
-            assert backends, "the worker has no backend"
-            for pid in backends:
-                os.kill(pid, signal.SIGSTOP)
-            log = tmp_path / "ingest-0.log"
-            try:
-                producing = asyncio.create_task(
-                    produce(harness.bootstrap, as_records(rest, topics), produced)
-                )
 
-                async def gave_up_on_it() -> bool:
-                    return "batch_connection_stuck" in log.read_text()
+            async def gave_up_on_it() -> bool:
+                return "batch_connection_stuck" in log.read_text()
 
-                await eventually(gave_up_on_it, within_seconds=60, message="the watchdog fires")
-            finally:
-                for pid in backends:
-                    os.kill(pid, signal.SIGCONT)
-            produced = await producing
-            await harness.wait_caught_up(produced, within_seconds=120)
-            assert worker.alive(), log.read_text()[-3000:]
-            await harness.assert_exact(events)
-            await delete_topics(
-                harness.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
-            )
+            await eventually(gave_up_on_it, within_seconds=60, message="the watchdog fires")
         finally:
-            for w in workers:
-                w.ensure_dead()
-            await engine.dispose()
+            for pid in backends:
+                os.kill(pid, signal.SIGCONT)
+        produced = await producing
+        await harness.wait_caught_up(produced, within_seconds=120)
+        assert worker.alive(), log.read_text()[-3000:]
+        await harness.assert_exact(events)
 
 
 async def produce_to(
