@@ -29,6 +29,17 @@ def install_stop_handlers(stop: Callable[[], None]) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    # For an operator asking a process that seems stuck where each of its tasks waits:
+    # a thread dump (py-spy) shows only the event loop, never the coroutines.
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+
+
+def dump_tasks() -> None:
+    """Log every asyncio task of this process with the stack it is waiting in."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=12)
+        stack = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in frames]
+        log.warning("task_dump", task=task.get_name(), frames=stack)
 
 
 def settle_garbage_collector() -> None:

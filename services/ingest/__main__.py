@@ -48,7 +48,9 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
 
     install_stop_handlers(stop)
     async with AsyncExitStack() as stack:
-        engine = create_engine(conn.database_url, conn.database_schema, application_name="ingest")
+        engine = create_engine(
+            conn.database_url, conn.database_schema, application_name="ingest", pre_ping=False
+        )
         stack.push_async_callback(engine.dispose)
         await require_current(engine, conn.database_schema)
         topics = [settings.orders_topic, settings.interactions_topic]

@@ -49,6 +49,10 @@ class IngestSettings(BaseSettings):
     # How often a worker compares its partitions' stored offsets with what it committed, to
     # read again batches a PostgreSQL crash took back on partitions that get no new record.
     offset_check_seconds: float = Field(default=5.0, gt=0)
+    # A batch's transaction that has not finished after this long is on a connection that
+    # stopped answering: the connection is closed and the batch retried on a new one. Above
+    # the statement timeout (30 s), which bounds every healthy statement.
+    batch_timeout_seconds: float = Field(default=90.0, gt=0)
     ops_host: str = "127.0.0.1"
     ops_port: int = 8101
     clock: str = "system"

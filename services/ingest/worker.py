@@ -277,7 +277,10 @@ class IngestWorker:
                     self._forget(part.tp)
                 return
             except repo.OffsetsMovedError as exc:
-                self._rewind(exc.stored)
+                # Every partition of the batch goes back, not only those whose stored
+                # offset moved: the others were fetched past this batch (the next one is
+                # prepared), and with nothing committed they would never be read again.
+                self._rewind({(p.tp.topic, p.tp.partition): p.start for p in parts} | exc.stored)
                 return
             except Exception as exc:
                 if is_retriable(exc):
@@ -411,7 +414,24 @@ class IngestWorker:
                 max((p.max_event_at for p in prepared.parts if p.max_event_at), default=None)
             )
         now = self._clock.now()
-        async with pg_connection(self._engine) as conn, conn.transaction():
+        # A connection that stops answering (its server gone without a word) must not hold
+        # the partitions forever: past the deadline it is closed, everything waiting on it
+        # (the batch, or the pool's reset when it goes back) fails at once, and the batch
+        # is retried on a new one.
+        watchdog: asyncio.TimerHandle | None = None
+        try:
+            async with pg_connection(self._engine) as conn:
+                watchdog = asyncio.get_running_loop().call_later(
+                    self._settings.batch_timeout_seconds, _terminate_stuck, conn
+                )
+                return await self._apply(conn, prepared, now)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    async def _apply(self, conn: Any, prepared: PreparedBatch, now: datetime) -> int:
+        """The batch's one PostgreSQL transaction (see `_commit`)."""
+        async with conn.transaction():
             await repo.skip_flush_wait(conn)
             parts = sorted(prepared.parts, key=lambda p: (p.tp.topic, p.tp.partition))
             await repo.advance_offsets(
@@ -582,6 +602,11 @@ class IngestWorker:
                 present(self._clock) - self._dedup_window,
                 now - self._retention,
             )
+
+
+def _terminate_stuck(conn: Any) -> None:
+    log.error("batch_connection_stuck", detail="closing the connection; the batch is retried")
+    conn.terminate()
 
 
 class _TrialRolledBack(Exception):

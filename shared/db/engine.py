@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from shared.retry import is_retriable
+
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -31,14 +33,20 @@ def create_engine(
     pool_size: int = 5,
     statement_timeout_ms: int = 30_000,
     application_name: str = "streamseg",
+    pre_ping: bool = True,
 ) -> AsyncEngine:
-    """Create an asyncpg engine whose sessions see `schema` first on the search path."""
+    """Create an asyncpg engine whose sessions see `schema` first on the search path.
+
+    `pre_ping` checks each connection with a round trip as it leaves the pool; a caller
+    that retries every connection error (ingest) turns it off, since the ping costs a round
+    trip per unit of work and can wait without bound on a server that stopped answering.
+    """
     check_schema_name(schema)
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         connect_args={
             "server_settings": {
                 "search_path": schema,
@@ -64,6 +72,18 @@ async def driver_connection(sa_conn: AsyncConnection) -> Any:
 @asynccontextmanager
 async def pg_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """A pooled asyncpg connection (see `driver_connection`); the caller opens its own
-    transaction on it."""
+    transaction on it.
+
+    An error that may have come from the connection itself (a retriable one: it dropped,
+    the server restarted, it was closed for not answering) takes the connection out of the
+    pool. SQLAlchemy does that only for the disconnects it recognises, and an asyncpg
+    connection closed under it is not one: without this the pool hands the dead connection
+    out again and again, which no retry gets past.
+    """
     async with engine.connect() as sa_conn:
-        yield await driver_connection(sa_conn)
+        try:
+            yield await driver_connection(sa_conn)
+        except BaseException as exc:
+            if isinstance(exc, Exception) and is_retriable(exc):
+                await sa_conn.invalidate(exc)
+            raise

@@ -7,8 +7,11 @@ import asyncio
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,12 +19,18 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from prometheus_client import CollectorRegistry
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.ingest.batch import Part, PreparedBatch, build_changes
+from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
+from services.ingest.worker import IngestWorker
+from shared.clock import SystemClock
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
 from shared.events import Event, OrderPlaced, OrderRefunded, encode_event
@@ -29,8 +38,17 @@ from shared.kafka import HEADER_REASON, HEADER_REFERENCE, delete_topics, dlq_top
 from shared.workload import Workload
 from tests.conftest import MakeTopic, eventually, free_port, unique
 from tests.support.checker import expected_aggregates
-from tests.support.ingest import Harness, Produced, Topics, as_records, produce, read_aggregates
-from tests.support.instances import private_stack
+from tests.support.ingest import (
+    Harness,
+    IngestProcess,
+    Produced,
+    Topics,
+    as_records,
+    produce,
+    read_aggregates,
+    stored_offsets,
+)
+from tests.support.instances import PrivateStack, private_stack
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +66,59 @@ def spread(
     return [(topic, f"k{rng.randrange(partitions * 97)}".encode(), v) for topic, _, v in records]
 
 
+def recent_events(*, seed: int, customers: int, days: int, count: int) -> list[Event]:
+    """`count` realistic events over the last `days`, up to a minute ago."""
+    end = datetime.now(UTC) - timedelta(minutes=1)
+    workload = Workload(seed=seed, customers=customers, start=end - timedelta(days=days), end=end)
+    return list(workload.events(count))
+
+
 def orders_only(seed: int, customers: int, count: int) -> list[Event]:
     end = datetime.now(UTC) - timedelta(minutes=1)
     workload = Workload(seed=seed, customers=customers, start=end - timedelta(days=300), end=end)
     return [e for e in workload.events(count * 3) if e.type.startswith("order_")][:count]
+
+
+@asynccontextmanager
+async def private_pg_harness(
+    stack_env: dict[str, str],
+    make_topic: MakeTopic,
+    tmp_path: Path,
+    partitions: int,
+    settings: dict[str, str],
+) -> AsyncIterator[tuple[PrivateStack, Harness]]:
+    """A harness whose PostgreSQL is a private instance the test may crash, stop or pause;
+    Kafka is the shared one. Workers, topics and the instance go when the test ends."""
+    bootstrap = stack_env["STREAMSEG_KAFKA_BOOTSTRAP"]
+    with private_stack(stack_env, tmp_path / "pg", "postgres") as pg:
+        schema = unique("t")
+        engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
+        workers: list[IngestProcess] = []
+        topics = Topics(
+            await make_topic("orders", partitions), await make_topic("interactions", partitions)
+        )
+        try:
+            await upgrade(engine, schema)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEG_")} | {
+                "STREAMSEG_DATABASE_URL": pg.env["STREAMSEG_DATABASE_URL"],
+                "STREAMSEG_REDIS_URL": pg.env["STREAMSEG_REDIS_URL"],
+                "STREAMSEG_KAFKA_BOOTSTRAP": bootstrap,
+                "STREAMSEG_DATABASE_SCHEMA": schema,
+                "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
+                "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
+                "STREAMSEG_INGEST_GROUP_ID": unique("g"),
+                "STREAMSEG_INGEST_OPS_PORT": "0",
+                "STREAMSEG_LOG_JSON": "false",
+                **settings,
+            }
+            yield pg, Harness(topics, env, bootstrap, engine, tmp_path, workers)
+        finally:
+            for w in workers:
+                w.ensure_dead()
+            await delete_topics(
+                bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
+            )
+            await engine.dispose()
 
 
 @pytest.mark.timeout(300)
@@ -113,14 +180,7 @@ async def test_batches_that_postgresql_lost_are_read_again(harness: Harness) -> 
     made exact: every ingest table is emptied and the offsets go back to the start, as if
     all batches so far had been lost; the worker must notice on its next batch and read
     them again rather than move the offsets past them."""
-    events = list(
-        Workload(
-            seed=22,
-            customers=150,
-            start=datetime.now(UTC) - timedelta(days=200),
-            end=datetime.now(UTC) - timedelta(minutes=1),
-        ).events(3000)
-    )
+    events = recent_events(seed=22, customers=150, days=200, count=3000)
     first, second = events[:2000], events[2000:]
     harness.worker()
     produced = await produce(harness.bootstrap, as_records(first, harness.topics))
@@ -144,14 +204,7 @@ async def test_a_claim_that_fails_is_retried_instead_of_leaving_partitions_uncon
     """The claim's connection dies while it waits (a backend killed, a failover): aiokafka
     swallows what the rebalance listener raises, so without a retry the partitions stay
     assigned to a worker that never consumes them, and nothing says so."""
-    events = list(
-        Workload(
-            seed=23,
-            customers=100,
-            start=datetime.now(UTC) - timedelta(days=100),
-            end=datetime.now(UTC) - timedelta(minutes=1),
-        ).events(1500)
-    )
+    events = recent_events(seed=23, customers=100, days=100, count=1500)
     harness.worker()
     await harness.wait_owners(1)
     async with harness.engine.connect() as locker, harness.engine.connect() as killer:
@@ -187,70 +240,40 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
     resets every backend and runs crash recovery, losing commits not yet flushed) and an
     immediate shutdown and restart. The worker must ride through it (no exit), read again
     whatever was lost, and end exact."""
-    events = list(
-        Workload(
-            seed=24,
-            customers=300,
-            start=datetime.now(UTC) - timedelta(days=300),
-            end=datetime.now(UTC) - timedelta(minutes=1),
-        ).events(9000)
-    )
-    with private_stack(stack_env, tmp_path / "pg", "postgres") as pg:
-        schema = unique("t")
-        engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
-        try:
-            await upgrade(engine, schema)
-            topics = Topics(await make_topic("orders", 4), await make_topic("interactions", 4))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEG_")} | {
-                "STREAMSEG_DATABASE_URL": pg.env["STREAMSEG_DATABASE_URL"],
-                "STREAMSEG_REDIS_URL": pg.env["STREAMSEG_REDIS_URL"],
-                "STREAMSEG_KAFKA_BOOTSTRAP": pg.env["STREAMSEG_KAFKA_BOOTSTRAP"],
-                "STREAMSEG_DATABASE_SCHEMA": schema,
-                "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
-                "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
-                "STREAMSEG_INGEST_GROUP_ID": unique("g"),
-                "STREAMSEG_INGEST_OPS_PORT": "0",
-                "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "300",
-                "STREAMSEG_LOG_JSON": "false",
-            }
-            harness = Harness(
-                topics, env, stack_env["STREAMSEG_KAFKA_BOOTSTRAP"], engine, tmp_path, []
-            )
-            worker = harness.worker()
-            records = as_records(events, topics)
-            producing = asyncio.create_task(
-                produce(harness.bootstrap, records, rate_per_second=600)
-            )
-            rng = random.Random(24)
+    events = recent_events(seed=24, customers=300, days=300, count=9000)
+    settings = {"STREAMSEG_INGEST_MAX_BATCH_RECORDS": "300"}
+    async with private_pg_harness(stack_env, make_topic, tmp_path, 4, settings) as (pg, harness):
+        worker = harness.worker()
+        records = as_records(events, harness.topics)
+        producing = asyncio.create_task(produce(harness.bootstrap, records, rate_per_second=600))
+        rng = random.Random(24)
 
-            async def answers() -> bool:
-                # pg_isready may answer before the postmaster has noticed the crash.
-                try:
-                    async with engine.connect() as conn:
-                        await conn.execute(text("SELECT 1"))
-                except Exception:  # any failure means not yet
-                    return False
-                return True
+        async def answers() -> bool:
+            # pg_isready may answer before the postmaster has noticed the crash.
+            try:
+                async with harness.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            except Exception:  # any failure means not yet
+                return False
+            return True
 
-            for fault in ("crash", "crash", "restart", "crash"):
-                await asyncio.sleep(rng.uniform(2.0, 4.0))
-                if fault == "crash":
-                    assert pg.crash_postgres_backend("ingest"), "no ingest backend to kill"
-                else:
-                    await asyncio.to_thread(pg.restart_postgres_immediately, 1.0)
-                await asyncio.to_thread(pg.wait_postgres_accepts)
-                assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
-            produced = await producing
-            await eventually(answers, within_seconds=60, message="PostgreSQL answers")
-            await harness.wait_caught_up(produced, within_seconds=180)
+        for fault in ("crash", "crash", "restart", "crash"):
+            await asyncio.sleep(rng.uniform(2.0, 4.0))
+            if fault == "crash":
+                # Any backend's death resets them all; the worker's own is the likeliest to
+                # be mid-batch, but between retries it may hold none.
+                await eventually(answers, within_seconds=60, message="PostgreSQL answers")
+                killed = pg.crash_postgres_backend("ingest") or pg.crash_postgres_backend()
+                assert killed, "no backend to kill"
+            else:
+                await asyncio.to_thread(pg.restart_postgres_immediately, 1.0)
+            await asyncio.to_thread(pg.wait_postgres_accepts)
             assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
-            await harness.assert_exact(events)
-            worker.ensure_dead()
-            await delete_topics(
-                harness.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
-            )
-        finally:
-            await engine.dispose()
+        produced = await producing
+        await eventually(answers, within_seconds=60, message="PostgreSQL answers")
+        await harness.wait_caught_up(produced, within_seconds=180)
+        assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
+        await harness.assert_exact(events)
 
 
 async def read_dead_letters(
@@ -451,14 +474,7 @@ async def test_ingest_refuses_to_start_on_a_topic_kept_forever_without_a_window(
 async def test_verify_reports_drift_and_repair_corrects_it(harness: Harness) -> None:
     """What a deployment that ran with the cross-partition undercount does once: recompute
     from the stored rows, see the drift, repair it, and get the customers re-segmented."""
-    events = list(
-        Workload(
-            seed=27,
-            customers=80,
-            start=datetime.now(UTC) - timedelta(days=200),
-            end=datetime.now(UTC) - timedelta(minutes=1),
-        ).events(2000)
-    )
+    events = recent_events(seed=27, customers=80, days=200, count=2000)
     harness.worker()
     produced = await produce(harness.bootstrap, as_records(events, harness.topics))
     await harness.wait_caught_up(produced)
@@ -536,3 +552,176 @@ async def test_verify_reports_drift_and_repair_corrects_it(harness: Harness) -> 
     for cid in broken:
         stored, kept = kept_page_views[cid]
         assert stored == kept, cid
+
+
+@pytest.mark.timeout(300)
+async def test_a_batch_on_a_connection_that_stops_answering_is_retried_on_a_new_one(
+    stack_env: dict[str, str], make_topic: MakeTopic, tmp_path: Path
+) -> None:
+    """The worker's backend stops answering mid-batch (SIGSTOP: as a network partition
+    looks to the client) and the batch must not wait forever: past the batch deadline the
+    connection is closed and the batch retried; once the backend resumes it finds its client
+    gone and rolls back, and nothing is lost or doubled."""
+    events = orders_only(seed=28, customers=60, count=1200)
+    settings = {
+        "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "100",
+        "STREAMSEG_INGEST_BATCH_TIMEOUT_SECONDS": "3",
+    }
+    async with private_pg_harness(stack_env, make_topic, tmp_path, 2, settings) as (pg, harness):
+        worker = harness.worker()
+        first, rest = events[:200], events[200:]
+        produced = await produce(harness.bootstrap, as_records(first, harness.topics))
+        await harness.wait_caught_up(produced)
+        backends = pg.backend_pids("ingest")
+        assert backends, "the worker has no backend"
+        for pid in backends:
+            os.kill(pid, signal.SIGSTOP)
+        log = tmp_path / "ingest-0.log"
+        try:
+            producing = asyncio.create_task(
+                produce(harness.bootstrap, as_records(rest, harness.topics), produced)
+            )
+
+            async def gave_up_on_it() -> bool:
+                return "batch_connection_stuck" in log.read_text()
+
+            await eventually(gave_up_on_it, within_seconds=60, message="the watchdog fires")
+        finally:
+            for pid in backends:
+                os.kill(pid, signal.SIGCONT)
+        produced = await producing
+        await harness.wait_caught_up(produced, within_seconds=120)
+        assert worker.alive(), log.read_text()[-3000:]
+        await harness.assert_exact(events)
+
+
+async def produce_to(
+    bootstrap: str, records: list[tuple[str, int, bytes]], produced: Produced
+) -> Produced:
+    """Send (topic, partition, value) records, each to the partition named."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50)
+    await producer.start()
+    try:
+        # All sent before any is awaited, so that they reach the worker together.
+        futures = [
+            await producer.send(topic, value=value, partition=partition)
+            for topic, partition, value in records
+        ]
+        for meta in await asyncio.gather(*futures):
+            produced.note(meta.topic, meta.partition, meta.offset)
+    finally:
+        await producer.stop()
+    return produced
+
+
+@pytest.mark.timeout(300)
+async def test_a_loss_on_one_partition_is_read_again_while_the_others_go_on(
+    harness: Harness,
+) -> None:
+    """A crash took back a batch that held one partition only, while the next records land
+    on that partition and on one that lost nothing: the loss is read again, and the other
+    partition goes on."""
+    now = datetime.now(UTC)
+    workload = Workload(seed=29, customers=40, start=now - timedelta(days=90), end=now)
+    orders = harness.topics.orders
+    everywhere = [e for e in workload.events(3000) if e.type.startswith("order_")][:600]
+    first = [(orders, i % 4, encode_event(e)) for i, e in enumerate(everywhere[:300])]
+    # Only the next batch may find the loss here, not the periodic offset check.
+    harness.env["STREAMSEG_INGEST_OFFSET_CHECK_SECONDS"] = "3600"
+    harness.worker()
+    produced = await produce_to(harness.bootstrap, first, Produced())
+    await harness.wait_caught_up(produced)
+    # A batch with partition 0 alone, for one customer, is committed and then "lost".
+    at = now - timedelta(hours=1)
+    lone = [
+        OrderPlaced(
+            event_id=f"e-lone-{i}",
+            customer_id="c-lone",
+            order_id=f"o-lone-{i}",
+            occurred_at=at,
+            amount=Decimal("5"),
+            currency="EUR",
+        )
+        for i in range(5)
+    ]
+    before_loss = (await stored_offsets(harness.engine))[(orders, 0)]
+    produced = await produce_to(
+        harness.bootstrap, [(orders, 0, encode_event(e)) for e in lone], produced
+    )
+    await harness.wait_caught_up(produced)
+    async with harness.engine.begin() as conn:
+        for table in ("orders", "customer_aggregates", "segmentation_queue"):
+            await conn.execute(
+                text(f"DELETE FROM {table} WHERE customer_id = 'c-lone'")  # noqa: S608
+            )
+        await conn.execute(text("DELETE FROM processed_events WHERE event_id LIKE 'e-lone-%'"))
+        await conn.execute(
+            text("UPDATE ingest_offsets SET next_offset = :n WHERE topic = :t AND partition = 0"),
+            {"n": before_loss, "t": orders},
+        )
+    # The next records land on partition 0 and on partition 1, which lost nothing; the
+    # worker is paused meanwhile (well within its session timeout), so that it fetches them
+    # in one batch.
+    rest = [(orders, i % 2, encode_event(e)) for i, e in enumerate(everywhere[300:])]
+    proc = harness.workers[0].proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        produced = await produce_to(harness.bootstrap, rest, produced)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    await harness.wait_caught_up(produced, within_seconds=60)
+    await harness.assert_exact([*everywhere, *lone])
+
+
+async def test_a_batch_that_fails_its_offset_check_sends_all_its_partitions_back(
+    engine: AsyncEngine, make_topic: MakeTopic, stack_env: dict[str, str]
+) -> None:
+    """The worker's own state after a batch over two partitions finds one of them behind in
+    PostgreSQL (a crash took back an earlier batch of it): the transaction rolled back
+    whole, so the other partition must resume from its committed offset too. It had been
+    fetched past the batch, and, left so, would never be read again (seen once as a stall
+    after a crash: some partitions rewound, the rest silent)."""
+    bootstrap = stack_env["STREAMSEG_KAFKA_BOOTSTRAP"]
+    topic = await make_topic("orders", 2)
+    tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.assign([tp0, tp1])
+        worker = IngestWorker(
+            IngestSettings(orders_topic=topic),
+            engine,
+            consumer,
+            producer,
+            SystemClock(),
+            IngestMetrics(CollectorRegistry()),
+            "test-worker",
+        )
+        await worker.claim([tp0, tp1])
+        async with engine.begin() as conn:
+            # Stored: partition 0 at 5 (10 was committed, then lost), partition 1 at 7.
+            await conn.execute(
+                text(
+                    "UPDATE ingest_offsets"
+                    " SET next_offset = CASE partition WHEN 0 THEN 5 ELSE 7 END"
+                )
+            )
+        worker._committed.update({tp0: 10, tp1: 7})
+        worker._fetched.update({tp0: 12, tp1: 9})
+        epoch = worker._epochs[tp0]
+        batch = PreparedBatch(
+            [Part(tp0, epoch, 10, 12), Part(tp1, epoch, 7, 9)],
+            {},
+            build_changes([], RATES, datetime.now(UTC)),
+        )
+        await worker._process(batch)
+        assert worker._committed == {tp0: 5, tp1: 7}
+        assert worker._fetched == {tp0: 5, tp1: 7}
+        assert await consumer.position(tp0) == 5
+        assert await consumer.position(tp1) == 7
+    finally:
+        await consumer.stop()
+        await producer.stop()

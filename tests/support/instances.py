@@ -91,6 +91,22 @@ class PrivateStack:
         pidfile = self.directory / "postgres" / "data" / "postmaster.pid"
         return int(pidfile.read_text().split()[0])
 
+    def backend_pids(self, application_name: str) -> list[int]:
+        """Client backends of this PostgreSQL opened by `application_name`."""
+        assert self.pg_port is not None, "this stack's PostgreSQL is not private"
+        out = subprocess.run(
+            [
+                *_psql(self.pg_port),
+                "-Atc",
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"  # noqa: S608
+                f" AND application_name = '{application_name}'",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        return [int(p) for p in out]
+
     def crash_postgres_backend(self, application_name: str | None = None) -> list[int]:
         """kill -9 a backend (of `application_name`, else any client backend): the postmaster
         then kills every backend and runs crash recovery, as after a real crash. Returns the
