@@ -49,7 +49,8 @@ async def test_cached_customer_is_served_from_redis(
     client: httpx.AsyncClient,
     reader: dict[str, str],
 ) -> None:
-    evaluated = NOW - timedelta(minutes=5)
+    # From the moment the test runs, not the module's import: the suite may take minutes.
+    evaluated = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     in_db = Customer("c-1", evaluated, segments={"value_tier": "high"})
     in_cache = Customer("c-1", evaluated, segments={"value_tier": "vip", "rfm": "champions"})
     await seed_database(engine, [in_db])
@@ -72,7 +73,8 @@ async def test_cached_customer_is_served_from_redis(
 async def test_uncached_customer_is_served_from_postgres(
     engine: AsyncEngine, client: httpx.AsyncClient, reader: dict[str, str]
 ) -> None:
-    customer = Customer("shop:42@x", NOW - timedelta(hours=1), order_count=7)
+    now = datetime.now(UTC).replace(microsecond=0)
+    customer = Customer("shop:42@x", now - timedelta(hours=1), order_count=7)
     await seed_database(engine, [customer])
 
     r = await client.get("/v1/customers/shop:42@x/segments", headers=reader)
@@ -82,7 +84,7 @@ async def test_uncached_customer_is_served_from_postgres(
     assert body["source"] == "database"
     assert {d: s["segment"] for d, s in body["segments"].items()} == customer.segments
     assert body["aggregates"]["order_count"] == 7
-    assert datetime.fromisoformat(body["aggregates"]["as_of"]) >= NOW
+    assert datetime.fromisoformat(body["aggregates"]["as_of"]) >= now
     assert 3600 <= body["staleness_seconds"] < 3700
 
 
