@@ -24,19 +24,19 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 ORDER_TYPES = frozenset({"order_placed", "order_refunded", "order_cancelled"})
-INTERACTION_TYPES = frozenset(
-    {
-        "page_view",
-        "product_view",
-        "add_to_cart",
-        "search",
-        "email_open",
-        "email_click",
-        "login",
-        "support_ticket",
-        "review",
-    }
+# In the order the traffic draws them from (tests/chaos/traffic.py), which a seed depends on.
+INTERACTION_TYPE_ORDER = (
+    "page_view",
+    "product_view",
+    "add_to_cart",
+    "search",
+    "email_open",
+    "email_click",
+    "login",
+    "support_ticket",
+    "review",
 )
+INTERACTION_TYPES = frozenset(INTERACTION_TYPE_ORDER)
 ID = re.compile(r"[A-Za-z0-9._:@\-]{1,128}")
 CURRENCY = re.compile(r"[A-Z]{3}")
 MAX_RECORD_BYTES = 65_536

@@ -27,23 +27,15 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
 
+from tests.chaos.expected import INTERACTION_TYPE_ORDER
+
 CURRENCY_RATES = {
     "EUR": Decimal("1"),
     "USD": Decimal("0.92"),
     "GBP": Decimal("1.17"),
     "SEK": Decimal("0.087"),
 }
-INTERACTION_TYPES = (
-    "page_view",
-    "product_view",
-    "add_to_cart",
-    "search",
-    "email_open",
-    "email_click",
-    "login",
-    "support_ticket",
-    "review",
-)
+INTERACTION_TYPES = INTERACTION_TYPE_ORDER
 POISON_KINDS = (
     "undecodable",
     "not_an_object",
