@@ -9,7 +9,6 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 
@@ -30,6 +29,7 @@ from tests.support.ingest import (
     as_records,
     produce,
     read_aggregates,
+    read_dead_letters,
 )
 
 pytestmark = pytest.mark.integration
@@ -195,23 +195,12 @@ async def test_bad_records_go_to_the_dead_letter_topic(harness: Harness) -> None
     for reason in bad_values:
         assert f'reason="{reason}"' in metrics, reason
 
-    found: dict[str, tuple[bytes, dict[str, bytes]]] = {}
-    consumer = AIOKafkaConsumer(
-        dlq_topic(harness.topics.orders),
-        dlq_topic(harness.topics.interactions),
-        bootstrap_servers=harness.bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
+    letters = await read_dead_letters(
+        harness.bootstrap,
+        [dlq_topic(harness.topics.orders), dlq_topic(harness.topics.interactions)],
+        len(bad_values),
     )
-    await consumer.start()
-    try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while len(found) < len(bad_values) and asyncio.get_running_loop().time() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                for r in batch:
-                    found[r.key.decode()] = (r.value, dict(r.headers))
-    finally:
-        await consumer.stop()
+    found = {key.decode(): (value, headers) for key, value, headers in letters if key}
     assert set(found) == set(bad_values)
     for reason, (value, headers) in found.items():
         assert value == bad_values[reason], reason

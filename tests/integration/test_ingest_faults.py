@@ -46,6 +46,7 @@ from tests.support.ingest import (
     as_records,
     produce,
     read_aggregates,
+    read_dead_letters,
     stored_offsets,
 )
 from tests.support.instances import PrivateStack, private_stack
@@ -274,25 +275,6 @@ async def test_exact_through_postgresql_crashes_and_restarts_while_the_worker_li
         await harness.wait_caught_up(produced, within_seconds=180)
         assert worker.alive(), (tmp_path / "ingest-0.log").read_text()[-3000:]
         await harness.assert_exact(events)
-
-
-async def read_dead_letters(
-    bootstrap: str, topics: list[str], expected: int
-) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
-    """(key, value, headers) of the dead letters on `topics`, once `expected` have come."""
-    found: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
-    consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while len(found) < expected and asyncio.get_running_loop().time() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                found += [(r.key, r.value or b"", dict(r.headers)) for r in batch]
-    finally:
-        await consumer.stop()
-    return found
 
 
 @pytest.mark.timeout(300)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -193,3 +194,22 @@ class Harness:
                 return bool(owners.scalar_one() == workers)
 
         await eventually(owned, within_seconds=within_seconds, message=f"{workers} owners")
+
+
+async def read_dead_letters(
+    bootstrap: str, topics: list[str], expected: int
+) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    """(key, value, headers) of the dead letters on `topics`, once `expected` have come."""
+    found: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(found) < expected and asyncio.get_running_loop().time() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                found += [(r.key, r.value or b"", dict(r.headers)) for r in batch]
+    finally:
+        await consumer.stop()
+    return found
