@@ -52,6 +52,7 @@ class CachedCustomer(msgspec.Struct, frozen=True, kw_only=True):
     next_change_at: datetime | None
     segments: dict[str, CachedSegment]
     aggregates: CachedAggregates
+    scores: dict[str, int | None] = {}  # documents written before scores existed have none
 
 
 _encoder = msgspec.json.Encoder(decimal_format="string")

@@ -11,13 +11,15 @@ from typing import Any
 import structlog
 
 from services.ingest.repository import event_time_watermark
-from services.segmenter import population
+from services.segmenter import definitions, population
 from services.segmenter import repository as repo
+from services.segmenter.backfill import BackfillFeeder
 from services.segmenter.cache import CacheRepairer
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
+from services.segmenter.ruleset import Ruleset
 from services.segmenter.settings import SegmenterSettings
-from services.segmenter.worker import Evaluator, Ruleset, evaluate_loop
+from services.segmenter.worker import Evaluator, evaluate_loop
 from shared.clock import Clock, EventTimeClock, clock_from_setting, is_running
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import SchemaBehindError, require_current
@@ -29,12 +31,7 @@ from shared.ops import OpsServer
 from shared.redis import make_redis
 from shared.retry import Backoff, Retry, repeat_until_stopped
 from shared.segment_cache import SegmentCache
-from shared.segmentation import (
-    DefinitionError,
-    PopulationStats,
-    default_definitions,
-    load_definitions,
-)
+from shared.segmentation import DefinitionError, default_definitions
 from shared.settings import ConnectionSettings
 
 log = structlog.get_logger("segmenter")
@@ -77,8 +74,13 @@ async def backlog_loop(
 ) -> None:
     async def step() -> None:
         async with pg_connection(engine) as conn:
-            due, age = await repo.backlog(conn, clock.now())
-            metrics.record_backlog(due, age, await repo.outbox_size(conn))
+            found = await repo.backlog(conn, clock.now())
+            metrics.record_backlog(
+                found.due,
+                found.oldest_due_seconds,
+                await repo.outbox_size(conn),
+                found.backfill_due,
+            )
 
     await repeat_until_stopped(step, 2.0, stopping, Retry(BACKGROUND_BACKOFF, "backlog", stopping))
 
@@ -103,10 +105,10 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
     stopping = asyncio.Event()
     install_stop_handlers(stopping.set)
     clock = clock_from_setting(settings.clock)
-    definitions = (
-        load_definitions(settings.definitions_path.read_text())
+    file_text = (
+        settings.definitions_path.read_text()
         if settings.definitions_path is not None
-        else default_definitions()
+        else default_definitions().source
     )
     async with AsyncExitStack() as stack:
         engine = create_engine(
@@ -126,15 +128,11 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
         if isinstance(clock, EventTimeClock):
             # Before anything is queued or evaluated at the clock's placeholder start.
             await read_watermark(engine, clock)
-        async with pg_connection(engine) as raw, raw.transaction():
-            version, is_new = await repo.ensure_definitions(
-                raw, definitions.source, definitions.content_hash
-            )
-            if is_new:
-                # Rules changed: every customer is evaluated again under them.
-                queued = await repo.requeue_everyone(raw, clock.now(), "definitions")
-                log.info("definitions_loaded", version=version, requeued=queued)
-        ruleset = Ruleset(definitions, version, PopulationStats(), None)
+        ruleset, start = await definitions.start_ruleset(
+            engine, file_text, file_named=settings.definitions_path is not None
+        )
+        ruleset.population_required = True
+        version = ruleset.version
         await population.refresh(engine, ruleset)
         metrics = SegmenterMetrics()
         publisher = OutboxPublisher(
@@ -169,6 +167,16 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             repairer.run(stopping),
             population_loop(engine, ruleset, clock, settings, stopping),
             backlog_loop(engine, clock, metrics, stopping),
+            definitions.follow_loop(engine, ruleset, settings.definitions_poll_seconds, stopping),
+            BackfillFeeder(
+                engine,
+                ruleset,
+                clock,
+                metrics,
+                rate_per_second=settings.backfill_rate_per_second,
+                live_lag_seconds=settings.backfill_live_lag_seconds,
+                on_published=publisher.wake,
+            ).run(stopping),
         ]
         if isinstance(clock, EventTimeClock):
             jobs.append(event_time_loop(engine, clock, stopping))
@@ -196,6 +204,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
                 "status": overall(parts),
                 "components": parts,
                 "definition_version": ruleset.version,
+                "definitions_file_ignored": start.file_ignored,
             }
 
         ops = OpsServer(
@@ -203,7 +212,13 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
         )
         await ops.start()
         stack.push_async_callback(ops.stop)
-        log.info("segmenter_started", ops_port=ops.port, definition_version=version)
+        log.info(
+            "segmenter_started",
+            ops_port=ops.port,
+            definition_version=version,
+            seeded=start.seeded,
+            definitions_file_ignored=start.file_ignored,
+        )
         stop_wait = asyncio.create_task(stopping.wait())
         await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         stopping.set()

@@ -67,14 +67,27 @@ class SegmenterMetrics:
         # Bound once: `labels()` on every evaluated customer costs more than the observation.
         self.lateness_by_cause = {c: self.lateness.labels(c) for c in ("event", "time")}
         self.oldest_due_seconds = 0.0
+        self.backfill_due = Gauge(
+            "streamseg_segmenter_backfill_due_customers",
+            "Re-evaluations a definitions activation queued, not yet done",
+            registry=registry,
+        )
+        self.backfill_fed = Counter(
+            "streamseg_segmenter_backfill_fed_customers_total",
+            "Customers a definitions backfill queued for re-evaluation",
+            registry=registry,
+        )
         self.published = Counter(
             "streamseg_segmenter_published_total",
             "Segment-change events acknowledged by Kafka",
             registry=registry,
         )
 
-    def record_backlog(self, due: int, oldest_due_seconds: float, outbox: int) -> None:
+    def record_backlog(
+        self, due: int, oldest_due_seconds: float, outbox: int, backfill_due: int = 0
+    ) -> None:
         """Gauges for operators; the age is also kept for the readiness check."""
+        self.backfill_due.set(backfill_due)
         self.backlog.set(due)
         self.backlog_age.set(oldest_due_seconds)
         self.outbox.set(outbox)

@@ -57,7 +57,12 @@ async def recompute(engine: AsyncEngine, ruleset: Ruleset, now: datetime) -> int
         stats_id = await repo.save_population_stats(
             conn, ruleset.version, now, len(samples), stats.to_dict()
         )
-        affected = moved_customers(ruleset, old, stats, samples)
+        # The first stats of a version the service evaluates under: nobody was evaluated
+        # under it without them (the evaluator waits for them), so nobody needs moving.
+        # Queuing everyone here would publish an activation's changes as "population" ones,
+        # past its publish policy; its backfill re-evaluates them instead.
+        is_first = old is None and ruleset.population_required
+        affected = set() if is_first else moved_customers(ruleset, old, stats, samples)
         await repo.schedule(conn, [(cid, now) for cid in sorted(affected)], "population")
     ruleset.population, ruleset.population_id = stats, stats_id
     log.info(

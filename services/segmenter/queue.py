@@ -44,14 +44,25 @@ class Due:
 async def lease_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[str]:
     """Lease up to `limit` customers due by `now`, oldest first, for this session.
 
-    Rows leased by other segmenters are passed over; a window three times `limit` deep is
-    looked at so that a second segmenter still finds work behind the first one's batch.
+    Live rows (events, wake-ups, moved cut-offs) come before the re-evaluations a
+    definitions activation queued, whatever their times: a backfill never delays a live
+    event by more than the batch in flight. Rows leased by other segmenters are passed
+    over; a window three times `limit` deep is looked at so that a second segmenter still
+    finds work behind the first one's batch.
     """
     rows = await conn.fetch(
         f"""
-        WITH due AS MATERIALIZED (
-            SELECT customer_id FROM segmentation_queue
-            WHERE due_at <= $1 ORDER BY due_at LIMIT $2 * 3
+        WITH live AS MATERIALIZED (
+            SELECT customer_id, due_at FROM segmentation_queue
+            WHERE due_at <= $1 AND cause <> 'definitions' ORDER BY due_at LIMIT $2 * 3
+        ), backfill AS MATERIALIZED (
+            SELECT customer_id, due_at FROM segmentation_queue
+            WHERE due_at <= $1 AND cause = 'definitions' ORDER BY due_at LIMIT $2 * 3
+        ), due AS MATERIALIZED (
+            SELECT customer_id FROM (
+                SELECT customer_id, 0 AS tier, due_at FROM live
+                UNION ALL SELECT customer_id, 1, due_at FROM backfill
+            ) d ORDER BY tier, due_at LIMIT $2 * 3
         )
         SELECT customer_id FROM due WHERE {_LEASE} LIMIT $2
         """,  # noqa: S608 - a constant

@@ -50,49 +50,13 @@ class HistoryRow:
     customer_id: str
     dimension: str
     from_segment: str | None
-    to_segment: str
+    to_segment: str | None
     reason: str
     cause: str
     definition_version: int
     caused_by_event_at: datetime | None
     evaluated_at: datetime
     sequence: int
-
-
-async def ensure_definitions(
-    conn: asyncpg.Connection, content: str, content_hash: str
-) -> tuple[int, bool]:
-    """The version number of these definitions, stored as a new version if they are new;
-    and whether they were new."""
-    version = await conn.fetchval(
-        """
-        INSERT INTO segment_definitions (content, content_hash) VALUES ($1, $2)
-        ON CONFLICT (content_hash) DO NOTHING RETURNING version
-        """,
-        content,
-        content_hash,
-    )
-    if version is not None:
-        return int(version), True
-    version = await conn.fetchval(
-        "SELECT version FROM segment_definitions WHERE content_hash = $1", content_hash
-    )
-    return int(version), False
-
-
-async def requeue_everyone(conn: asyncpg.Connection, now: datetime, cause: str) -> int:
-    """Queue every customer now (new definitions apply to all); returns how many."""
-    status = await conn.execute(
-        """
-        INSERT INTO segmentation_queue AS q (customer_id, due_at, cause)
-        SELECT customer_id, $1, $2 FROM customer_aggregates
-        ON CONFLICT (customer_id) DO UPDATE SET
-            due_at = LEAST(q.due_at, EXCLUDED.due_at), cause = EXCLUDED.cause
-        """,
-        now,
-        cause,
-    )
-    return int(status.split()[-1])
 
 
 async def latest_population_stats(
@@ -349,28 +313,41 @@ async def load_leased(
 class Saved:
     evaluations: int  # how many evaluations were written
     population_id: int | None  # the newest population stats of the definitions, as of then
+    definition_version: int | None  # the version in force, read FOR SHARE
 
 
 async def save_state(
     conn: asyncpg.Connection,
-    evaluations: Sequence[tuple[str, int, int, int, datetime, datetime | None, str]],
+    evaluations: Sequence[tuple[str, int, int, int, datetime, datetime | None, str, str]],
     segments: Sequence[tuple[str, str, str, datetime, str, int, datetime]],
+    removed: Sequence[tuple[str, str]],
     definition_version: int,
 ) -> Saved:
     """Write evaluations and changed segments in one statement (one round trip), and read
     the id of the newest population stats of `definition_version` in the same snapshot.
 
     evaluations: (customer_id, version, change_sequence, definition_version, evaluated_at,
-    next_change_at, incarnation); segments: (customer_id, dimension, segment, since, reason,
-    definition_version, evaluated_at). A version is written only over the one before it, of
+    next_change_at, incarnation, scores as JSON); segments: (customer_id, dimension, segment,
+    since, reason, definition_version, evaluated_at); removed: (customer_id, dimension) of
+    dimensions no longer defined. A version is written only over the one before it, of
     the same incarnation (the one the change ids were derived from), which a first
     evaluation stores. How many evaluations were written tells the caller that no other
-    evaluation got in between; the stats id, that none were stored since it read its own."""
+    evaluation got in between; the stats id, that none were stored since it read its own.
+
+    The version in force is read FOR SHARE: an activation's update of it waits for this
+    transaction, and once one has committed this read returns the new version, so the
+    caller rolls back whatever it evaluated under the old one."""
     if not evaluations:
-        return Saved(0, None)
+        return Saved(0, None, None)
     row = await conn.fetchrow(
         """
-        WITH segments AS (
+        WITH fence AS (
+            SELECT version FROM definitions_in_force FOR SHARE
+        ), gone AS (
+            DELETE FROM customer_segments s
+            USING unnest($17::text[], $18::text[]) AS r(customer_id, dimension)
+            WHERE s.customer_id = r.customer_id AND s.dimension = r.dimension
+        ), segments AS (
             INSERT INTO customer_segments AS s (customer_id, dimension, segment, since, reason,
                                                 definition_version, evaluated_at)
             SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::timestamptz[],
@@ -382,27 +359,32 @@ async def save_state(
         ), evaluations AS (
             INSERT INTO customer_evaluations AS e (customer_id, version, change_sequence,
                                                    definition_version, evaluated_at,
-                                                   next_change_at, incarnation)
-            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[],
-                                 $5::timestamptz[], $6::timestamptz[], $7::uuid[])
+                                                   next_change_at, incarnation, scores)
+            SELECT c, v, q, d, t, n, i, s::jsonb
+            FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[], $5::timestamptz[],
+                        $6::timestamptz[], $7::uuid[], $16::text[]) AS u(c, v, q, d, t, n, i, s)
             ON CONFLICT (customer_id) DO UPDATE SET
                 version = EXCLUDED.version,
                 change_sequence = EXCLUDED.change_sequence,
                 definition_version = EXCLUDED.definition_version,
                 evaluated_at = EXCLUDED.evaluated_at,
-                next_change_at = EXCLUDED.next_change_at
+                next_change_at = EXCLUDED.next_change_at,
+                scores = EXCLUDED.scores
             WHERE e.version = EXCLUDED.version - 1 AND e.incarnation = EXCLUDED.incarnation
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM evaluations) AS written,
                (SELECT id FROM population_stats WHERE definition_version = $15
-                ORDER BY id DESC LIMIT 1) AS population_id
+                ORDER BY id DESC LIMIT 1) AS population_id,
+               (SELECT version FROM fence) AS in_force
         """,
-        *_columns(evaluations, 7),
+        *_columns([e[:7] for e in evaluations], 7),
         *_columns(segments, 7),
         definition_version,
+        [e[7] for e in evaluations],
+        *_columns(removed, 2),
     )
-    return Saved(int(row["written"]), row["population_id"])
+    return Saved(int(row["written"]), row["population_id"], row["in_force"])
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -434,7 +416,7 @@ async def unlock(conn: asyncpg.Connection, name: str) -> None:
 
 
 async def insert_changes(
-    conn: asyncpg.Connection, history: Sequence[HistoryRow], payloads: Sequence[bytes]
+    conn: asyncpg.Connection, history: Sequence[HistoryRow], payloads: Sequence[bytes | None]
 ) -> None:
     """History rows and their outbox records, in change order, in the caller's transaction.
 
@@ -463,14 +445,15 @@ async def insert_changes(
             for h in history
         ],
     )
-    await conn.copy_records_to_table(
-        "segment_outbox",
-        columns=("customer_id", "change_id", "payload"),
-        records=[
-            (h.customer_id, uuid.UUID(h.change_id), payload)
-            for h, payload in zip(history, payloads, strict=True)
-        ],
-    )
+    published = [
+        (h.customer_id, uuid.UUID(h.change_id), payload)
+        for h, payload in zip(history, payloads, strict=True)
+        if payload is not None
+    ]
+    if published:
+        await conn.copy_records_to_table(
+            "segment_outbox", columns=("customer_id", "change_id", "payload"), records=published
+        )
 
 
 HISTORY_COLUMNS = (
@@ -519,14 +502,29 @@ async def customer_ids_after(conn: asyncpg.Connection, after: str, limit: int) -
     return [r["customer_id"] for r in rows]
 
 
-async def backlog(conn: asyncpg.Connection, now: datetime) -> tuple[int, float]:
-    """(customers due, seconds the oldest has waited)."""
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    due: int  # live customers due: events, wake-ups, moved cut-offs, repairs
+    oldest_due_seconds: float  # how long the oldest of them has waited
+    backfill_due: int  # re-evaluations a definitions activation queued, leased after those
+
+
+async def backlog(conn: asyncpg.Connection, now: datetime) -> Backlog:
+    """The live backlog, apart from the backfill's (which waits behind it on purpose)."""
     row = await conn.fetchrow(
-        "SELECT count(*) AS n, min(due_at) AS oldest FROM segmentation_queue WHERE due_at <= $1",
+        """
+        SELECT (SELECT count(*) FROM segmentation_queue
+                WHERE due_at <= $1 AND cause <> 'definitions') AS n,
+               (SELECT min(due_at) FROM segmentation_queue
+                WHERE due_at <= $1 AND cause <> 'definitions') AS oldest,
+               (SELECT count(*) FROM segmentation_queue
+                WHERE due_at <= $1 AND cause = 'definitions') AS backfill
+        """,
         now,
     )
     oldest = row["oldest"]
-    return int(row["n"]), 0.0 if oldest is None else (now - oldest).total_seconds()
+    age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+    return Backlog(int(row["n"]), age, int(row["backfill"]))
 
 
 # The outbox -------------------------------------------------------------------------------

@@ -32,6 +32,12 @@ class SegmenterSettings(BaseSettings):
     publish_batch_size: int = Field(default=1000, ge=1)
     backlog_degraded_seconds: float = Field(default=30.0, gt=0)
     cache_repair_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # How often each process reads the version in force (one indexed row).
+    definitions_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    # A definitions backfill queues at most this many customers a second, and only while
+    # the live backlog's oldest row has waited less than backfill_live_lag_seconds.
+    backfill_rate_per_second: float = Field(default=2500.0, gt=0)
+    backfill_live_lag_seconds: float = Field(default=1.0, gt=0)
 
     @field_validator("clock")
     @classmethod

@@ -18,38 +18,36 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
+
+__all__ = ["Evaluator", "Ruleset", "Writes", "evaluate_loop"]
 
 import msgspec
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.segmenter import queue
+from services.segmenter import definitions, queue
 from services.segmenter import repository as repo
 from services.segmenter.cache import CacheWriter
 from services.segmenter.metrics import SegmenterMetrics
+from services.segmenter.ruleset import Ruleset
 from shared.clock import Clock, is_running
 from shared.db.engine import pg_connection
 from shared.events.segment_change import (
+    Cause,
     SegmentChange,
     segment_change_event,
     segment_change_id,
 )
 from shared.retry import Backoff, Retry, is_retriable
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
-from shared.segmentation import (
-    Definitions,
-    PopulationStats,
-    UncoveredCustomerError,
-    evaluate,
-)
+from shared.segmentation import UncoveredCustomerError, evaluate
 
 log = structlog.get_logger("segmenter")
 
 _event_encoder = msgspec.json.Encoder()
 YIELD_EVERY_CUSTOMERS = 16
 EVALUATE_BACKOFF = Backoff(0.1, 5.0)
-WINDOWED_INTERACTION_METRICS = frozenset({"interactions_7d", "interactions_30d"})
 CAUSE_NOTE = {
     "population": "cut-offs recomputed from the population; ",
     "definitions": "new segment definitions; ",
@@ -57,30 +55,6 @@ CAUSE_NOTE = {
     "repair": "aggregates repaired; ",
     "event": "",
 }
-
-
-@dataclass
-class Ruleset:
-    """The definitions in force, their stored version, and the population stats for them."""
-
-    definitions: Definitions
-    version: int
-    population: PopulationStats
-    population_id: int | None
-
-    def adopt_population(self, latest: tuple[int, dict[str, Any]] | None) -> None:
-        """Take the newest stats stored for these definitions, (id, stats), or none."""
-        if latest is None:
-            self.population, self.population_id = PopulationStats(), None
-        else:
-            stats_id, stats = latest
-            self.population = PopulationStats.from_dict(self.definitions, stats)
-            self.population_id = stats_id
-
-    @property
-    def counts_interactions(self) -> bool:
-        """Whether any rule reads a rolling interaction count (and so needs their times)."""
-        return bool(WINDOWED_INTERACTION_METRICS & self.definitions.referenced_metrics)
 
 
 class Evaluator:
@@ -128,6 +102,8 @@ class Evaluator:
         # One view of the rules for the whole batch: the population loop replaces the stats
         # while the batch yields, and the commit checks the very stats it evaluated with.
         rules = dataclasses.replace(self.ruleset)
+        if rules.is_awaiting_population:
+            return 0
         started = time.perf_counter()
         writes = Writes()
         try:
@@ -152,6 +128,13 @@ class Evaluator:
             try:
                 async with conn.transaction():
                     await self._commit(conn, due, now, writes, rules)
+            except DefinitionsMovedError as exc:
+                # Rolled back like a population move: activation committed another version,
+                # and nothing evaluated under the old one may commit after it.
+                await definitions.sync(conn, self.ruleset)
+                self._metrics.population_retries.inc()
+                log.info("definitions_moved_during_batch", customers=len(due), error=str(exc))
+                return len(due)
             except PopulationMovedError as exc:
                 # Rolled back, queue rows included: the customers are leased again, and
                 # evaluated with the stats that are now the newest. (The marks stay: a mark
@@ -196,7 +179,11 @@ class Evaluator:
         customer again). Either way the customer is evaluated again, and that evaluation
         meets the new stats at its own S.
         """
-        saved = await repo.save_state(conn, writes.evaluations, writes.segments, rules.version)
+        saved = await repo.save_state(
+            conn, writes.evaluations, writes.segments, writes.removed, rules.version
+        )
+        if writes.evaluations and saved.definition_version != rules.version:
+            raise DefinitionsMovedError(rules.version, saved.definition_version)
         if writes.evaluations and saved.population_id != rules.population_id:
             raise PopulationMovedError(rules.population_id, saved.population_id)
         if saved.evaluations != len(writes.evaluations):
@@ -238,20 +225,32 @@ class Evaluator:
         sequence = state.change_sequence
         incarnation = state.incarnation or str(uuid.uuid4())
         reasons = dict(state.reasons)
-        for dimension, decision in result.assignments.items():
-            if not decision.changed:
-                continue
+        cause_of_evaluation = cast(Cause, item.cause)
+        changes: list[tuple[str, str | None, str | None, str, Cause]] = [
+            (dimension, decision.previous, decision.segment, decision.reason, cause_of_evaluation)
+            for dimension, decision in result.assignments.items()
+            if decision.changed
+        ]
+        # A dimension the definitions in force no longer have: its member leaves it.
+        for dimension in sorted(state.assignments.keys() - result.assignments.keys()):
+            reason = f"dimension {dimension!r} is not in definitions version {rules.version}"
+            changes.append(
+                (dimension, state.assignments[dimension].segment, None, reason, "definitions")
+            )
+            writes.removed.append((cid, dimension))
+            reasons.pop(dimension, None)
+        for dimension, before, after, why, cause in changes:
             sequence += 1
-            reason = CAUSE_NOTE.get(item.cause, "") + decision.reason
-            reasons[dimension] = reason
+            reason = CAUSE_NOTE.get(cause, "") + why
             event = segment_change_event(
                 change_id=segment_change_id(cid, dimension, sequence, incarnation),
                 change=SegmentChange(
                     customer_id=cid,
                     dimension=dimension,
-                    from_segment=decision.previous,
-                    to_segment=decision.segment,
+                    from_segment=before,
+                    to_segment=after,
                     reason=reason,
+                    cause=cause,
                     definition_version=rules.version,
                     caused_by_event_time=item.cause_event_at,
                     evaluated_at=now,
@@ -263,24 +262,31 @@ class Evaluator:
                     change_id=event.id,
                     customer_id=cid,
                     dimension=dimension,
-                    from_segment=decision.previous,
-                    to_segment=decision.segment,
+                    from_segment=before,
+                    to_segment=after,
                     reason=reason,
-                    cause=item.cause,
+                    cause=cause,
                     definition_version=rules.version,
                     caused_by_event_at=item.cause_event_at,
                     evaluated_at=now,
                     sequence=sequence,
                 )
             )
-            writes.payloads.append(_event_encoder.encode(event))
-            writes.segments.append(
-                (cid, dimension, decision.segment, decision.since, reason, rules.version, now)
-            )
-            self._count_change(dimension, decision.segment)
+            # History is always written; a backfill's changes reach the topic one by one
+            # only under the publish policy "each" (backfill.py sends the summary).
+            is_published = cause != "definitions" or rules.publish == "each"
+            writes.payloads.append(_event_encoder.encode(event) if is_published else None)
+            if after is not None:
+                decision = result.assignments[dimension]
+                reasons[dimension] = reason
+                writes.segments.append(
+                    (cid, dimension, after, decision.since, reason, rules.version, now)
+                )
+                self._count_change(dimension, after)
         version = state.version + 1
+        scores = _scores_json(result.scores)
         writes.evaluations.append(
-            (cid, version, sequence, rules.version, now, result.next_change_at, incarnation)
+            (cid, version, sequence, rules.version, now, result.next_change_at, incarnation, scores)
         )
         if result.next_change_at is not None:
             writes.wakeups.append((cid, result.next_change_at))
@@ -308,6 +314,16 @@ class EvaluationRaceError(RuntimeError):
         super().__init__(f"{customers} customers were evaluated elsewhere meanwhile")
 
 
+class DefinitionsMovedError(Exception):
+    """Another version was activated than the batch evaluated under: roll it back and
+    evaluate its customers again under the version in force."""
+
+    retriable = True
+
+    def __init__(self, evaluated_under: int, in_force: int | None) -> None:
+        super().__init__(f"evaluated under definitions {evaluated_under}, in force {in_force}")
+
+
 class PopulationMovedError(Exception):
     """Newer population stats were stored than the batch evaluated with: roll it back and
     evaluate its customers again with them."""
@@ -322,12 +338,13 @@ class PopulationMovedError(Exception):
 class Writes:
     """What one batch writes, collected before the statements that write it."""
 
-    evaluations: list[tuple[str, int, int, int, datetime, datetime | None, str]] = field(
+    evaluations: list[tuple[str, int, int, int, datetime, datetime | None, str, str]] = field(
         default_factory=list
     )
     segments: list[tuple[str, str, str, datetime, str, int, datetime]] = field(default_factory=list)
     history: list[repo.HistoryRow] = field(default_factory=list)
-    payloads: list[bytes] = field(default_factory=list)
+    payloads: list[bytes | None] = field(default_factory=list)  # None: history only
+    removed: list[tuple[str, str]] = field(default_factory=list)  # (customer, dimension)
     wakeups: list[tuple[str, datetime]] = field(default_factory=list)
     docs: list[CachedCustomer] = field(default_factory=list)
     # (customer id, version) of the documents Redis could not mark stale before commit.
@@ -360,6 +377,7 @@ def _document(
         evaluated_at=now,
         next_change_at=result.next_change_at,
         segments=cached,
+        scores=dict(result.scores),
         aggregates=CachedAggregates(
             order_count=facts.order_count,
             net_spend=facts.net_spend,
@@ -373,6 +391,10 @@ def _document(
             open_cart_at=data.open_cart_at,
         ),
     )
+
+
+def _scores_json(scores: Any) -> str:
+    return _event_encoder.encode(dict(scores)).decode()
 
 
 async def evaluate_loop(

@@ -284,11 +284,11 @@ async def feed_backfill(
     row = await conn.fetchrow(
         """
         WITH next AS (
-            SELECT customer_id FROM customer_aggregates WHERE customer_id > $2
-            ORDER BY customer_id LIMIT $3
+            SELECT customer_id FROM customer_aggregates WHERE customer_id > $1
+            ORDER BY customer_id LIMIT $2
         ), queued AS (
             INSERT INTO segmentation_queue AS q (customer_id, due_at, cause)
-            SELECT customer_id, $4, 'definitions' FROM next
+            SELECT customer_id, $3, 'definitions' FROM next
             ON CONFLICT (customer_id) DO UPDATE SET
                 due_at = EXCLUDED.due_at, cause = 'definitions', cause_event_at = NULL
             WHERE q.due_at > EXCLUDED.due_at
@@ -297,7 +297,6 @@ async def feed_backfill(
         SELECT (SELECT count(*) FROM next) AS walked, (SELECT max(customer_id) FROM next) AS last,
                (SELECT count(*) FROM queued) AS queued
         """,
-        version,
         after,
         limit,
         due_at,
@@ -333,7 +332,7 @@ async def complete_backfill(conn: asyncpg.Connection, version: int) -> bool:
         " WHERE version = $1 AND completed_at IS NULL",
         version,
     )
-    return status.endswith(" 1")
+    return bool(status.endswith(" 1"))
 
 
 async def transition_counts(conn: asyncpg.Connection, version: int) -> list[asyncpg.Record]:
@@ -469,7 +468,7 @@ async def preview_progress(
         total,
         as_of,
     )
-    return status.endswith(" 1")
+    return bool(status.endswith(" 1"))
 
 
 async def finish_preview(
@@ -492,7 +491,7 @@ async def finish_preview(
         None if result is None else orjson.dumps(result).decode(),
         error,
     )
-    return status.endswith(" 1")
+    return bool(status.endswith(" 1"))
 
 
 async def delete_expired_previews(conn: asyncpg.Connection) -> int:

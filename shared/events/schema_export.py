@@ -12,6 +12,10 @@ from typing import Any, Final
 import msgspec
 
 from shared.events import limits
+from shared.events.definitions_activated import (
+    DEFINITIONS_ACTIVATED_DATASCHEMA,
+    DefinitionsActivatedEvent,
+)
 from shared.events.interactions import InteractionEvent
 from shared.events.orders import OrderEvent
 from shared.events.segment_change import SEGMENT_CHANGE_DATASCHEMA, SegmentChangeEvent
@@ -42,7 +46,17 @@ _FAMILIES: Final[tuple[tuple[str, Any, str, str, str], ...]] = (
         SEGMENT_CHANGE_DATASCHEMA,
         "Segment change, CloudEvents 1.0 structured mode",
         "Published by the segmenter when a customer changes segment in one dimension. "
-        "Consumers dedupe by `id`.",
+        "`data.cause` says why the customer was evaluated (docs/events.md, Causes); "
+        "`data.to_segment` is null when the dimension was removed. Consumers dedupe by `id`.",
+    ),
+    (
+        "definitions_activated.v1.json",
+        DefinitionsActivatedEvent,
+        DEFINITIONS_ACTIVATED_DATASCHEMA,
+        "Definitions activated, CloudEvents 1.0 structured mode",
+        "Published on the segment-changes topic, keyed `streamseg:definitions`, when the "
+        "re-evaluation of an activation with `publish: summary` completes: its changes per "
+        "transition, instead of one event per change.",
     ),
 )
 

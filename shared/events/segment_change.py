@@ -18,6 +18,9 @@ SEGMENT_CHANGE_DATASCHEMA: Final = "urn:streamseg:schema:segment_change:v1"
 SEGMENT_CHANGE_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:streamseg:segment-change")
 
 Name = Annotated[str, msgspec.Meta(min_length=1)]
+# Why the customer was evaluated: the one list is in docs/events.md ("Causes").
+CAUSES: Final = ("event", "time", "population", "definitions", "repair")
+Cause = Literal["event", "time", "population", "definitions", "repair"]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -27,8 +30,9 @@ class SegmentChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     customer_id: Id
     dimension: Name
     from_segment: Name | None
-    to_segment: Name
+    to_segment: Name | None  # None: the dimension was removed, and the customer left it
     reason: str
+    cause: Cause
     definition_version: NonNegative
     caused_by_event_time: AwareDatetime | None
     evaluated_at: AwareDatetime

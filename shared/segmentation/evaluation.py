@@ -59,6 +59,8 @@ class Evaluation:
 
     assignments: dict[str, Decision]
     next_change_at: datetime | None
+    # Each score's value at the evaluation (null for a null input), for the customer read.
+    scores: Mapping[str, int | None] = field(default_factory=dict)
 
     @property
     def current(self) -> dict[str, Assignment]:
@@ -111,7 +113,8 @@ def evaluate(
     if find_next_change:
         current = {name: Assignment(d.segment, d.since) for name, d in decisions.items()}
         next_change_at = _next_change_at(definitions, timeline, now, current, population, env)
-    return Evaluation(decisions, next_change_at)
+    scores = {name: env[name] for name in definitions.scores}
+    return Evaluation(decisions, next_change_at, scores)  # type: ignore[arg-type]
 
 
 def matching_segments(

@@ -387,7 +387,7 @@ class Run:
             )
         ]
         obs["definition_version"] = (
-            await self._sql("SELECT max(version) AS v FROM segment_definitions")
+            await self._sql("SELECT version AS v FROM definitions_in_force")
         )[0]["v"]
         ids = sorted(
             {c for recs in obs["inputs"].values() for _, _, v, _ in recs if (c := customer_of(v))}

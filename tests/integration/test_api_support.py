@@ -29,6 +29,7 @@ from services.api.auth import repository as auth_repository
 from services.api.auth.keys import hash_key, new_key
 from services.api.settings import ApiSettings
 from shared.db.engine import driver_connection
+from shared.definitions import repository as store
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 from shared.segmentation import default_definitions
 from shared.settings import ConnectionSettings
@@ -156,13 +157,8 @@ async def seed_definitions(engine: AsyncEngine) -> int:
     """Store the default definitions as the segmenter does at start; returns the version."""
     text = (ROOT / "shared/segmentation/definitions/default.yaml").read_text()
     async with unit_of_work(engine) as conn:
-        version: int = await conn.fetchval(
-            "INSERT INTO segment_definitions (content, content_hash) VALUES ($1, $2)"
-            " RETURNING version",
-            text,
-            default_definitions().content_hash,
-        )
-    return version
+        stored, _ = await store.seed(conn, text, default_definitions().content_hash, "test")
+    return stored.version
 
 
 @dataclass

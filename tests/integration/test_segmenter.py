@@ -28,6 +28,8 @@ from services.segmenter.worker import Evaluator, evaluate_loop
 from shared.clock import FixedClock
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
+from shared.definitions import repository as store
+from shared.definitions.activation import activate_content
 from shared.events import decode_segment_change
 from shared.kafka import make_consumer
 from shared.segment_cache import SegmentCache
@@ -518,13 +520,15 @@ def _event_time_env(service_env: dict[str, str], changes_topic: str) -> dict[str
     }
 
 
-async def test_new_definitions_reevaluate_everyone_and_say_so(
+async def test_a_file_that_differs_is_ignored_and_an_activation_reevaluates(
     engine: AsyncEngine,
     cache: SegmentCache,
     service_env: dict[str, str],
     changes_topic: str,
     tmp_path: Any,
 ) -> None:
+    """The file seeds an empty database only: restarted with another file, the segmenter
+    keeps the version in force and says so; an activation switches it without a restart."""
     # Last seen 5 days ago: engaged under the defaults (< 7 days), casual under a 3-day rule.
     await seed(engine, [History("e1", interactions=[Interaction(NOW - 5 * DAY, "login")])], NOW)
     rules = await ruleset(engine)
@@ -540,6 +544,7 @@ async def test_new_definitions_reevaluate_everyone_and_say_so(
     )
     path = tmp_path / "stricter.yaml"
     path.write_text(stricter)
+    log_path = tmp_path / "segmenter.log"
     proc = run_segmenter(
         service_env
         | {
@@ -548,9 +553,24 @@ async def test_new_definitions_reevaluate_everyone_and_say_so(
             "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes_topic,
             "STREAMSEG_SEGMENTER_OPS_PORT": "0",
         },
-        tmp_path / "segmenter.log",
+        log_path,
     )
     try:
+        await eventually(
+            lambda: _log_has(log_path, "segmenter_started"), message="segmenter started"
+        )
+        output = log_path.read_text()
+        assert "definitions_file_ignored" in output
+        assert f"differs from version {rules.version}" in output
+        async with pg_connection(engine) as conn:
+            assert await store.version_in_force(conn) == rules.version
+        assert (await segments(engine))[("e1", "engagement")] == "engaged"
+
+        async with pg_connection(engine) as conn, conn.transaction():
+            activated = await activate_content(
+                conn, stricter, replaces=rules.version, actor="test", note="3-day engagement"
+            )
+        assert activated.changed_dimensions == ("engagement",)
 
         async def casual() -> bool:
             return (await segments(engine)).get(("e1", "engagement")) == "casual"
@@ -570,7 +590,7 @@ async def test_new_definitions_reevaluate_everyone_and_say_so(
         ).one()
     assert row.cause == "definitions"
     assert row.reason.startswith("new segment definitions")
-    assert row.definition_version == rules.version + 1
+    assert row.definition_version == activated.version
 
 
 async def test_invalid_definitions_stop_the_segmenter_naming_the_rule(

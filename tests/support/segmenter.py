@@ -15,11 +15,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import repository as ingest
-from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.worker import Evaluator, Ruleset
 from shared.clock import Clock
 from shared.db.engine import pg_connection
+from shared.definitions import repository as store
 from shared.segment_cache import SegmentCache
 from shared.segmentation import PopulationStats, default_definitions
 from shared.segmentation.facts import Interaction
@@ -74,8 +74,8 @@ async def ruleset(engine: AsyncEngine, population: PopulationStats | None = None
     """The default definitions, stored as the segmenter stores them."""
     defs = default_definitions()
     async with pg_connection(engine) as conn, conn.transaction():
-        version, _ = await repo.ensure_definitions(conn, defs.source, defs.content_hash)
-    return Ruleset(defs, version, population or PopulationStats(), None)
+        stored, _ = await store.seed(conn, defs.source, defs.content_hash, "test")
+    return Ruleset(defs, stored.version, population or PopulationStats(), None)
 
 
 def evaluator(

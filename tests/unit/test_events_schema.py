@@ -9,6 +9,10 @@ from typing import Any, get_args
 import pytest
 
 from shared.events import decode_event, decode_segment_change, limits
+from shared.events.definitions_activated import (
+    DEFINITIONS_ACTIVATED_TYPE,
+    decode_definitions_activated,
+)
 from shared.events.fields import SchemaVersion
 from shared.events.schema_export import build_schemas, render, write_schemas
 
@@ -64,6 +68,10 @@ def test_docs_example_decodes(example: dict[str, Any]) -> None:
     raw = json.dumps(example).encode()
     if "specversion" not in example:
         assert decode_event(raw).type == example["type"]
+        return
+    if example["type"] == DEFINITIONS_ACTIVATED_TYPE:
+        summary = decode_definitions_activated(raw)
+        assert summary.data.moved == sum(t.customers for t in summary.data.transitions)
         return
     event = decode_segment_change(raw)
     # The id is recorded with the change and derived from the customer's incarnation, which

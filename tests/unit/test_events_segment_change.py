@@ -28,17 +28,18 @@ from shared.events.segment_change import (
 
 CHANGE = SegmentChange(
     customer_id="cust-42",
-    dimension="value",
-    from_segment="regular",
+    dimension="value_tier",
+    from_segment="high",
     to_segment="vip",
-    reason="net_spend_90d >= 1000",
+    reason="spend_365d=612.40 >= vip_spend=428.28",
+    cause="event",
     definition_version=3,
     caused_by_event_time=datetime(2024, 5, 1, 12, 34, 56, tzinfo=UTC),
     evaluated_at=datetime(2024, 5, 1, 12, 35, tzinfo=UTC),
     sequence=7,
 )
 INCARNATION = "0b2d3a5e-8f1c-4c6e-9a7b-2d4e6f8a0c1e"
-CHANGE_ID = segment_change_id("cust-42", "value", 7, INCARNATION)
+CHANGE_ID = segment_change_id("cust-42", "value_tier", 7, INCARNATION)
 
 
 def test_encoded_event_is_a_structured_cloudevent() -> None:
@@ -55,10 +56,11 @@ def test_encoded_event_is_a_structured_cloudevent() -> None:
         "dataschema": SEGMENT_CHANGE_DATASCHEMA,
         "data": {
             "customer_id": "cust-42",
-            "dimension": "value",
-            "from_segment": "regular",
+            "dimension": "value_tier",
+            "from_segment": "high",
             "to_segment": "vip",
-            "reason": "net_spend_90d >= 1000",
+            "reason": "spend_365d=612.40 >= vip_spend=428.28",
+            "cause": "event",
             "definition_version": 3,
             "caused_by_event_time": "2024-05-01T12:34:56Z",
             "evaluated_at": "2024-05-01T12:35:00Z",
@@ -91,6 +93,7 @@ def test_encoding_is_deterministic_so_a_retried_publish_is_identical() -> None:
             from_segment=None,
             to_segment="new",
             reason="first evaluation",
+            cause="time",
             definition_version=0,
             caused_by_event_time=None,
             evaluated_at=datetime(2024, 5, 1, 14, 35, tzinfo=timezone(timedelta(hours=2))),

@@ -24,7 +24,7 @@ async def changes_for_key(
         ) key
         LEFT JOIN LATERAL (
             SELECT id, change_id, customer_id, dimension, from_segment, to_segment, reason,
-                   definition_version, caused_by_event_at, evaluated_at, sequence
+                   cause, definition_version, caused_by_event_at, evaluated_at, sequence
             FROM segment_history
             WHERE key.is_valid AND id > $1 AND ($2::text IS NULL OR dimension = $2)
             ORDER BY id

@@ -42,6 +42,7 @@ def frame(row: asyncpg.Record) -> bytes:
         from_segment=row["from_segment"],
         to_segment=row["to_segment"],
         reason=row["reason"],
+        cause=row["cause"],
         definition_version=row["definition_version"],
         caused_by_event_time=row["caused_by_event_at"],
         evaluated_at=row["evaluated_at"],

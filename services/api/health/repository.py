@@ -9,13 +9,19 @@ COUNT_CAP = 1_000_000
 
 
 async def segmenter_backlog(conn: asyncpg.Connection) -> tuple[int, float | None]:
-    """(due rows, up to COUNT_CAP; seconds since the oldest due row was due, or None)."""
+    """(due rows, up to COUNT_CAP; seconds since the oldest due row was due, or None).
+
+    Live rows only: a definitions backfill's re-evaluations wait behind them on purpose,
+    and its progress is reported by /v1/definitions."""
     row = await conn.fetchrow(
         """
         SELECT (SELECT count(*) FROM (SELECT 1 FROM segmentation_queue
-                                      WHERE due_at <= now() LIMIT $1) d) AS due_rows,
+                                      WHERE due_at <= now() AND cause <> 'definitions'
+                                      LIMIT $1) d) AS due_rows,
                EXTRACT(EPOCH FROM now() - (SELECT min(due_at) FROM segmentation_queue
-                                           WHERE due_at <= now()))::float8 AS oldest_seconds
+                                           WHERE due_at <= now()
+                                             AND cause <> 'definitions'))::float8
+                   AS oldest_seconds
         """,
         COUNT_CAP,
     )

@@ -5,15 +5,6 @@ from __future__ import annotations
 import asyncpg
 
 
-async def definitions_in_force(conn: asyncpg.Connection) -> asyncpg.Record | None:
-    """The stored definitions with the highest version, or None before any was stored."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT version, content, content_hash, loaded_at FROM segment_definitions"
-        " ORDER BY version DESC LIMIT 1"
-    )
-    return row
-
-
 async def segment_sizes(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
     """Customers currently in each (dimension, segment)."""
     rows = await conn.fetch(

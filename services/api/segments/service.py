@@ -7,7 +7,7 @@ from datetime import datetime
 
 from services.api.database import Database
 from services.api.errors import not_found
-from services.api.segments import repository
+from shared.definitions import repository as store
 from shared.segmentation import Definitions, load_definitions
 
 
@@ -34,14 +34,11 @@ class DefinitionsCache:
 
 async def definitions_in_force(db: Database, cache: DefinitionsCache) -> DefinitionsInForce:
     async with db.read() as conn:
-        row = await repository.definitions_in_force(conn)
+        row = await store.in_force(conn)
     if row is None:
         raise not_found("no_definitions", "no segment definitions have been stored yet")
     return DefinitionsInForce(
-        row["version"],
-        row["content_hash"],
-        row["loaded_at"],
-        cache.parse(row["version"], row["content"]),
+        row.version, row.content_hash, row.activated_at, cache.parse(row.version, row.content)
     )
 
 

@@ -90,8 +90,10 @@ def upgrade() -> None:
             error text
         )
     """)
-    op.execute("CREATE INDEX definition_previews_pending ON definition_previews (created_at)"
-               " WHERE status IN ('pending', 'running')")
+    op.execute(
+        "CREATE INDEX definition_previews_pending ON definition_previews (created_at)"
+        " WHERE status IN ('pending', 'running')"
+    )
     # An exit change (a removed dimension) has no segment to go to.
     op.execute("ALTER TABLE segment_history ALTER COLUMN to_segment DROP NOT NULL")
     op.execute("ALTER TABLE customer_evaluations ADD COLUMN scores jsonb")

@@ -1,0 +1,55 @@
+"""Activating definitions: validated, compared with the version in force, then stored.
+
+The API's `POST /v1/definitions` and rollback call this in their unit of work; so do tests
+and the chaos harness through the API. The caller's transaction commits or rolls back.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from shared.definitions import repository as store
+from shared.definitions.repository import Publish, StoredVersion
+from shared.segmentation import Definitions, load_definitions
+from shared.segmentation.changes import changed_dimensions, population_spec
+
+
+@functools.lru_cache(maxsize=32)
+def parse_stored(content: str) -> Definitions:
+    """A stored content was valid when stored and never changes: parsed once."""
+    return load_definitions(content)
+
+
+async def activate_content(
+    conn: Any,
+    content: str,
+    *,
+    replaces: int | None,
+    actor: str,
+    note: str = "",
+    publish: Publish = "each",
+) -> StoredVersion:
+    """Put `content` in force as a new version replacing `replaces`.
+
+    Raises DefinitionError (every problem) if it is invalid, and ActivationConflictError if
+    `replaces` is no longer the version in force. Only the dimensions whose rules changed
+    are re-evaluated; when none did (a rollback to equal rules, a new description), no
+    backfill runs. Population stats are kept when their inputs did not change."""
+    candidate = load_definitions(content)
+    current = await store.in_force(conn)
+    old = None if current is None else parse_stored(current.content)
+    changed = changed_dimensions(old, candidate)
+    customers = await store.customer_count(conn) if changed else 0
+    return await store.activate(
+        conn,
+        content,
+        candidate.content_hash,
+        replaces=replaces,
+        actor=actor,
+        note=note,
+        publish=publish,
+        changed_dimensions=changed,
+        customers=customers,
+        copy_population=old is not None and population_spec(old) == population_spec(candidate),
+    )
