@@ -57,16 +57,20 @@ class Database:
         work that is expected to wait on locks (an activation)."""
         bound = self.timeout_seconds if timeout_seconds is None else timeout_seconds
         try:
-            async with asyncio.timeout(bound), self.engine.begin() as sa_conn:
+            async with asyncio.timeout(bound), self.engine.connect() as sa_conn:
                 conn = await driver_connection(sa_conn)
-                if timeout_seconds is not None:
-                    # The session's statement_timeout is the short default; SET LOCAL ends
-                    # with this transaction, so the pooled connection goes back unchanged.
-                    await conn.execute(
-                        "SELECT set_config('statement_timeout', $1, true)",
-                        str(int(timeout_seconds * 1000)),
-                    )
-                yield conn
+                # The transaction is asyncpg's own: SQLAlchemy's begin() starts one only when
+                # a statement goes through SQLAlchemy, and these go to the driver, so under
+                # it each statement committed alone (locks and all).
+                async with conn.transaction():
+                    if timeout_seconds is not None:
+                        # The session's statement_timeout is the short default; set locally,
+                        # it ends with this transaction and the pooled connection is as it was.
+                        await conn.execute(
+                            "SELECT set_config('statement_timeout', $1, true)",
+                            str(int(timeout_seconds * 1000)),
+                        )
+                    yield conn
         except UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
 
