@@ -5,10 +5,12 @@ and the activation's longer time-out."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +26,7 @@ from shared.settings import ConnectionSettings
 from tests.conftest import ROOT, eventually
 from tests.integration.test_api_support import (
     Customer,
+    api_process,
     audit_rows,
     bearer,
     make_key,
@@ -542,3 +545,125 @@ async def test_a_unit_of_work_commits_all_or_nothing(
     with pytest.raises(LookupError):
         await insert_then_fail()
     assert await audit_rows(engine, "x") == []
+
+
+# The CLI against a live API process -------------------------------------------------------
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "definitions",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_cli_drives_the_whole_cycle_through_the_api(
+    engine: AsyncEngine, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    await seed_definitions(engine)
+    key = await make_key(engine, "definitions:read", "definitions:write", name="analyst")
+    reader = await make_key(engine, "segments:read")
+    engaged, broken = tmp_path / "engaged.yaml", tmp_path / "broken.yaml"
+    engaged.write_text(ENGAGED_10)
+    broken.write_text(BROKEN)
+    async with api_process(service_env) as api:
+        env = service_env | {"STREAMSEG_API_URL": api.url, "STREAMSEG_API_KEY": key}
+
+        code, out, err = await run_cli(env, "validate", str(broken))
+        assert code == 1, out + err
+        assert err.splitlines()[0] == "error: invalid_definitions (HTTP 422): 2 problems"
+        assert err.splitlines()[1].startswith("value_tier/vip: ")
+        assert err.splitlines()[2].startswith("engagement/engaged: ")
+        code, out, err = await run_cli(env, "validate", str(engaged))
+        assert code == 0, err
+        assert "changed dimensions (against version 1): engagement" in out
+
+        preview = asyncio.create_task(
+            run_cli(
+                env, "preview", str(engaged), "--samples", "3", "--wait", "--poll-seconds", "0.1"
+            )
+        )
+
+        async def stored() -> bool:
+            async with unit_of_work(engine) as conn:
+                return bool(await conn.fetchval("SELECT count(*) FROM definition_previews"))
+
+        await eventually(stored, within_seconds=30, message="preview stored")
+        result = {
+            "as_of": "2026-03-01T12:00:00Z",
+            "base_version": 1,
+            "customers": 40,
+            "population": {"cutoffs": {}, "edges": {}},
+            "dimensions": [
+                {
+                    "name": "engagement",
+                    "status": "changed",
+                    "segments": [
+                        {"name": "engaged", "now": 10, "candidate": 14},
+                        {"name": "casual", "now": 30, "candidate": 26},
+                    ],
+                    "transitions": [
+                        {
+                            "from": "casual",
+                            "to": "engaged",
+                            "customers": 4,
+                            "samples": [{"customer_id": "c-9", "reason": "x=8.0 < 10"}],
+                        }
+                    ],
+                }
+            ],
+        }
+        async with unit_of_work(engine) as conn:
+            await conn.execute(
+                "UPDATE definition_previews SET status = 'done', done = 40, total = 40,"
+                " result = $1::text::jsonb, finished_at = now()",
+                orjson.dumps(result).decode(),
+            )
+        code, out, err = await preview
+        assert code == 0, err
+        assert "pending" in err
+        assert "done, 40/40 customers" in err
+        assert "engaged   10         14      +4" in out
+        assert "  casual -> engaged: 4 customers\n    c-9: x=8.0 < 10" in out
+
+        code, out, err = await run_cli(env, "activate", str(engaged), "--note", "ten days")
+        assert code == 0, err
+        assert "replacing version 1, the version in force" in err
+        assert out.startswith("activated version 2\nversion 2 (in force)\n")
+        assert "note: ten days" in out
+
+        code, out, _ = await run_cli(env, "list")
+        assert code == 0
+        rows = out.splitlines()
+        assert rows[1].split()[:2] == ["2", "*"]
+        assert rows[2].split()[0] == "1"
+        code, out, _ = await run_cli(env, "show", "2")
+        assert code == 0
+        assert out.endswith(ENGAGED_10)
+        code, out, _ = await run_cli(env, "diff", "1", "2")
+        assert code == 0
+        assert "  segment engaged: changed\n    - days_since_last_interaction < 7\n" in out
+        assert "--- version 1\n+++ version 2\n" in out
+
+        code, out, err = await run_cli(env, "rollback", "1")
+        assert code == 0, err
+        assert "replacing version 2" in err
+        assert out.startswith("activated version 3 (the content of version 1)\n")
+        code, _, err = await run_cli(env, "rollback", "1", "--replaces", "2")
+        assert code == 1
+        assert "error: definitions_conflict (HTTP 409): version 3 is in force, not 2" in err
+
+        code, _, err = await run_cli(env | {"STREAMSEG_API_KEY": reader}, "list")
+        assert code == 1
+        assert "insufficient_scope" in err
+    actions = [r["action"] for r in await audit_rows(engine) if r["action"].startswith("defin")]
+    assert "definitions.activate" in actions
+    assert "definitions.rollback" in actions
