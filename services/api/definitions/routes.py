@@ -74,9 +74,9 @@ async def validate(
 ) -> DefinitionsSummary:
     """Check a definitions document (YAML or JSON) and summarise it; nothing is stored."""
     text = service.read_document(request.headers.get("content-type"), await request.body())
-    definitions = await service.load(text)
+    definitions = await service.load(resources.parser, text)
     async with resources.db.read() as conn:
-        return await service.summary(conn, definitions)
+        return await service.summary(conn, resources.parser, definitions)
 
 
 @router.post(
@@ -89,7 +89,7 @@ async def create_preview(
     body: PreviewRequest, response: Response, resources: ResourcesDep, who: DefinitionsWriter
 ) -> PreviewView:
     """Start a preview of candidate definitions against the version in force; poll Location."""
-    definitions = await service.load(body.content)
+    definitions = await service.load(resources.parser, body.content)
     async with resources.db.transaction() as conn:
         preview = await service.create_preview(
             conn,
@@ -175,7 +175,7 @@ async def activate(
     body: ActivationRequest, response: Response, resources: ResourcesDep, who: DefinitionsWriter
 ) -> VersionView:
     """Put definitions in force as a new version; 409 if `replaces` is no longer in force."""
-    await service.load(body.content)  # 422 before any lock is taken
+    await service.load(resources.parser, body.content)  # 422 before any lock is taken
     async with resources.db.transaction(_activation_timeout(resources)) as conn:
         view = await service.activate(
             conn,
@@ -222,7 +222,7 @@ async def diff_versions(
     async with resources.db.read() as conn:
         old = await service.stored_version(conn, a)
         new = await service.stored_version(conn, b)
-    return await service.diff_view(old, new)
+    return await service.diff_view(resources.parser, old, new)
 
 
 @router.post(
@@ -241,7 +241,7 @@ async def rollback(
     """Put an earlier version's content back in force, as a new version."""
     async with resources.db.read() as conn:
         target = await service.stored_version(conn, version)
-    await service.load(target.content)  # off the event loop, before any lock is taken
+    await service.load(resources.parser, target.content)  # parsed before any lock is taken
     async with resources.db.transaction(_activation_timeout(resources)) as conn:
         view = await service.activate(
             conn,

@@ -12,9 +12,9 @@ from typing import Any
 
 import asyncpg
 import yaml
-from starlette.concurrency import run_in_threadpool
 
 from services.api.definitions import repository
+from services.api.definitions.parsing import DefinitionsParser
 from services.api.definitions.schemas import (
     BackfillView,
     CutoffChangeView,
@@ -35,7 +35,7 @@ from services.api.definitions.schemas import (
 )
 from services.api.errors import ApiError, not_found
 from shared.definitions import repository as store
-from shared.definitions.activation import activate_content, parse_stored
+from shared.definitions.activation import activate_content
 from shared.definitions.repository import (
     ActivationConflictError,
     Backfill,
@@ -135,20 +135,19 @@ def _invalid(error: DefinitionError) -> ApiError:
     )
 
 
-async def load(text: str) -> Definitions:
-    """Parsed and validated, or 422 with every problem the loader found.
-
-    In a worker thread: checking coverage can take a while, and the event loop serves
-    every other request meanwhile. Cached by content, so activating it again is a lookup."""
+async def load(parser: DefinitionsParser, text: str) -> Definitions:
+    """Parsed and validated, or 422 with every problem the loader found."""
     try:
-        return await run_in_threadpool(parse_stored, text)
+        return await parser.parse(text)
     except DefinitionError as exc:
         raise _invalid(exc) from None
 
 
-async def summary(conn: asyncpg.Connection, definitions: Definitions) -> DefinitionsSummary:
+async def summary(
+    conn: asyncpg.Connection, parser: DefinitionsParser, definitions: Definitions
+) -> DefinitionsSummary:
     current = await store.in_force(conn)
-    old = None if current is None else await run_in_threadpool(parse_stored, current.content)
+    old = None if current is None else await parser.parse(current.content)
     return DefinitionsSummary(
         content_hash=definitions.content_hash,
         description=definitions.description,
@@ -268,11 +267,8 @@ async def activate(
 
 
 # Diffs ------------------------------------------------------------------------------------
-async def diff_view(old: StoredVersion, new: StoredVersion) -> DiffView:
-    result = diff_definitions(
-        await run_in_threadpool(parse_stored, old.content),
-        await run_in_threadpool(parse_stored, new.content),
-    )
+async def diff_view(parser: DefinitionsParser, old: StoredVersion, new: StoredVersion) -> DiffView:
+    result = diff_definitions(await parser.parse(old.content), await parser.parse(new.content))
     text = "".join(
         difflib.unified_diff(
             old.content.splitlines(keepends=True),
