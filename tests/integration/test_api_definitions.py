@@ -667,3 +667,17 @@ async def test_the_cli_drives_the_whole_cycle_through_the_api(
     actions = [r["action"] for r in await audit_rows(engine) if r["action"].startswith("defin")]
     assert "definitions.activate" in actions
     assert "definitions.rollback" in actions
+
+
+async def test_admins_create_keys_with_the_definitions_scopes(
+    engine: AsyncEngine, api: tuple[FastAPI, httpx.AsyncClient]
+) -> None:
+    admin = bearer(await make_key(engine, "admin"))
+    every = ["admin", "definitions:read", "definitions:write", "segments:read"]
+    created = await api[1].post(
+        "/v1/admin/keys", json={"name": "all", "scopes": every}, headers=admin
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["scopes"] == every
+    analyst = bearer(created.json()["key"])
+    assert (await api[1].get("/v1/definitions", headers=analyst)).status_code == 200

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from services.api.auth import repository as audit
 from services.api.auth.keys import Principal
 from services.api.auth.repository import AuditEntry
-from services.api.definitions import service
+from services.api.definitions import documents, service
 from services.api.definitions.schemas import (
     VERSION_MAX,
     ActivationRequest,
@@ -48,8 +48,8 @@ _DOCUMENT_BODY: dict[str, Any] = {
         "required": True,
         "description": "The definitions document: YAML, or the same document as a JSON object",
         "content": {
-            **{media: {"schema": {"type": "string"}} for media in sorted(service.YAML_TYPES)},
-            service.JSON_TYPE: {"schema": {"type": "object"}},
+            **{media: {"schema": {"type": "string"}} for media in sorted(documents.YAML_TYPES)},
+            documents.JSON_TYPE: {"schema": {"type": "object"}},
         },
     }
 }
@@ -73,8 +73,8 @@ async def validate(
     request: Request, resources: ResourcesDep, who: DefinitionsReader
 ) -> DefinitionsSummary:
     """Check a definitions document (YAML or JSON) and summarise it; nothing is stored."""
-    text = service.read_document(request.headers.get("content-type"), await request.body())
-    definitions = await service.load(resources.parser, text)
+    text = documents.read_document(request.headers.get("content-type"), await request.body())
+    definitions = await documents.load(resources.parser, text)
     async with resources.db.read() as conn:
         return await service.summary(conn, resources.parser, definitions)
 
@@ -89,7 +89,7 @@ async def create_preview(
     body: PreviewRequest, response: Response, resources: ResourcesDep, who: DefinitionsWriter
 ) -> PreviewView:
     """Start a preview of candidate definitions against the version in force; poll Location."""
-    definitions = await service.load(resources.parser, body.content)
+    definitions = await documents.load(resources.parser, body.content)
     async with resources.db.transaction() as conn:
         preview = await service.create_preview(
             conn,
@@ -175,10 +175,11 @@ async def activate(
     body: ActivationRequest, response: Response, resources: ResourcesDep, who: DefinitionsWriter
 ) -> VersionView:
     """Put definitions in force as a new version; 409 if `replaces` is no longer in force."""
-    await service.load(resources.parser, body.content)  # 422 before any lock is taken
+    await documents.load(resources.parser, body.content)  # 422 before any lock is taken
     async with resources.db.transaction(_activation_timeout(resources)) as conn:
         view = await service.activate(
             conn,
+            resources.parser,
             body.content,
             replaces=body.replaces,
             actor=who.actor,
@@ -241,10 +242,11 @@ async def rollback(
     """Put an earlier version's content back in force, as a new version."""
     async with resources.db.read() as conn:
         target = await service.stored_version(conn, version)
-    await service.load(resources.parser, target.content)  # parsed before any lock is taken
+    await documents.load(resources.parser, target.content)  # parsed before any lock is taken
     async with resources.db.transaction(_activation_timeout(resources)) as conn:
         view = await service.activate(
             conn,
+            resources.parser,
             target.content,
             replaces=body.replaces,
             actor=who.actor,

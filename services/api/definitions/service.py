@@ -1,19 +1,19 @@
-"""Reading a definitions document from a request, and turning definitions, versions, diffs
-and previews into their views. Runs in the caller's unit of work; never commits."""
+"""Definitions, versions, diffs and previews: read and written in the caller's unit of work
+(never committed here), and turned into their views."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import json
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import yaml
 
 from services.api.definitions import repository
+from services.api.definitions.documents import invalid_definitions
 from services.api.definitions.parsing import DefinitionsParser
 from services.api.definitions.schemas import (
     BackfillView,
@@ -47,107 +47,17 @@ from shared.segmentation import (
     CutoffSpec,
     DefinitionError,
     Definitions,
-    Problem,
     ScoreSpec,
 )
 from shared.segmentation.changes import changed_dimensions, diff_definitions
 from shared.segmentation.metrics import Number
-
-YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/plain"})
-JSON_TYPE = "application/json"
-
-
-def read_document(content_type: str | None, body: bytes) -> str:
-    """The definitions text of a request body: YAML as sent, or a JSON object written out
-    as YAML (so that the one loader reads both, and numbers keep YAML's reading)."""
-    media, _, parameters = (content_type or "").partition(";")
-    media = media.strip().lower()
-    if media not in YAML_TYPES and media != JSON_TYPE:
-        accepted = ", ".join(sorted(YAML_TYPES | {JSON_TYPE}))
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"send the definitions as one of {accepted}, not {media or 'no Content-Type'!r}",
-        )
-    charset = _charset(parameters)
-    if charset not in (None, "utf-8", "utf8", "us-ascii"):
-        raise ApiError(415, "unsupported_media_type", f"the body must be UTF-8, not {charset}")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ApiError(
-            400, "invalid_body", f"the body is not UTF-8 text (byte {exc.start} is not)"
-        ) from None
-    return text if media != JSON_TYPE else _json_as_yaml(text)
-
-
-def _charset(parameters: str) -> str | None:
-    for parameter in parameters.split(";"):
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower()
-    return None
-
-
-def _json_as_yaml(text: str) -> str:
-    duplicates: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        # json keeps the last of two equal keys without a word; YAML input reports them.
-        seen: dict[str, Any] = {}
-        for key, value in items:
-            if key in seen:
-                duplicates.append(key)
-            seen[key] = value
-        return seen
-
-    too_deep = "the document nests too deeply to be definitions"
-    try:
-        # json, not orjson: only json has a hook that sees every key of an object.
-        data = json.loads(text, object_pairs_hook=pairs)
-    except ValueError as exc:
-        raise invalid([f"JSON syntax error: {exc}"]) from None
-    except RecursionError:
-        raise invalid([too_deep]) from None
-    if duplicates:
-        raise invalid([f"duplicate key {key!r} in the JSON document" for key in duplicates])
-    try:
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    except RecursionError:
-        raise invalid([too_deep]) from None
-
-
-def invalid(messages: list[str]) -> ApiError:
-    """422 for problems found before the loader could see the document."""
-    return _invalid(DefinitionError([Problem(None, None, message) for message in messages]))
-
-
-def _invalid(error: DefinitionError) -> ApiError:
-    problems = [
-        {"dimension": p.dimension, "rule": p.rule, "message": p.message} for p in error.problems
-    ]
-    count = len(problems)
-    return ApiError(
-        422,
-        "invalid_definitions",
-        f"{count} problem{'s' if count != 1 else ''}",
-        problems=problems,
-    )
-
-
-async def load(parser: DefinitionsParser, text: str) -> Definitions:
-    """Parsed and validated, or 422 with every problem the loader found."""
-    try:
-        return await parser.parse(text)
-    except DefinitionError as exc:
-        raise _invalid(exc) from None
 
 
 async def summary(
     conn: asyncpg.Connection, parser: DefinitionsParser, definitions: Definitions
 ) -> DefinitionsSummary:
     current = await store.in_force(conn)
-    old = None if current is None else await parser.parse(current.content)
+    old = None if current is None else await _stored_definitions(parser, current)
     return DefinitionsSummary(
         content_hash=definitions.content_hash,
         description=definitions.description,
@@ -187,6 +97,20 @@ def _score(spec: ScoreSpec) -> ScoreView:
         buckets=spec.buckets,
         better="higher" if spec.higher_is_better else "lower",
     )
+
+
+async def _stored_definitions(parser: DefinitionsParser, stored: StoredVersion) -> Definitions:
+    try:
+        return await parser.parse(stored.content)
+    except DefinitionError as exc:
+        # Valid when stored; only a stricter loader since can make it fail.
+        failure = invalid_definitions(exc)
+        raise ApiError(
+            409,
+            "stored_definitions_invalid",
+            f"version {stored.version} no longer loads ({failure.detail})",
+            problems=failure.problems,
+        ) from None
 
 
 # Versions ---------------------------------------------------------------------------------
@@ -247,6 +171,7 @@ async def version_detail(conn: asyncpg.Connection, version: int) -> VersionDetai
 
 async def activate(
     conn: asyncpg.Connection,
+    parser: DefinitionsParser,
     content: str,
     *,
     replaces: int | None,
@@ -254,13 +179,21 @@ async def activate(
     note: str,
     publish: Publish,
 ) -> VersionView:
-    """Put `content` in force; 422 if invalid, 409 if `replaces` is no longer in force."""
+    """Put `content` in force; 422 if invalid, 409 if `replaces` is no longer in force.
+
+    The caller has parsed `content` already (before its unit of work began); the version in
+    force is parsed here too, so that the activation's own parses are lookups."""
+    current = await store.in_force(conn)
+    if current is not None:
+        # Only a warm-up: if it no longer loads, activate_content says so below.
+        with contextlib.suppress(DefinitionError):
+            await parser.parse(current.content)
     try:
         stored = await activate_content(
             conn, content, replaces=replaces, actor=actor, note=note, publish=publish
         )
     except DefinitionError as exc:
-        raise _invalid(exc) from None
+        raise invalid_definitions(exc) from None
     except ActivationConflictError as exc:
         raise ApiError(409, "definitions_conflict", str(exc)) from None
     return version_view(stored, stored.version, await store.get_backfill(conn, stored.version))
@@ -268,7 +201,9 @@ async def activate(
 
 # Diffs ------------------------------------------------------------------------------------
 async def diff_view(parser: DefinitionsParser, old: StoredVersion, new: StoredVersion) -> DiffView:
-    result = diff_definitions(await parser.parse(old.content), await parser.parse(new.content))
+    result = diff_definitions(
+        await _stored_definitions(parser, old), await _stored_definitions(parser, new)
+    )
     text = "".join(
         difflib.unified_diff(
             old.content.splitlines(keepends=True),
