@@ -66,7 +66,7 @@ def _activation_timeout(resources: Resources) -> float:
 @router.post(
     "/validate",
     response_model=DefinitionsSummary,
-    responses=error_responses(400, 401, 403, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 409, 413, 415, 422, 503),
     openapi_extra=_DOCUMENT_BODY,
 )
 async def validate(
@@ -214,7 +214,9 @@ async def get_version(
 
 
 @router.get(
-    "/{a}/diff/{b}", response_model=DiffView, responses=error_responses(401, 403, 404, 422, 503)
+    "/{a}/diff/{b}",
+    response_model=DiffView,
+    responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 async def diff_versions(
     a: VersionPath, b: VersionPath, resources: ResourcesDep, who: DefinitionsReader
