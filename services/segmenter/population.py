@@ -182,17 +182,23 @@ async def population_loop(
     counted_id: int | None = None
     stats_customers: int | None = None
 
+    async def count_anew() -> bool:
+        """Look up the population of the stats in use if they are new here; True if so."""
+        nonlocal counted_id, stats_customers
+        if ruleset.population_id == counted_id:
+            return False
+        counted_id, stats_customers = ruleset.population_id, None
+        if counted_id is not None:
+            async with pg_connection(engine) as conn:
+                stats_customers = await repo.population_stats_customers(conn, counted_id)
+        return True
+
     async def step() -> None:
-        nonlocal last_recompute, counted_id, stats_customers
+        nonlocal last_recompute, stats_customers
         # First: after a switch to another version, its stats may have been copied.
         await refresh(engine, ruleset)
-        if ruleset.population_id != counted_id:
-            counted_id = ruleset.population_id
-            stats_customers = None
-            if counted_id is not None:
-                async with pg_connection(engine) as conn:
-                    stats_customers = await repo.population_stats_customers(conn, counted_id)
-                last_recompute = loop.time()
+        if await count_anew() and counted_id is not None:
+            last_recompute = loop.time()  # stored by another process, or copied
         if not ruleset.definitions.population_metrics or not is_running(clock):
             return
         since = loop.time() - last_recompute
@@ -219,7 +225,7 @@ async def population_loop(
         )
         await recompute(engine, ruleset, clock.now())
         last_recompute = loop.time()
-        if ruleset.population_id == counted_id and customers is not None:
+        if not await count_anew() and customers is not None:
             # Nothing stored (the stats came out the same): the change is accounted for.
             stats_customers = customers
 
