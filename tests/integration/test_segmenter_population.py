@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,31 +21,12 @@ from shared.definitions import repository as store
 from shared.segmentation import load_definitions
 from tests.conftest import ROOT, MakeTopic, eventually
 from tests.support.segmenter import History, ruleset, run_segmenter, scalar, seed, segments
-from tests.support.value_tiers import expected_value_tiers
+from tests.support.value_tiers import expected_value_tiers, spenders
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
-
-
-def spenders(n: int, seed_: int) -> tuple[list[History], dict[str, Decimal]]:
-    """`n` customers with one to three orders of log-normal amounts; one in ten ordered only
-    more than a year ago (no spend_365d). Returns them and their spend_365d."""
-    rng = random.Random(seed_)
-    histories, spend = [], {}
-    for i in range(n):
-        lapsed = rng.random() < 0.1
-        h = History(f"c{i:05d}")
-        for _ in range(rng.randint(1, 3)):
-            age = rng.uniform(400, 600) if lapsed else rng.uniform(1, 300)
-            amount = Decimal(round(rng.lognormvariate(4, 1) * 100) + 1) / 100
-            h.orders.append((NOW - age * DAY, amount))
-        histories.append(h)
-        spend[h.customer_id] = sum(
-            (amount for at, amount in h.orders if NOW - at < 365 * DAY), Decimal(0)
-        )
-    return histories, spend
 
 
 async def test_a_cold_start_resolves_the_cut_offs_for_the_customers_as_they_arrive(
@@ -70,7 +50,7 @@ async def test_a_cold_start_resolves_the_cut_offs_for_the_customers_as_they_arri
         await eventually(has_stats, within_seconds=30, message="the first statistics")
         assert await scalar(engine, "SELECT max(customers) FROM population_stats") == 0
 
-        histories, spend = spenders(1000, 11)
+        histories, spend = spenders(1000, 11, NOW)
         await seed(engine, histories, NOW)
         expected = expected_value_tiers(spend)
         # The test's own count, not the service's: vip 5%, high 20%, medium 50% (by ceil)
