@@ -574,3 +574,12 @@ async def delete_cache_repairs(conn: asyncpg.Connection, customer_ids: Sequence[
     await conn.execute(
         "DELETE FROM cache_repairs WHERE customer_id = ANY($1::text[])", list(customer_ids)
     )
+
+
+# Population statistics, their inputs ------------------------------------------------------
+async def population_stats_customers(conn: asyncpg.Connection, stats_id: int) -> int | None:
+    """How many customers the stats `stats_id` were computed from (None: no such stats)."""
+    customers = await conn.fetchval(
+        "SELECT customers FROM population_stats WHERE id = $1", stats_id
+    )
+    return None if customers is None else int(customers)

@@ -21,7 +21,7 @@ from shared.clock import Clock
 from shared.db.engine import pg_connection
 from shared.definitions import repository as store
 from shared.segment_cache import SegmentCache
-from shared.segmentation import PopulationStats, default_definitions
+from shared.segmentation import Definitions, PopulationStats, default_definitions
 from shared.segmentation.facts import Interaction
 
 
@@ -70,9 +70,13 @@ async def seed(engine: AsyncEngine, histories: Sequence[History], marked_at: dat
         )
 
 
-async def ruleset(engine: AsyncEngine, population: PopulationStats | None = None) -> Ruleset:
-    """The default definitions, stored as the segmenter stores them."""
-    defs = default_definitions()
+async def ruleset(
+    engine: AsyncEngine,
+    population: PopulationStats | None = None,
+    definitions: Definitions | None = None,
+) -> Ruleset:
+    """`definitions` (the default ones if None), stored as the segmenter stores them."""
+    defs = definitions or default_definitions()
     async with pg_connection(engine) as conn, conn.transaction():
         stored, _ = await store.seed(conn, defs.source, defs.content_hash, "test")
     return Ruleset(defs, stored.version, population or PopulationStats(), None)
