@@ -42,7 +42,9 @@ async def activate_content(
     current = await store.in_force(conn)
     old = None if current is None else parse_stored(current.content)
     changed = changed_dimensions(old, candidate)
-    customers = await store.customer_count(conn) if changed else 0
+    # The backfill's expected size, for progress: one may start even when nothing changed,
+    # to carry on a backfill this activation supersedes.
+    customers = await store.customer_count(conn)
     return await store.activate(
         conn,
         content,
