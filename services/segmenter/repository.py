@@ -574,3 +574,24 @@ async def delete_cache_repairs(conn: asyncpg.Connection, customer_ids: Sequence[
     await conn.execute(
         "DELETE FROM cache_repairs WHERE customer_id = ANY($1::text[])", list(customer_ids)
     )
+
+
+# Previews ---------------------------------------------------------------------------------
+async def current_assignments(
+    conn: asyncpg.Connection, customer_ids: Sequence[str]
+) -> dict[str, dict[str, Assignment]]:
+    """The stored segments of each customer that has an evaluation, as `previous` for the
+    next one. As in `load_leased`, a customer without a stored evaluation has none."""
+    assignments: dict[str, dict[str, Assignment]] = {}
+    for r in await conn.fetch(
+        """
+        SELECT s.customer_id, s.dimension, s.segment, s.since
+        FROM customer_segments s JOIN customer_evaluations e USING (customer_id)
+        WHERE s.customer_id = ANY($1::text[])
+        """,
+        list(customer_ids),
+    ):
+        assignments.setdefault(r["customer_id"], {})[r["dimension"]] = Assignment(
+            r["segment"], r["since"]
+        )
+    return assignments
