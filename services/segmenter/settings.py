@@ -38,6 +38,7 @@ class SegmenterSettings(BaseSettings):
     # the live backlog's oldest row has waited less than backfill_live_lag_seconds.
     backfill_rate_per_second: float = Field(default=2500.0, gt=0)
     backfill_live_lag_seconds: float = Field(default=1.0, gt=0)
+    preview_poll_seconds: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("clock")
     @classmethod
