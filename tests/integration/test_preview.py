@@ -3,6 +3,7 @@ counts made here from the seeded histories, then against what activation actuall
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import uuid
@@ -33,7 +34,7 @@ from shared.segment_cache import SegmentCache
 from shared.segmentation import load_definitions
 from shared.segmentation.facts import Interaction
 from shared.settings import ConnectionSettings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, eventually
 from tests.support.segmenter import History, evaluator, ruleset, seed
 
 pytestmark = pytest.mark.integration
@@ -464,3 +465,60 @@ async def test_invalid_content_fails_the_preview_not_the_runner(
     assert "days_since_last_interactoin" in job.error
     assert await runner.run_once()
     assert (await get(engine, good)).status == "done"
+
+
+async def test_a_dropped_connection_is_retried_and_the_result_is_the_same(
+    engine: AsyncEngine, cache: SegmentCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ev, _ = await evaluated(engine, cache, 100)
+    runner = PreviewRunner(engine, FixedClock(NOW), chunk=20)
+    clean = await create(engine, candidate(), ev.ruleset.version)
+    assert await runner.run_once()
+    reads = 0
+    load_customers = repo.load_customers
+
+    async def drops_the_third_read(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 3:
+            raise ConnectionResetError("connection reset by the test")
+        return await load_customers(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "load_customers", drops_the_third_read)
+    retried = await create(engine, candidate(), ev.ruleset.version)
+    assert await runner.run_once()
+    assert reads == 6  # five chunks, one of them twice
+    assert (await get(engine, retried)).result == (await get(engine, clean)).result
+
+
+async def test_the_loop_runs_queued_previews_and_deletes_expired_ones(
+    engine: AsyncEngine, cache: SegmentCache
+) -> None:
+    ev, _ = await evaluated(engine, cache, 20)
+    async with pg_connection(engine) as conn:
+        await store.create_preview(
+            conn,
+            str(uuid.uuid4()),
+            actor="test",
+            content=candidate(),
+            content_hash=load_definitions(candidate()).content_hash,
+            base_version=ev.ruleset.version,
+            samples=SAMPLES,
+            keep_seconds=0,
+        )
+    stopping = asyncio.Event()
+    loop = asyncio.create_task(
+        PreviewRunner(engine, FixedClock(NOW), poll_seconds=0.05).run(stopping)
+    )
+    try:
+        preview_id = await create(engine, candidate(), ev.ruleset.version)
+
+        async def is_done() -> bool:
+            return (await get(engine, preview_id)).status == "done"
+
+        await eventually(is_done, within_seconds=10, message="preview done")
+    finally:
+        stopping.set()
+        await loop
+    async with pg_connection(engine) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM definition_previews") == 1
