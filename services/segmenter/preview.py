@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.segmenter import definitions
 from services.segmenter import repository as repo
-from services.segmenter.ruleset import counts_interactions
+from services.segmenter.ruleset import WINDOWED_INTERACTION_METRICS, counts_interactions
 from services.segmenter.transitions import Transitions
 from services.segmenter.worker import YIELD_EVERY_CUSTOMERS
 from shared.clock import Clock, is_running
@@ -224,7 +224,9 @@ class PreviewRunner:
             return PopulationStats(), False
         # Columns, not a sample per customer as recompute keeps: a fraction of the memory.
         columns: dict[str, list[MetricValue]] = {m: [] for m in candidate.population_metrics}
-        async for chunk in self._walk(as_of, counts_interactions(candidate), False, stopping):
+        # The samples are of these metrics only: interaction times are read if one counts them.
+        with_times = bool(WINDOWED_INTERACTION_METRICS & candidate.population_metrics)
+        async for chunk in self._walk(as_of, with_times, False, stopping):
             for i, cid in enumerate(chunk.ids, 1):
                 loaded = chunk.loaded.get(cid)
                 if loaded is not None:
