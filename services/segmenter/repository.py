@@ -582,20 +582,21 @@ async def current_assignments(
 ) -> dict[str, dict[str, Assignment]]:
     """The stored segments of each customer that has an evaluation, as `previous` for the
     next one. As in `load_leased`, a customer without a stored evaluation has none."""
-    assignments: dict[str, dict[str, Assignment]] = {}
     # The range bounds the scan: on `ANY` alone, with thousands of ids, the planner joins
-    # whole-table scans (measured: 10 times slower for 2,000 of 200,000 customers).
-    for r in await conn.fetch(
+    # whole-table scans (measured: 10 times slower for 2,000 of 200,000 customers). One row
+    # of arrays per customer, as in load_leased: a quarter of the rows to decode.
+    rows = await conn.fetch(
         """
-        SELECT s.customer_id, s.dimension, s.segment, s.since
-        FROM customer_segments s JOIN customer_evaluations e USING (customer_id)
-        WHERE s.customer_id = ANY($1::text[])
-          AND s.customer_id >= (SELECT min(c) FROM unnest($1::text[]) AS c)
-          AND s.customer_id <= (SELECT max(c) FROM unnest($1::text[]) AS c)
+        SELECT e.customer_id, array_agg(s.dimension), array_agg(s.segment), array_agg(s.since)
+        FROM customer_evaluations e JOIN customer_segments s USING (customer_id)
+        WHERE e.customer_id = ANY($1::text[])
+          AND e.customer_id >= (SELECT min(c) FROM unnest($1::text[]) AS c)
+          AND e.customer_id <= (SELECT max(c) FROM unnest($1::text[]) AS c)
+        GROUP BY e.customer_id
         """,
         list(customer_ids),
-    ):
-        assignments.setdefault(r["customer_id"], {})[r["dimension"]] = Assignment(
-            r["segment"], r["since"]
-        )
-    return assignments
+    )
+    return {
+        cid: dict(zip(dimensions, map(Assignment, segments, sinces), strict=True))
+        for cid, dimensions, segments, sinces in rows
+    }
