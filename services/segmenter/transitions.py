@@ -29,6 +29,7 @@ class Transitions:
         self._base = base
         self._candidate = candidate
         self._samples_per_cell = samples
+        self._kept = frozenset(d.name for d in candidate.dimensions)
         self._now: Counter[tuple[str, str]] = Counter()
         self._cells: Counter[Cell] = Counter()
         self._samples: dict[Cell, list[dict[str, str]]] = {}
@@ -41,8 +42,11 @@ class Transitions:
         """One customer: its stored assignments and the candidate's evaluation of it (None:
         some dimension of the candidate has no rule that covers it)."""
         self.customers += 1
+        gone = []
         for dimension, assignment in current.items():
             self._now[dimension, assignment.segment] += 1
+            if dimension not in self._kept:
+                gone.append(dimension)
         if result is None:
             # The evaluator skips such a customer and leaves its segments as they are, so it
             # is counted apart rather than predicted to move anywhere.
@@ -55,7 +59,7 @@ class Transitions:
             if cell[1] != cell[2] and self._wants_sample(cell):
                 # Rendered only while samples are wanted: rendering costs more than deciding.
                 self._samples[cell].append({"customer_id": customer_id, "reason": decision.reason})
-        for dimension in sorted(current.keys() - result.assignments.keys()):
+        for dimension in sorted(gone):
             cell = (dimension, current[dimension].segment, None)
             self._cells[cell] += 1
             if self._wants_sample(cell):
