@@ -128,18 +128,13 @@ def value_tiers(hs: list[History], vip_top_percent: int) -> dict[str, str]:
         return positive[len(positive) - top]
 
     vip, high, medium = cutoff(vip_top_percent), cutoff(20), cutoff(50)
-    return {
-        cid: "vip"
-        if s >= vip
-        else "high"
-        if s >= high
-        else "medium"
-        if s >= medium
-        else "low"
-        if s > 0
-        else "none"
-        for cid, s in spend.items()
-    }
+
+    def tier(s: Decimal) -> str:
+        if s <= 0:
+            return "none"
+        return "vip" if s >= vip else "high" if s >= high else "medium" if s >= medium else "low"
+
+    return {cid: tier(s) for cid, s in spend.items()}
 
 
 @pytest.fixture
