@@ -17,6 +17,7 @@ from services.segmenter.backfill import BackfillFeeder
 from services.segmenter.cache import CacheRepairer
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
+from services.segmenter.preview import PreviewRunner
 from services.segmenter.settings import SegmenterSettings
 from services.segmenter.worker import Evaluator, evaluate_loop
 from shared.clock import Clock, EventTimeClock, clock_from_setting
@@ -147,6 +148,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
                 live_lag_seconds=settings.backfill_live_lag_seconds,
                 on_published=publisher.wake,
             ).run(stopping),
+            PreviewRunner(engine, clock, poll_seconds=settings.preview_poll_seconds).run(stopping),
         ]
         if isinstance(clock, EventTimeClock):
             jobs.append(event_time_loop(engine, clock, stopping))

@@ -41,6 +41,7 @@ class SegmenterSettings(BaseSettings):
     # A population grown or shrunk by 10% has its statistics recomputed at once, but not
     # more often than this (services/segmenter/population.py, recompute_due).
     population_min_interval_seconds: float = Field(default=2.0, gt=0)
+    preview_poll_seconds: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("clock")
     @classmethod

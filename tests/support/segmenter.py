@@ -34,12 +34,19 @@ class History:
     interactions: list[Interaction] = field(default_factory=list)
 
 
-async def seed(engine: AsyncEngine, histories: Sequence[History], marked_at: datetime) -> None:
+async def seed(
+    engine: AsyncEngine,
+    histories: Sequence[History],
+    marked_at: datetime,
+    *,
+    order_prefix: str = "o",
+) -> None:
     """Write the customers' orders and interactions with ingest's repository, and mark them
-    for segmentation as ingest does."""
+    for segmentation as ingest does. A second seed of the same customers adds to what they
+    have (with another `order_prefix`, else its orders replace the first's)."""
     async with pg_connection(engine) as conn, conn.transaction():
         orders = [
-            ingest.OrderChange(h.customer_id, f"o{i}", placed_at=at, amount=amount)
+            ingest.OrderChange(h.customer_id, f"{order_prefix}{i}", placed_at=at, amount=amount)
             for h in histories
             for i, (at, amount) in enumerate(h.orders)
         ]
