@@ -58,6 +58,7 @@ _EXAMPLE: dict[str, JsonValue] = {
             "definition_version": 1,
         },
     },
+    "scores": {"f_score": 4, "m_score": 5, "r_score": 4},
     "definition_version": 1,
     "evaluated_at": _T,
     "next_change_at": "2026-03-28T12:00:00Z",
@@ -84,6 +85,11 @@ class CustomerSegments(BaseModel):
 
     customer_id: str
     segments: dict[str, SegmentAssignment] = Field(description="One segment per dimension")
+    scores: dict[str, int | None] = Field(
+        description="The evaluation's score of every score the definitions define (by name, "
+        "1 is the worst bucket; null when its input is null); empty for an evaluation made "
+        "before scores were kept"
+    )
     definition_version: int = Field(description="Definitions version of the evaluation")
     evaluated_at: datetime
     next_change_at: datetime | None = Field(
@@ -114,7 +120,9 @@ class HistoryEntry(BaseModel):
     change_id: UUID = Field(description="The change event's id, the same as on Kafka")
     dimension: str
     from_segment: str | None = Field(description="null for the customer's first assignment")
-    to_segment: str
+    to_segment: str | None = Field(
+        description="null: the dimension was removed from the definitions"
+    )
     reason: str
     cause: str = Field(description="What triggered the evaluation: an event, time, definitions")
     definition_version: int
