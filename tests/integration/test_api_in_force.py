@@ -4,6 +4,7 @@ re-evaluated anyone yet (their cached documents and segment rows still hold it).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -139,3 +140,32 @@ async def test_an_evaluation_under_the_version_in_force_is_answered_whole(
     assert set(body["segments"]) == set(current.segments)
     assert body["scores"] == {"f_score": 2, "m_score": 5, "r_score": 4}
     assert set(newest["segments"]) == {"loyalty"}
+
+
+async def test_cached_reads_do_not_wait_for_a_postgres_that_hangs(
+    engine: AsyncEngine, redis: Redis, settings: ConnectionSettings
+) -> None:
+    """While the version in force cannot be read, cached reads go on with the last one known:
+    each waits for the read at most briefly, once a second."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    await seed_definitions(engine)
+    customer = Customer("c-1", now)
+    await seed_database(engine, [customer])
+    await seed_cache(redis, settings.redis_key_prefix, [customer])
+    key = bearer(await make_key(engine, "segments:read"))
+    async with running_api(settings, database_timeout_ms=400) as (_, client):
+        assert (await client.get("/v1/customers/c-1/segments", headers=key)).status_code == 200
+        async with unit_of_work(engine) as conn, conn.transaction():
+            # Until this transaction ends, reading the version in force hangs.
+            await conn.execute("LOCK TABLE definitions_in_force IN ACCESS EXCLUSIVE MODE")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            slowest = 0.0
+            # Past two refreshes: one that times out, and the one after it.
+            while loop.time() - started < 2.5:
+                sent = loop.time()
+                r = await client.get("/v1/customers/c-1/segments", headers=key)
+                slowest = max(slowest, loop.time() - sent)
+                assert (r.status_code, r.json()["source"]) == (200, "cache"), r.text
+                assert set(r.json()["segments"]) == set(customer.segments)
+    assert slowest < 0.25
