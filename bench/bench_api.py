@@ -80,6 +80,7 @@ def document(customer_id: str, now: datetime) -> CachedCustomer:
             dim: CachedSegment(segment=seg, since=now - timedelta(days=9), reason=f"{dim} rule")
             for dim, seg in SEGMENTS.items()
         },
+        scores={"r_score": 4, "f_score": 3, "m_score": 4},
         aggregates=CachedAggregates(
             order_count=4,
             net_spend=Decimal("412.3000"),
