@@ -108,7 +108,7 @@ class DefinitionsView(BaseModel):
     version: int = Field(description="The version in force")
     content_hash: str
     activated_at: datetime = Field(description="When this version was put in force")
-    activated_by: str = Field(description="Who put it in force (`key:<id>`, or the segmenter)")
+    activated_by: str = Field(description="Who put it in force (`segmenter` for the seed)")
     note: str = Field(description="The note given with the activation")
     loaded_at: datetime = Field(description="The same as `activated_at`", deprecated=True)
     description: str
