@@ -250,6 +250,22 @@ async def test_history_pages_newest_first_by_cursor(
     assert pages == 3
 
 
+async def test_history_shows_the_exit_from_a_removed_dimension(
+    engine: AsyncEngine, client: httpx.AsyncClient, reader: dict[str, str]
+) -> None:
+    entered = Change("c-x", "engagement", None, "engaged", NOW - timedelta(days=1))
+    left = Change("c-x", "engagement", "engaged", None, NOW, sequence=2)
+    await seed_history(engine, [entered, left])
+
+    r = await client.get("/v1/customers/c-x/history", headers=reader)
+
+    assert r.status_code == 200, r.text
+    assert [(i["from_segment"], i["to_segment"]) for i in r.json()["items"]] == [
+        ("engaged", None),
+        (None, "engaged"),
+    ]
+
+
 async def test_history_errors(
     engine: AsyncEngine, client: httpx.AsyncClient, reader: dict[str, str]
 ) -> None:

@@ -247,6 +247,29 @@ async def test_transition_counts_over_a_period(
     assert to_now.json()["total"] == 5
 
 
+async def test_transition_counts_only_of_dimensions_in_force(
+    engine: AsyncEngine, client: httpx.AsyncClient
+) -> None:
+    await seed_definitions(engine)
+    start = NOW - timedelta(hours=1)
+    await seed_history(
+        engine,
+        [
+            Change("a", "loyalty", None, "gold", start),  # a dimension no longer in force
+            Change("a", "loyalty", "gold", None, start),  # and its exit
+            # An exit from a dimension removed once and now back in force.
+            Change("b", "engagement", "engaged", None, start),
+        ],
+    )
+
+    r = await client.get("/v1/stats/transitions", params={"since": start.isoformat()})
+
+    assert r.status_code == 200, r.text
+    assert [(t["dimension"], t["to_segment"]) for t in r.json()["transitions"]] == [
+        ("engagement", None)
+    ]
+
+
 @pytest.mark.parametrize(
     ("params", "error"),
     [

@@ -172,7 +172,7 @@ class Change:
     customer_id: str
     dimension: str
     from_segment: str | None
-    to_segment: str
+    to_segment: str | None  # None: an exit (the dimension was removed)
     evaluated_at: datetime
     sequence: int = 1
     caused_by_event_at: datetime | None = None
