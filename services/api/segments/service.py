@@ -31,8 +31,9 @@ from shared.segmentation.resolution import (
 # How stale the customer reads' idea of the version in force may be: one indexed single-row
 # read per process per interval, and a removed dimension stays visible at most this long.
 REFRESH_SECONDS = 1.0
-# How long a read waits for that refresh when it has an older answer to go on with: a slow
-# PostgreSQL must not slow down answers from the cache.
+# Reads that have an older answer go on with it for this long while the refresh is under
+# way, and then wait for it at most this long: under steady traffic no read waits, and a slow
+# PostgreSQL does not slow down answers from the cache.
 REFRESH_WAIT_SECONDS = 0.05
 
 
@@ -79,9 +80,11 @@ class DefinitionsCache:
         return parsed
 
     async def version_in_force(self, db: Database) -> VersionInForce | None:
-        """The version in force as of at most `refresh_seconds` ago (a little more while
-        PostgreSQL is slow or away); None while none is stored or none could be read yet."""
-        if time.monotonic() < self._due:
+        """The version in force as of at most `refresh_seconds` ago (plus `wait_seconds`, and
+        more while PostgreSQL is slow or away); None while none is stored or none could be
+        read yet."""
+        now = time.monotonic()
+        if now < self._due:
             return self._in_force
         task = self._refreshing
         if task is None:
@@ -89,6 +92,8 @@ class DefinitionsCache:
             # waiting) does not cancel it for the others.
             task = self._refreshing = asyncio.create_task(self._read(db))
             task.add_done_callback(self._settle)
+        if self._is_known and now < self._due + self._wait_seconds:
+            return self._in_force
         await asyncio.wait({task}, timeout=self._wait_seconds if self._is_known else None)
         if task.done() and not task.cancelled():
             error = task.exception()
