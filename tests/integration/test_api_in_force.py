@@ -51,7 +51,9 @@ async def client(
     request: pytest.FixtureRequest, settings: ConnectionSettings, engine: AsyncEngine
 ) -> AsyncIterator[httpx.AsyncClient]:
     key = await make_key(engine, "segments:read")
-    async with running_api(settings, fast_path=request.param) as (_, http):
+    # A cache read that a busy machine delays past the usual 50 ms would answer from the
+    # database, and these tests need to know which source answers.
+    async with running_api(settings, fast_path=request.param, cache_timeout_ms=2000) as (_, http):
         http.headers.update(bearer(key))
         yield http
 
@@ -153,7 +155,9 @@ async def test_cached_reads_do_not_wait_for_a_postgres_that_hangs(
     await seed_database(engine, [customer])
     await seed_cache(redis, settings.redis_key_prefix, [customer])
     key = bearer(await make_key(engine, "segments:read"))
-    async with running_api(settings, database_timeout_ms=400) as (_, client):
+    # Waiting for the read would cost the whole database time-out, waiting briefly 50 ms.
+    api = {"database_timeout_ms": 1000, "cache_timeout_ms": 2000}
+    async with running_api(settings, **api) as (_, client):
         assert (await client.get("/v1/customers/c-1/segments", headers=key)).status_code == 200
         async with unit_of_work(engine) as conn, conn.transaction():
             # Until this transaction ends, reading the version in force hangs.
@@ -168,4 +172,4 @@ async def test_cached_reads_do_not_wait_for_a_postgres_that_hangs(
                 slowest = max(slowest, loop.time() - sent)
                 assert (r.status_code, r.json()["source"]) == (200, "cache"), r.text
                 assert set(r.json()["segments"]) == set(customer.segments)
-    assert slowest < 0.25
+    assert slowest < 0.5
