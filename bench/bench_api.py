@@ -1,9 +1,11 @@
 """Latency of GET /v1/customers/{id}/segments for cached customers, under open-loop load.
 
     .venv/bin/python -m bench.bench_api [--customers 20000] [--duration 20] [--rate 1000]
-                                        [--load-tool python|vegeta]
+                                        [--load-tool python|vegeta] [--documents-behind]
 
-1. seeds N customers into PostgreSQL and the Redis cache (own schema and key prefix);
+1. seeds N customers into PostgreSQL and the Redis cache (own schema and key prefix),
+   evaluated under the default definitions, which are in force (with --documents-behind,
+   a newer version with the same rules is, so that each read filters its document);
 2. runs the API as `python -m services.api` (uvicorn, no access log) in a subprocess;
 3. from a second process, sends requests for random cached customers at a fixed arrival
    rate (open loop: a request is due at its time whether or not earlier ones have answered,
@@ -55,10 +57,14 @@ from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
 from shared.db.engine import create_engine, driver_connection
 from shared.db.migrate import upgrade
+from shared.definitions import repository as definitions_store
+from shared.definitions.activation import activate_content
 from shared.redis import make_redis
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
+from shared.segmentation import load_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DEFINITIONS = ROOT / "shared/segmentation/definitions/default.yaml"
 IDLE_SECONDS = 4.0  # a kept-alive connection is reused while idle for less than this
 SEGMENTS = {"lifecycle": "active", "value_tier": "high", "rfm": "loyal", "engagement": "engaged"}
 
@@ -74,6 +80,7 @@ def document(customer_id: str, now: datetime) -> CachedCustomer:
             dim: CachedSegment(segment=seg, since=now - timedelta(days=9), reason=f"{dim} rule")
             for dim, seg in SEGMENTS.items()
         },
+        scores={"r_score": 4, "f_score": 3, "m_score": 4},
         aggregates=CachedAggregates(
             order_count=4,
             net_spend=Decimal("412.3000"),
@@ -89,14 +96,25 @@ def document(customer_id: str, now: datetime) -> CachedCustomer:
     )
 
 
-async def seed(url: str, schema: str, redis_url: str, prefix: str, ids: list[str]) -> str:
-    """Rows and cache documents for `ids`; returns an API key that may read them."""
+async def seed(
+    url: str, schema: str, redis_url: str, prefix: str, ids: list[str], documents_behind: bool
+) -> str:
+    """Rows and cache documents for `ids`, evaluated under the default definitions (version
+    1); returns an API key that may read them. With `documents_behind`, a version 2 with the
+    same rules is in force, so that every read checks its document's dimensions."""
     now = datetime.now(UTC)
     engine = create_engine(url, schema)
     try:
         await upgrade(engine, schema)
         async with engine.begin() as sa_conn:
             conn = await driver_connection(sa_conn)
+            text_v1 = DEFAULT_DEFINITIONS.read_text()
+            await definitions_store.seed(
+                conn, text_v1, load_definitions(text_v1).content_hash, "bench"
+            )
+            if documents_behind:
+                text_v2 = text_v1.replace("description: ", "description: Version 2. ", 1)
+                await activate_content(conn, text_v2, replaces=1, actor="bench")
             await conn.execute(
                 "INSERT INTO customer_evaluations (customer_id, version, definition_version,"
                 " evaluated_at) SELECT unnest($1::text[]), 1, 1, $2",
@@ -369,6 +387,11 @@ def main() -> None:
     parser.add_argument(
         "--load-tool", choices=["python", "vegeta"], default="python", help="see the docstring"
     )
+    parser.add_argument(
+        "--documents-behind",
+        action="store_true",
+        help="documents evaluated under an older version than the one in force",
+    )
     args = parser.parse_args()
     binary = vegeta.installed() if args.load_tool == "vegeta" else None
     env = stack_env()
@@ -376,7 +399,7 @@ def main() -> None:
     schema, prefix = f"bench_api_{tag}", f"bench-api-{tag}:"
     url_db, redis_url = env["STREAMSEG_DATABASE_URL"], env["STREAMSEG_REDIS_URL"]
     ids = [f"bench-{i:07d}" for i in range(args.customers)]
-    key = asyncio.run(seed(url_db, schema, redis_url, prefix, ids))
+    key = asyncio.run(seed(url_db, schema, redis_url, prefix, ids, args.documents_behind))
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
     api_env = env | {
@@ -430,6 +453,7 @@ def main() -> None:
     sustained = [s["rate"] for s in steps if is_sustained(s, args.max_p99_ms)]
     figures = {
         "load_tool": args.load_tool,
+        "documents_behind": args.documents_behind,
         "customers": args.customers,
         "rate_per_s": args.rate,
         "duration_s": args.duration,

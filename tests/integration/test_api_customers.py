@@ -10,10 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import msgspec
+import orjson
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.segment_cache import customer_key
 from shared.settings import ConnectionSettings
 from tests.integration.test_api_support import (
     Change,
@@ -86,6 +89,59 @@ async def test_uncached_customer_is_served_from_postgres(
     assert body["aggregates"]["order_count"] == 7
     assert datetime.fromisoformat(body["aggregates"]["as_of"]) >= now
     assert 3600 <= body["staleness_seconds"] < 3700
+
+
+async def test_scores_from_the_cache_and_identically_from_postgres(
+    engine: AsyncEngine,
+    redis: Redis,
+    settings: ConnectionSettings,
+    client: httpx.AsyncClient,
+    reader: dict[str, str],
+) -> None:
+    scores = {"r_score": 3, "f_score": 2, "m_score": None}
+    customer = Customer("c-s", NOW, scores=scores)
+    await seed_database(engine, [customer])
+    await seed_cache(redis, settings.redis_key_prefix, [customer])
+    batch = {"customer_ids": ["c-s"]}
+
+    cached = (await client.get("/v1/customers/c-s/segments", headers=reader)).json()
+    cached_batch = await client.post("/v1/customers/segments:batch", json=batch, headers=reader)
+    await redis.delete(customer_key(settings.redis_key_prefix, "c-s"))
+    stored = (await client.get("/v1/customers/c-s/segments", headers=reader)).json()
+    stored_batch = await client.post("/v1/customers/segments:batch", json=batch, headers=reader)
+
+    assert (cached["source"], stored["source"]) == ("cache", "database")
+    # The same object, in the same order, whichever source answers.
+    assert list(cached["scores"].items()) == list(stored["scores"].items())
+    assert cached["scores"] == {"f_score": 2, "m_score": None, "r_score": 3}
+    assert cached["segments"] == stored["segments"]
+    assert cached_batch.json()["customers"][0]["scores"] == cached["scores"]
+    assert stored_batch.json()["customers"][0]["source"] == "database"
+    assert stored_batch.json()["customers"][0]["scores"] == cached["scores"]
+
+
+async def test_evaluations_from_before_scores_answer_no_scores(
+    engine: AsyncEngine,
+    redis: Redis,
+    settings: ConnectionSettings,
+    client: httpx.AsyncClient,
+    reader: dict[str, str],
+) -> None:
+    customer = Customer("c-old", NOW)  # a NULL scores column
+    await seed_database(engine, [customer])
+    # A document as the segmenter wrote it before scores were kept: without the field.
+    document = msgspec.to_builtins(customer.cached())
+    del document["scores"]
+    key = customer_key(settings.redis_key_prefix, "c-old")
+    await redis.hset(key, mapping={"v": "1", "doc": orjson.dumps(document)})
+
+    cached = await client.get("/v1/customers/c-old/segments", headers=reader)
+    await redis.delete(key)
+    stored = await client.get("/v1/customers/c-old/segments", headers=reader)
+
+    assert (cached.status_code, cached.json()["source"]) == (200, "cache")
+    assert (stored.status_code, stored.json()["source"]) == (200, "database")
+    assert cached.json()["scores"] == stored.json()["scores"] == {}
 
 
 async def test_unknown_customer_is_404_with_an_error_body(
@@ -192,6 +248,22 @@ async def test_history_pages_newest_first_by_cursor(
             break
     assert seen == segments[::-1]
     assert pages == 3
+
+
+async def test_history_shows_the_exit_from_a_removed_dimension(
+    engine: AsyncEngine, client: httpx.AsyncClient, reader: dict[str, str]
+) -> None:
+    entered = Change("c-x", "engagement", None, "engaged", NOW - timedelta(days=1))
+    left = Change("c-x", "engagement", "engaged", None, NOW, sequence=2)
+    await seed_history(engine, [entered, left])
+
+    r = await client.get("/v1/customers/c-x/history", headers=reader)
+
+    assert r.status_code == 200, r.text
+    assert [(i["from_segment"], i["to_segment"]) for i in r.json()["items"]] == [
+        ("engaged", None),
+        (None, "engaged"),
+    ]
 
 
 async def test_history_errors(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.segmentation import default_definitions
+from services.segmenter.repository import save_population_stats
+from shared.segmentation import PopulationStats, default_definitions
 from shared.settings import ConnectionSettings
 from tests.integration.test_api_support import (
     DEFAULT_SEGMENTS,
@@ -22,6 +24,7 @@ from tests.integration.test_api_support import (
     seed_database,
     seed_definitions,
     seed_history,
+    unit_of_work,
 )
 
 pytestmark = pytest.mark.integration
@@ -66,7 +69,105 @@ async def test_definitions_in_force_with_sizes(
         "name": "prospect",
         "description": "No order yet (interactions or not).",
         "condition": "not has_ordered",
+        "resolved_condition": "not has_ordered",
         "size": 0,
+    }
+
+
+async def test_cutoffs_and_edges_unresolved_before_population_stats(
+    engine: AsyncEngine, client: httpx.AsyncClient
+) -> None:
+    version = await seed_definitions(engine)
+
+    body = (await client.get("/v1/segments")).json()
+
+    assert body["activated_by"] == "test"
+    assert body["note"] == "seeded at start"
+    assert body["loaded_at"] == body["activated_at"]
+    assert (body["population_computed_at"], body["population_customers"]) == (None, None)
+    assert body["cutoffs"][0] == {
+        "name": "vip_spend",
+        "metric": "spend_365d",
+        "top_percent": "5",
+        "value": None,
+        "resolved_value": None,
+        "resolved": "spend_365d >= vip_spend (unresolved)",
+    }
+    assert [s["edges"] for s in body["scores"]] == [None, None, None]
+    assert _resolved(body)[("value_tier", "high")] == (
+        "spend_365d >= high_spend (unresolved) and spend_365d < vip_spend (unresolved)"
+    )
+    assert body["version"] == version
+
+
+async def test_cutoffs_and_edges_resolved_by_the_stats_of_the_version_in_force(
+    engine: AsyncEngine, client: httpx.AsyncClient
+) -> None:
+    version = await seed_definitions(engine)
+    stats = PopulationStats(
+        cutoffs={
+            "vip_spend": Decimal("428.2800"),
+            "high_spend": Decimal("120.5000"),
+            "medium_spend": Decimal("40"),
+        },
+        edges={"r_score": (3.5, 10.0, 30.25, 90.0), "f_score": (1, 1, 2, 4)},
+    )
+    computed = datetime.now(UTC).replace(microsecond=0)
+    async with unit_of_work(engine) as conn:
+        await save_population_stats(conn, version, computed, 1234, stats.to_dict())
+        # A version stored but never put in force, with stats of its own: neither is shown.
+        await conn.execute(
+            "INSERT INTO segment_definitions (content_hash) SELECT content_hash"
+            " FROM segment_definitions WHERE version = $1",
+            version,
+        )
+        await save_population_stats(conn, version + 1, computed, 9, PopulationStats().to_dict())
+
+    body = (await client.get("/v1/segments")).json()
+
+    assert body["version"] == version
+    assert datetime.fromisoformat(body["population_computed_at"]) == computed
+    assert body["population_customers"] == 1234
+    assert [(c["name"], c["resolved_value"], c["resolved"]) for c in body["cutoffs"]] == [
+        ("vip_spend", "428.28", "spend_365d >= 428.28"),
+        ("high_spend", "120.5", "spend_365d >= 120.5"),
+        ("medium_spend", "40", "spend_365d >= 40"),
+    ]
+    assert body["scores"] == [
+        {
+            "name": "r_score",
+            "metric": "days_since_last_order",
+            "buckets": 5,
+            "better": "lower",
+            "edges": ["3.5", "10", "30.25", "90"],
+        },
+        {
+            "name": "f_score",
+            "metric": "orders_365d",
+            "buckets": 5,
+            "better": "higher",
+            "edges": ["1", "1", "2", "4"],
+        },
+        # No customer had a value for it: unresolved.
+        {
+            "name": "m_score",
+            "metric": "spend_365d",
+            "buckets": 5,
+            "better": "higher",
+            "edges": None,
+        },
+    ]
+    resolved = _resolved(body)
+    assert resolved[("value_tier", "vip")] == "spend_365d >= 428.28"
+    assert resolved[("value_tier", "high")] == "spend_365d >= 120.5 and spend_365d < 428.28"
+    assert resolved[("rfm", "loyal")] == "r_score in [3, 4] and f_score >= 4"
+
+
+def _resolved(body: dict[str, Any]) -> dict[tuple[str, str], str]:
+    return {
+        (d["name"], s["name"]): s["resolved_condition"]
+        for d in body["dimensions"]
+        for s in d["segments"]
     }
 
 
@@ -144,6 +245,29 @@ async def test_transition_counts_over_a_period(
     assert only.json()["total"] == 1
     to_now = await client.get("/v1/stats/transitions", params={"since": start.isoformat()})
     assert to_now.json()["total"] == 5
+
+
+async def test_transition_counts_only_of_dimensions_in_force(
+    engine: AsyncEngine, client: httpx.AsyncClient
+) -> None:
+    await seed_definitions(engine)
+    start = NOW - timedelta(hours=1)
+    await seed_history(
+        engine,
+        [
+            Change("a", "loyalty", None, "gold", start),  # a dimension no longer in force
+            Change("a", "loyalty", "gold", None, start),  # and its exit
+            # An exit from a dimension removed once and now back in force.
+            Change("b", "engagement", "engaged", None, start),
+        ],
+    )
+
+    r = await client.get("/v1/stats/transitions", params={"since": start.isoformat()})
+
+    assert r.status_code == 200, r.text
+    assert [(t["dimension"], t["to_segment"]) for t in r.json()["transitions"]] == [
+        ("engagement", None)
+    ]
 
 
 @pytest.mark.parametrize(

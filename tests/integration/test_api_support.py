@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import asyncpg
 import httpx
+import orjson
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -84,6 +85,8 @@ class Customer:
     order_count: int = 3
     net_spend: Decimal = Decimal("250.5000")
     next_change_at: datetime | None = None
+    # None: evaluated before scores were kept (a NULL column; a document without them).
+    scores: dict[str, int | None] | None = None
 
     def since(self) -> datetime:
         return self.evaluated_at - timedelta(days=2)
@@ -98,6 +101,7 @@ class Customer:
             definition_version=self.definition_version,
             evaluated_at=self.evaluated_at,
             next_change_at=self.next_change_at,
+            scores=self.scores or {},
             segments={
                 dim: CachedSegment(segment=seg, since=self.since(), reason=self.reason(dim))
                 for dim, seg in self.segments.items()
@@ -123,11 +127,13 @@ async def seed_database(engine: AsyncEngine, customers: Sequence[Customer]) -> N
         for c in customers:
             await conn.execute(
                 "INSERT INTO customer_evaluations (customer_id, version, definition_version,"
-                " evaluated_at, next_change_at) VALUES ($1, 1, $2, $3, $4)",
+                " evaluated_at, next_change_at, scores)"
+                " VALUES ($1, 1, $2, $3, $4, $5::text::jsonb)",
                 c.customer_id,
                 c.definition_version,
                 c.evaluated_at,
                 c.next_change_at,
+                None if c.scores is None else orjson.dumps(c.scores).decode(),
             )
             for dim, seg in c.segments.items():
                 await conn.execute(
@@ -168,7 +174,7 @@ class Change:
     customer_id: str
     dimension: str
     from_segment: str | None
-    to_segment: str
+    to_segment: str | None  # None: an exit (the dimension was removed)
     evaluated_at: datetime
     sequence: int = 1
     caused_by_event_at: datetime | None = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
+import orjson
 
 
 @dataclass(slots=True)
@@ -23,6 +25,7 @@ class StoredEvaluation:
     definition_version: int
     evaluated_at: datetime
     next_change_at: datetime | None
+    scores: dict[str, int | None]
     segments: dict[str, StoredSegment] = field(default_factory=dict)
 
 
@@ -32,7 +35,7 @@ async def evaluations(
     """Each evaluated customer's evaluation and current segments; others are left out."""
     rows = await conn.fetch(
         """
-        SELECT e.customer_id, e.definition_version, e.evaluated_at, e.next_change_at,
+        SELECT e.customer_id, e.definition_version, e.evaluated_at, e.next_change_at, e.scores,
                s.dimension, s.segment, s.since, s.reason,
                s.definition_version AS segment_definition_version
         FROM customer_evaluations e
@@ -47,13 +50,25 @@ async def evaluations(
         evaluation = out.get(cid)
         if evaluation is None:
             evaluation = out[cid] = StoredEvaluation(
-                cid, r["definition_version"], r["evaluated_at"], r["next_change_at"]
+                cid,
+                r["definition_version"],
+                r["evaluated_at"],
+                r["next_change_at"],
+                _scores(r["scores"]),
             )
         if r["dimension"] is not None:
             evaluation.segments[r["dimension"]] = StoredSegment(
                 r["segment"], r["since"], r["reason"], r["segment_definition_version"]
             )
     return out
+
+
+def _scores(stored: Any) -> dict[str, int | None]:
+    """Evaluations stored before scores existed have none. SQLAlchemy's asyncpg dialect
+    decodes jsonb on its connections; a bare one returns text."""
+    if stored is None:
+        return {}
+    return dict(orjson.loads(stored) if isinstance(stored, str | bytes) else stored)
 
 
 async def history(

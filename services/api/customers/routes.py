@@ -56,7 +56,7 @@ async def read_segments(resources: Resources, who: Principal, customer_id: str) 
     """The route's work, shared with its raw ASGI twin (fast_path.py)."""
     now = datetime.now(UTC)
     result = await service.read_customer(
-        resources.cache, resources.db, resources.fallback, customer_id, now
+        resources.cache, resources.db, resources.fallback, resources.definitions, customer_id, now
     )
     _audit(resources, who, "customer.segments.read", customer_id)
     return result
@@ -73,7 +73,12 @@ async def batch_customer_segments(
     """Segments of up to 500 customers at once; ids without segments are listed apart."""
     now = datetime.now(UTC)
     found = await service.read_customers(
-        resources.cache, resources.db, resources.fallback, body.customer_ids, now
+        resources.cache,
+        resources.db,
+        resources.fallback,
+        resources.definitions,
+        body.customer_ids,
+        now,
     )
     for cid in found:
         _audit(resources, who, "customer.segments.read", cid)

@@ -59,6 +59,7 @@ _EXAMPLE: dict[str, JsonValue] = {
             "definition_version": 1,
         },
     },
+    "scores": {"f_score": 4, "m_score": 5, "r_score": 4},
     "definition_version": 1,
     "evaluated_at": _T,
     "next_change_at": "2026-03-28T12:00:00Z",
@@ -85,6 +86,11 @@ class CustomerSegments(BaseModel):
 
     customer_id: str
     segments: dict[str, SegmentAssignment] = Field(description="One segment per dimension")
+    scores: dict[str, int | None] = Field(
+        description="The evaluation's score of every score the definitions define (by name, "
+        "1 is the worst bucket; null when its input is null); empty for an evaluation made "
+        "before scores were kept"
+    )
     definition_version: int = Field(description="Definitions version of the evaluation")
     evaluated_at: datetime
     next_change_at: datetime | None = Field(

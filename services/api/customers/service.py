@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from services.api.customers import repository
 from services.api.customers.cache import CacheReader
@@ -21,17 +21,22 @@ from services.api.database import Database
 from services.api.errors import ApiError, not_found
 from services.api.metrics import CUSTOMER_READS
 from services.api.pagination import decode_int_cursor, encode_cursor
+from services.api.segments.service import DefinitionsCache, VersionInForce
 from services.ingest.repository import CustomerAggregates, fetch_aggregates
 from shared.segment_cache import CachedAggregates, CachedCustomer
 
 HISTORY_CURSOR = "h"
+_Segment = TypeVar("_Segment")
 
 
 def _staleness(now: datetime, evaluated_at: datetime) -> float:
     return round(max((now - evaluated_at).total_seconds(), 0.0), 3)
 
 
-def from_cache(doc: CachedCustomer, now: datetime) -> CustomerSegments:
+def from_cache(
+    doc: CachedCustomer, now: datetime, in_force: VersionInForce | None
+) -> CustomerSegments:
+    segments, scores = _in_force(doc.segments, doc.scores, doc.definition_version, in_force)
     return _answer(
         doc.customer_id,
         {
@@ -41,12 +46,33 @@ def from_cache(doc: CachedCustomer, now: datetime) -> CustomerSegments:
                 reason=s.reason,
                 definition_version=doc.definition_version,
             )
-            for dim, s in doc.segments.items()
+            for dim, s in segments.items()
         },
+        scores,
         doc,
         now,
         "cache",
         _summary(doc.aggregates, doc.evaluated_at),
+    )
+
+
+def _in_force(
+    segments: dict[str, _Segment],
+    scores: dict[str, int | None],
+    definition_version: int,
+    in_force: VersionInForce | None,
+) -> tuple[dict[str, _Segment], dict[str, int | None]]:
+    """The segments and scores of an evaluation, less the dimensions and scores the version
+    in force no longer has. Only an evaluation under an older version can hold those: the
+    segmenter removes them in the commit of the customer's first evaluation under the new
+    one. An evaluation under a version newer than this process has seen yet is left whole
+    (versions only grow), rather than filtered by older definitions."""
+    if in_force is None or definition_version >= in_force.version:
+        return segments, scores
+    dimensions, names = in_force.dimensions, in_force.scores
+    return (
+        {dim: s for dim, s in segments.items() if dim in dimensions},
+        {name: score for name, score in scores.items() if name in names},
     )
 
 
@@ -62,6 +88,7 @@ class _Evaluated(Protocol):
 def _answer(
     customer_id: str,
     segments: dict[str, SegmentAssignment],
+    scores: dict[str, int | None],
     evaluation: _Evaluated,
     now: datetime,
     source: Literal["cache", "database"],
@@ -71,6 +98,8 @@ def _answer(
     return CustomerSegments(
         customer_id=customer_id,
         segments=segments,
+        # By name from both sources: jsonb keeps its keys in an order of its own.
+        scores=dict(sorted(scores.items())),
         definition_version=evaluation.definition_version,
         evaluated_at=evaluation.evaluated_at,
         next_change_at=evaluation.next_change_at,
@@ -102,13 +131,15 @@ def _summary(
 
 
 async def from_database(
-    db: Database, customer_ids: Sequence[str], now: datetime
+    db: Database, customer_ids: Sequence[str], now: datetime, in_force: VersionInForce | None
 ) -> dict[str, CustomerSegments]:
     async with db.read() as conn:
         stored = await repository.evaluations(conn, customer_ids)
         aggregates = await fetch_aggregates(conn, list(stored), now) if stored else {}
-    return {
-        cid: _answer(
+    answers = {}
+    for cid, e in stored.items():
+        segments, scores = _in_force(e.segments, e.scores, e.definition_version, in_force)
+        answers[cid] = _answer(
             cid,
             {
                 dim: SegmentAssignment(
@@ -117,15 +148,15 @@ async def from_database(
                     reason=s.reason,
                     definition_version=s.definition_version,
                 )
-                for dim, s in e.segments.items()
+                for dim, s in segments.items()
             },
+            scores,
             e,
             now,
             "database",
             _summary(aggregates.get(cid), now),
         )
-        for cid, e in stored.items()
-    }
+    return answers
 
 
 class FallbackGate:
@@ -149,26 +180,34 @@ async def read_customers(
     cache: CacheReader,
     db: Database,
     gate: FallbackGate,
+    definitions: DefinitionsCache,
     customer_ids: Sequence[str],
     now: datetime,
 ) -> dict[str, CustomerSegments]:
     """Segments of the customers that have been evaluated; unknown ids are left out."""
     ids = list(dict.fromkeys(customer_ids))
-    found = {cid: from_cache(doc, now) for cid, doc in (await cache.get_many(ids)).items()}
+    in_force = await definitions.version_in_force(db)
+    docs = await cache.get_many(ids)
+    found = {cid: from_cache(doc, now, in_force) for cid, doc in docs.items()}
     CUSTOMER_READS.labels("cache").inc(len(found))
     missing = [cid for cid in ids if cid not in found]
     if missing:
         async with gate.slot():
-            from_db = await from_database(db, missing, now)
+            from_db = await from_database(db, missing, now, in_force)
         CUSTOMER_READS.labels("database").inc(len(from_db))
         found.update(from_db)
     return {cid: found[cid] for cid in ids if cid in found}
 
 
 async def read_customer(
-    cache: CacheReader, db: Database, gate: FallbackGate, customer_id: str, now: datetime
+    cache: CacheReader,
+    db: Database,
+    gate: FallbackGate,
+    definitions: DefinitionsCache,
+    customer_id: str,
+    now: datetime,
 ) -> CustomerSegments:
-    found = await read_customers(cache, db, gate, [customer_id], now)
+    found = await read_customers(cache, db, gate, definitions, [customer_id], now)
     if customer_id not in found:
         raise customer_not_found(customer_id)
     return found[customer_id]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
 import asyncpg
+import orjson
 
 
 async def segment_sizes(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
@@ -31,3 +36,29 @@ async def members(
             limit,
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPopulation:
+    computed_at: datetime
+    customers: int
+    stats: dict[str, Any]  # PopulationStats.to_dict()
+
+
+async def newest_population(
+    conn: asyncpg.Connection, definition_version: int
+) -> StoredPopulation | None:
+    """The newest population stats computed for this definitions version, if any."""
+    row = await conn.fetchrow(
+        """
+        SELECT computed_at, customers, stats FROM population_stats
+        WHERE definition_version = $1 ORDER BY id DESC LIMIT 1
+        """,
+        definition_version,
+    )
+    if row is None:
+        return None
+    # SQLAlchemy's asyncpg dialect decodes jsonb on its connections; a bare one returns text.
+    stats = row["stats"]
+    decoded = orjson.loads(stats) if isinstance(stats, str | bytes) else stats
+    return StoredPopulation(row["computed_at"], row["customers"], decoded)

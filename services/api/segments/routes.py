@@ -12,13 +12,7 @@ from services.api.deps import Reader, ResourcesDep
 from services.api.errors import error_responses
 from services.api.pagination import decode_cursor, encode_cursor
 from services.api.segments import repository, service
-from services.api.segments.schemas import (
-    DefinitionsView,
-    DimensionView,
-    Member,
-    MembersPage,
-    SegmentView,
-)
+from services.api.segments.schemas import DefinitionsView, Member, MembersPage
 
 router = APIRouter(prefix="/v1/segments", tags=["segments"])
 
@@ -28,33 +22,8 @@ Name = Annotated[str, Path(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 
 @router.get("", response_model=DefinitionsView, responses=error_responses(401, 403, 404, 503))
 async def list_segments(resources: ResourcesDep, who: Reader) -> DefinitionsView:
-    """The definitions in force: dimensions, their segments' rules, and each segment's size."""
-    current = await service.definitions_in_force(resources.db, resources.definitions)
-    async with resources.db.read() as conn:
-        sizes = await repository.segment_sizes(conn)
-    defs = current.definitions
-    return DefinitionsView(
-        version=current.version,
-        content_hash=current.content_hash,
-        loaded_at=current.loaded_at,
-        description=defs.description,
-        dimensions=[
-            DimensionView(
-                name=dim.name,
-                description=dim.description,
-                segments=[
-                    SegmentView(
-                        name=rule.name,
-                        description=rule.description,
-                        condition=rule.source,
-                        size=sizes.get((dim.name, rule.name), 0),
-                    )
-                    for rule in dim.rules
-                ],
-            )
-            for dim in defs.dimensions
-        ],
-    )
+    """The definitions in force: cut-offs and score edges resolved, each segment's rule and size."""
+    return await service.definitions_view(resources.db, resources.definitions)
 
 
 @router.get(

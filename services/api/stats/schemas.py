@@ -10,7 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 class Transition(BaseModel):
     dimension: str
     from_segment: str | None = Field(description="null: the customer's first assignment")
-    to_segment: str
+    to_segment: str | None = Field(
+        description="null: the customer left the dimension when it was removed (counted only "
+        "once it is back in force)"
+    )
     count: int
 
 
