@@ -121,7 +121,7 @@ class TimeDependence:
 @dataclass(frozen=True, slots=True, eq=False)
 class Definitions:
     """Validated definitions. `content_hash` identifies the content (not its formatting or
-    comments), so the service can number versions and spot re-uploads of the same content."""
+    comments), so versions of equal content (a rollback) share one stored content."""
 
     description: str
     dimensions: tuple[Dimension, ...]

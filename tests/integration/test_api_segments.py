@@ -117,7 +117,7 @@ async def test_cutoffs_and_edges_resolved_by_the_stats_of_the_version_in_force(
         await save_population_stats(conn, version, computed, 1234, stats.to_dict())
         # A version stored but never put in force, with stats of its own: neither is shown.
         await conn.execute(
-            "INSERT INTO segment_definitions (content_hash) SELECT content_hash"
+            "INSERT INTO segment_definitions (version, content_hash) SELECT $1 + 1, content_hash"
             " FROM segment_definitions WHERE version = $1",
             version,
         )
