@@ -50,7 +50,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
-    qs = statistics.quantiles(values, n=1000, method="inclusive")
+    # quantiles() needs two points; one point is every percentile of itself.
+    qs = statistics.quantiles(
+        values * 2 if len(values) == 1 else values, n=1000, method="inclusive"
+    )
     return {
         "n": len(values),
         "p50_ms": round(qs[499] * 1000, 1),
