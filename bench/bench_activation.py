@@ -154,6 +154,7 @@ class QueueSample:
     due: dict[str, tuple[int, float]]  # cause -> (rows due, seconds the oldest has waited)
     fed: int  # customers the backfill has queued so far
     outbox: int
+    oldest_live: str | None  # the customer whose live row has waited longest
 
 
 async def sample_queue(engine: Any, version: list[int], out: list[QueueSample]) -> None:
@@ -172,7 +173,15 @@ async def sample_queue(engine: Any, version: list[int], out: list[QueueSample]) 
                 {"v": version[0]},
             )
             outbox = (await conn.execute(text("SELECT count(*) FROM segment_outbox"))).scalar()
-        out.append(QueueSample(time.time(), due, int(fed.scalar() or 0), int(outbox or 0)))
+            oldest = await conn.execute(
+                text(
+                    "SELECT customer_id FROM segmentation_queue WHERE due_at <= now()"
+                    " AND cause <> 'definitions' ORDER BY due_at LIMIT 1"
+                )
+            )
+        out.append(
+            QueueSample(time.time(), due, int(fed.scalar() or 0), int(outbox or 0), oldest.scalar())
+        )
         await asyncio.sleep(1)
 
 
@@ -394,7 +403,12 @@ async def main() -> None:
             args.samples.write_text(
                 "".join(
                     orjson.dumps(
-                        {"s": round(q.at - activated, 1), "due": q.due, "fed": q.fed}
+                        {
+                            "s": round(q.at - activated, 1),
+                            "due": q.due,
+                            "fed": q.fed,
+                            "oldest_live": q.oldest_live,
+                        }
                     ).decode()
                     + "\n"
                     for q in samples
