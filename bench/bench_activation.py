@@ -192,6 +192,13 @@ def machine_busy() -> tuple[float, float]:
     return float(sum(ticks) - idle), float(sum(ticks))
 
 
+async def busy_share(seconds: float) -> int:
+    before = machine_busy()
+    await asyncio.sleep(seconds)
+    after = machine_busy()
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]))
+
+
 @dataclass
 class CpuMarks:
     """CPU seconds of each process, and the machine's busy share, at phase boundaries."""
@@ -301,6 +308,8 @@ async def main() -> None:
         "publish": args.publish,
         "settings": settings,
         "load_average_before": os.getloadavg()[0],
+        # Other work on the machine before anything of this run starts.
+        "machine_busy_pct_before": await busy_share(3.0),
     }
     procs: list[Any] = []
     try:
