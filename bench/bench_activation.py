@@ -199,31 +199,77 @@ async def busy_share(seconds: float) -> int:
     return round(100 * (after[0] - before[0]) / (after[1] - before[1]))
 
 
+def run_queue_wait_seconds(pid: int) -> float:
+    """Time a process's threads spent runnable but waiting for a CPU (Linux schedstat)."""
+    return (
+        sum(
+            int(task.read_text().split()[1])
+            for task in Path(f"/proc/{pid}/task").glob("*/schedstat")
+        )
+        / 1e9
+    )
+
+
+def socket_ports(pid: int) -> set[int]:
+    """Local TCP ports of the sockets a process holds open."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def backends_of(engine: Any, pids: list[int]) -> dict[int, list[int]]:
+    """The PostgreSQL backend pids serving each of these processes, by client port."""
+    async with engine.connect() as conn:
+        rows = list(await conn.execute(text("SELECT pid, client_port FROM pg_stat_activity")))
+    by_port = {int(r.client_port): int(r.pid) for r in rows if r.client_port is not None}
+    return {pid: [by_port[p] for p in socket_ports(pid) if p in by_port] for pid in pids}
+
+
 @dataclass
 class CpuMarks:
-    """CPU seconds of each process, and the machine's busy share, at phase boundaries."""
+    """CPU seconds of each process and of the PostgreSQL backends serving it, time spent
+    waiting for a CPU, and the machine's busy share, at phase boundaries."""
 
     names: list[str]
     pids: list[int]
-    marks: list[tuple[str, list[float], tuple[float, float]]] = field(default_factory=list)
+    backends: dict[int, list[int]] = field(default_factory=dict)
+    marks: list[tuple[str, dict[str, float], tuple[float, float]]] = field(default_factory=list)
 
     def mark(self, phase: str) -> None:
-        own = [cpu_seconds(pid) for pid in self.pids] + [cpu_seconds(os.getpid())]
+        own: dict[str, float] = {"bench": cpu_seconds(os.getpid())}
+        for name, pid in zip(self.names, self.pids, strict=True):
+            own[name] = cpu_seconds(pid)
+            own[f"{name}_waiting_for_cpu"] = run_queue_wait_seconds(pid)
+            own[f"{name}_pg"] = sum(_cpu_or_zero(b) for b in self.backends.get(pid, []))
         self.marks.append((phase, own, machine_busy()))
 
     def report(self) -> dict[str, dict[str, float]]:
-        """CPU seconds per process in each phase (the phase that ends at each mark)."""
+        """Seconds per process in each phase (the phase that ends at each mark)."""
         out = {}
         for (_, before, busy0), (phase, after, busy1) in zip(
             self.marks, self.marks[1:], strict=False
         ):
-            used = {
-                n: round(b - a, 1)
-                for n, a, b in zip([*self.names, "bench"], before, after, strict=True)
-            }
+            used = {n: round(after[n] - before.get(n, 0.0), 1) for n in after}
             used["machine_busy_pct"] = round(100 * (busy1[0] - busy0[0]) / (busy1[1] - busy0[1]))
             out[phase] = used
         return out
+
+
+def _cpu_or_zero(pid: int) -> float:
+    """A backend's CPU seconds; 0 once it has exited (a pool closed it)."""
+    try:
+        return cpu_seconds(pid)
+    except FileNotFoundError:
+        return 0.0
 
 
 def phase_of(at: float, activated: float, completed: float | None) -> str:
@@ -330,6 +376,8 @@ async def main() -> None:
         cpu = CpuMarks([f"{n}{i}" for i, n in enumerate(names)], [p.pid for p in procs])
         cpu.mark("start")
         figures["initial_load"] = await wait_for_initial_load(engine, args.customers, procs, 900)
+        # Each pool holds its connections from here on: their backends are the ones to watch.
+        cpu.backends = await backends_of(engine, cpu.pids)
         cpu.mark("initial_load")
         print(f"initial load {figures['initial_load']}", file=sys.stderr)
 
