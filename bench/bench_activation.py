@@ -7,7 +7,9 @@ does to live latency meanwhile.
 Issue 11's goal: an activation that changes one dimension for 200,000 customers is
 re-evaluated within 120 s, while 1,000 live events/s keep their event-to-change p99 under 2 s.
 
-1. Raw baseline: bench_ingest's raw PostgreSQL upsert rate, at the start and at the end.
+1. Raw baselines: bench_ingest's raw PostgreSQL upsert rate, at the start and at the end;
+   and, once the services have stopped, one evaluation loop alone re-evaluating the first
+   50,000 customers (the ceiling a backfill is compared with).
 2. Seeds `--customers` customers through ingest's own SQL (tests/support/segmenter.py), on
    two connections, then starts one ingest and `--segmenters` segmenters on a schema and
    topics of its own and waits until version 1 has evaluated everyone and the outbox is
@@ -20,7 +22,9 @@ re-evaluated within 120 s, while 1,000 live events/s keep their event-to-change 
 4. Reports the re-evaluation's wall time (from the activation's commit to completed_at), its
    customers and changes, event-to-change latency (measured as bench_segmenter does) of the
    events sent before the activation, during the backfill and after it, time-driven changes,
-   the queue sampled each second, and CPU seconds of each process per phase.
+   the queue sampled each second, and per phase the CPU seconds of each process and of the
+   PostgreSQL backends serving it, and the time it was runnable but waiting for a CPU
+   (`_waiting_for_cpu`, from schedstat: on a shared machine, the share it did not get).
 
 The population stats are recomputed only at start (interval one hour): a recompute moves
 cut-offs and queues customers of its own, which would be another benchmark's subject.
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
 from bench.bench_ingest import cpu_seconds, raw_upsert_rate, stack_env
@@ -55,9 +60,15 @@ from bench.bench_segmenter import (
     start_services,
     stop_services,
 )
+from services.segmenter import definitions, population
+from services.segmenter.metrics import SegmenterMetrics
+from services.segmenter.worker import Evaluator
+from shared.clock import SystemClock
 from shared.db.engine import pg_connection
 from shared.definitions import repository as store
 from shared.definitions.activation import activate_content
+from shared.redis import make_redis
+from shared.segment_cache import SegmentCache
 from shared.segmentation.facts import Interaction
 from tests.support.segmenter import History, seed
 
@@ -69,6 +80,7 @@ ENGAGED_WITHIN_5_DAYS = DEFAULTS.replace(
 SEED_CHUNK = 5000
 INTERACTION_KINDS = ("page_view", "product_view", "add_to_cart", "login", "search")
 DAY = timedelta(days=1)
+RAW_REEVALUATIONS = 50_000
 GOAL_SECONDS = 120.0
 GOAL_P99_MS = 2000.0
 
@@ -471,8 +483,18 @@ async def main() -> None:
                     for q in samples
                 )
             )
-    finally:
         stop_services(procs)
+        raw_customers = min(args.customers, RAW_REEVALUATIONS)
+        figures["raw_reevaluation"] = {
+            "customers": raw_customers,
+            "per_s": round(
+                await raw_reevaluation_rate(
+                    engine, env["STREAMSEG_REDIS_URL"], stack.cache_prefix, raw_customers
+                )
+            ),
+        }
+    finally:
+        stop_services(procs)  # again, when something above failed first
         try:
             raw_after = await raw_upsert_rate(url, stack.schema, 200_000, args.customers)
         finally:
@@ -487,6 +509,41 @@ async def main() -> None:
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     if args.json:
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+
+
+async def raw_reevaluation_rate(engine: Any, redis_url: str, prefix: str, customers: int) -> float:
+    """Customers/s of one evaluation loop alone re-evaluating the first `customers` under
+    the version in force, nothing else running: the ceiling a backfill is compared with."""
+    ruleset, _ = await definitions.start_ruleset(engine, DEFAULTS, file_named=False)
+    ruleset.population_required = True
+    await population.refresh(engine, ruleset)
+    redis = make_redis(redis_url)
+    evaluator = Evaluator(
+        engine,
+        SegmentCache(redis, prefix),
+        SystemClock(),
+        SegmenterMetrics(CollectorRegistry()),
+        ruleset,
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO segmentation_queue AS q (customer_id, due_at, cause)"
+                    " SELECT customer_id, now(), 'definitions' FROM customer_aggregates"
+                    " ORDER BY customer_id LIMIT :n ON CONFLICT (customer_id) DO UPDATE"
+                    " SET due_at = now(), cause = 'definitions', cause_event_at = NULL"
+                ),
+                {"n": customers},
+            )
+        done = 0
+        started = time.perf_counter()
+        async with pg_connection(engine) as conn:
+            while claimed := await evaluator.evaluate_due(conn):
+                done += claimed
+        return done / (time.perf_counter() - started)
+    finally:
+        await redis.aclose()
 
 
 async def scalar_exec(engine: Any, sql: str) -> None:
