@@ -284,6 +284,14 @@ def _cpu_or_zero(pid: int) -> float:
         return 0.0
 
 
+def engagement_lateness(since_last_interaction: float) -> float | None:
+    """Seconds since the latest engagement boundary passed (5 or 7 days after the last
+    interaction, by version, or 30): when the wake-up that evaluated the change was due. A
+    customer the backfill had not reached yet still wakes at version 1's 7 days."""
+    passed = [since_last_interaction - b * 86400 for b in (5, 7, 30)]
+    return min((p for p in passed if p >= 0), default=None)
+
+
 def phase_of(at: float, activated: float, completed: float | None) -> str:
     if at < activated:
         return "before"
@@ -570,20 +578,14 @@ async def read_results(
             " WHERE cause = 'time' AND evaluated_at >= to_timestamp($1) GROUP BY 1 ORDER BY 1",
             measured_from,
         )
-        # Engagement's boundaries are known from the facts: 7 (version 1) or 5 days after
-        # the last interaction to casual, 30 to dormant.
-        engagement_late = await conn.fetch(
+        engagement_times = await conn.fetch(
             """
-            SELECT extract(epoch FROM h.evaluated_at - a.last_interaction_at - CASE
-                       WHEN h.to_segment = 'dormant' THEN interval '30 days'
-                       WHEN h.definition_version = $2 THEN interval '5 days'
-                       ELSE interval '7 days' END) AS s
+            SELECT extract(epoch FROM h.evaluated_at - a.last_interaction_at) AS s
             FROM segment_history h JOIN customer_aggregates a USING (customer_id)
             WHERE h.cause = 'time' AND h.dimension = 'engagement'
               AND h.evaluated_at >= to_timestamp($1)
             """,
             measured_from,
-            version,
         )
     async with engine.connect() as sa:
         event_rows = list(
@@ -601,6 +603,8 @@ async def read_results(
     for r in event_rows:
         by_phase[phase_of(r.event_at.timestamp(), activated, done)].append(r)
     changes = sum(int(r["n"]) for r in transitions)
+    passed = (engagement_lateness(float(r["s"])) for r in engagement_times)
+    lateness = [late for late in passed if late is not None]
     wall = None if done is None else done - activated
     return {
         "reevaluation": {
@@ -623,9 +627,7 @@ async def read_results(
         },
         "time_driven": {
             "changes": {r["dimension"]: int(r["n"]) for r in time_changes},
-            "engagement_lateness": percentiles(
-                [float(r["s"]) for r in engagement_late if r["s"] is not None]
-            ),
+            "engagement_lateness": percentiles(lateness),
         },
     }
 
