@@ -509,10 +509,11 @@ async def main() -> None:
             await stack.drop(env, engine)
     figures["raw_pg_upsert_rows_per_s"] = {"start": round(raw_before), "end": round(raw_after)}
     re = figures["reevaluation"]
-    p99 = [figures["event_to_change"].get(p, {}).get("p99_ms") for p in ("during", "after")]
+    live = figures["event_to_change"]
+    p99 = [live[p]["p99_ms"] for p in ("during", "after") if live.get(p)]
     figures["goal"] = {
         "reevaluation_within_120_s": re["wall_s"] is not None and re["wall_s"] <= GOAL_SECONDS,
-        "live_p99_under_2_s": all(v is not None and v < GOAL_P99_MS for v in p99),
+        "live_p99_under_2_s": bool(p99) and max(p99) < GOAL_P99_MS,
     }
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     if args.json:
