@@ -604,8 +604,8 @@ async def read_results(
     for r in event_rows:
         by_phase[phase_of(r.event_at.timestamp(), activated, done)].append(r)
     changes = sum(int(r["n"]) for r in transitions)
-    passed = (engagement_lateness(float(r["s"])) for r in engagement_times)
-    lateness = [late for late in passed if late is not None]
+    passed = [engagement_lateness(float(r["s"])) for r in engagement_times]
+    lateness = [late for late in passed if late is not None and late < 3600]
     wall = None if done is None else done - activated
     return {
         "reevaluation": {
@@ -629,6 +629,11 @@ async def read_results(
         "time_driven": {
             "changes": {r["dimension"]: int(r["n"]) for r in time_changes},
             "engagement_lateness": percentiles(lateness),
+            # Hours past a boundary: no wake-up of it, but a customer the backfill had not
+            # reached yet, moved to the new boundary by another dimension's wake-up.
+            "engagement_moved_before_backfill": sum(
+                1 for late in passed if late is not None and late >= 3600
+            ),
         },
     }
 
