@@ -15,6 +15,7 @@ from services.api.changes.routes import router as changes_router
 from services.api.customers.fast_path import SegmentsFastPath
 from services.api.customers.routes import get_customer_segments
 from services.api.customers.routes import router as customers_router
+from services.api.definitions.routes import router as definitions_router
 from services.api.deps import SECURITY, SECURITY_SCHEMES
 from services.api.erasure.routes import router as erasure_router
 from services.api.errors import install_error_handlers
@@ -28,7 +29,8 @@ from shared.settings import ConnectionSettings
 
 DESCRIPTION = """\
 Customers' current segments for storefronts, segment definitions and sizes, transition
-statistics, and the change stream for tools that do not speak Kafka.
+statistics, the change stream for tools that do not speak Kafka, and the definitions'
+lifecycle: validate, preview, activate, compare and roll back.
 
 Every `/v1` endpoint needs an API key (`Authorization: Bearer <key>` or `X-API-Key`) with the
 scope it names; errors are `{"error": code, "detail": text}`. See docs/api.md.
@@ -60,6 +62,7 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
     for router in (
         customers_router,
         segments_router,
+        definitions_router,
         stats_router,
         changes_router,
         erasure_router,

@@ -48,11 +48,29 @@ class Database:
             raise _unavailable(exc) from exc
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """One unit of work: committed when the block ends, rolled back if it raises."""
+    async def transaction(
+        self, timeout_seconds: float | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """One unit of work: committed when the block ends, rolled back if it raises.
+
+        `timeout_seconds` replaces the usual bound, for the statements too, for a unit of
+        work that is expected to wait on locks (an activation)."""
+        bound = self.timeout_seconds if timeout_seconds is None else timeout_seconds
         try:
-            async with asyncio.timeout(self.timeout_seconds), self.engine.begin() as sa_conn:
-                yield await driver_connection(sa_conn)
+            async with asyncio.timeout(bound), self.engine.connect() as sa_conn:
+                conn = await driver_connection(sa_conn)
+                # The transaction is asyncpg's own: SQLAlchemy's begin() starts one only when
+                # a statement goes through SQLAlchemy, and these go to the driver, so under
+                # it each statement committed alone (locks and all).
+                async with conn.transaction():
+                    if timeout_seconds is not None:
+                        # The session's statement_timeout is the short default; set locally,
+                        # it ends with this transaction and the pooled connection is as it was.
+                        await conn.execute(
+                            "SELECT set_config('statement_timeout', $1, true)",
+                            str(int(timeout_seconds * 1000)),
+                        )
+                    yield conn
         except UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
 

@@ -36,10 +36,12 @@ class ApiError(Exception):
         error: str,
         detail: str,
         headers: Mapping[str, str] | None = None,
+        problems: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status, self.error, self.detail = status, error, detail
         self.headers = dict(headers or {})
+        self.problems = problems
 
 
 def not_found(error: str, detail: str) -> ApiError:
@@ -85,7 +87,7 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 
 async def _api_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.error, exc.detail, exc.headers)
+    return error_response(exc.status, exc.error, exc.detail, exc.headers, exc.problems)
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:
@@ -112,10 +114,13 @@ def install_error_handlers(app: FastAPI) -> None:
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for these error statuses, all with the error body."""
     text = {
+        400: "The request body cannot be read",
         401: "Missing, unknown or revoked API key",
         403: "The key lacks the scope this endpoint needs",
         404: "Not found",
+        409: "Conflicts with the state the request expected",
         413: "Request body too large",
+        415: "Unsupported Content-Type",
         422: "Invalid request",
         503: "A backing store did not answer in time",
     }

@@ -38,8 +38,11 @@ def _in_transaction(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     async def run() -> T:
         engine = create_engine(settings.database_url, settings.database_schema)
         try:
-            async with engine.begin() as sa_conn:
-                return await work(await driver_connection(sa_conn))
+            async with engine.connect() as sa_conn:
+                conn = await driver_connection(sa_conn)
+                # asyncpg's transaction: SQLAlchemy's begin() would not reach the driver.
+                async with conn.transaction():
+                    return await work(conn)
         finally:
             await engine.dispose()
 

@@ -18,6 +18,7 @@ from services.api.auth.service import KeyVerifier
 from services.api.customers.cache import CacheReader
 from services.api.customers.service import FallbackGate
 from services.api.database import Database
+from services.api.definitions.parsing import DefinitionsParser
 from services.api.redis_pipe import RedisPipe
 from services.api.segments.service import DefinitionsCache
 from services.api.settings import ApiSettings
@@ -50,6 +51,7 @@ class Resources:
     keys: KeyVerifier
     audit: AuditWriter
     definitions: DefinitionsCache
+    parser: DefinitionsParser
     streams: StreamControl
 
 
@@ -116,5 +118,6 @@ async def open_resources(
             keys=KeyVerifier(db, settings.auth_cache_seconds),
             audit=audit,
             definitions=DefinitionsCache(),
+            parser=DefinitionsParser(),
             streams=streams,
         )

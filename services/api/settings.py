@@ -13,6 +13,7 @@ class ApiSettings(BaseSettings):
     port: int = 8100
     pool_size: int = Field(default=10, ge=1, le=100)
     database_timeout_ms: int = Field(default=2000, ge=10)
+    activation_timeout_ms: int = Field(default=30_000, ge=10)
     cache_timeout_ms: int = Field(default=50, ge=1)
     cache_retry_after_ms: int = Field(default=1000, ge=0)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
@@ -23,5 +24,6 @@ class ApiSettings(BaseSettings):
     stream_heartbeat_seconds: float = Field(default=15, gt=0)
     ready_backlog_seconds: float = Field(default=60, gt=0)
     ready_backlog_rows: int = Field(default=100_000, ge=1)
+    preview_keep_seconds: float = Field(default=86_400, gt=0)
     fast_path: bool = True
     workers: int = Field(default=1, ge=1, le=32)

@@ -17,10 +17,10 @@ from services.segmenter.backfill import BackfillFeeder
 from services.segmenter.cache import CacheRepairer
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
-from services.segmenter.ruleset import Ruleset
+from services.segmenter.preview import PreviewRunner
 from services.segmenter.settings import SegmenterSettings
 from services.segmenter.worker import Evaluator, evaluate_loop
-from shared.clock import Clock, EventTimeClock, clock_from_setting, is_running
+from shared.clock import Clock, EventTimeClock, clock_from_setting
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import SchemaBehindError, require_current
 from shared.health import check_kafka, check_postgres, check_redis, overall
@@ -38,35 +38,6 @@ log = structlog.get_logger("segmenter")
 
 
 BACKGROUND_BACKOFF = Backoff(0.2, 5.0)
-
-
-async def population_loop(
-    engine: Any,
-    ruleset: Ruleset,
-    clock: Clock,
-    settings: SegmenterSettings,
-    stopping: asyncio.Event,
-) -> None:
-    """Recompute cut-offs on schedule (one process does), pick up others' results often."""
-    loop = asyncio.get_running_loop()
-    next_recompute = loop.time() if ruleset.population_id is None else 0.0
-    if next_recompute == 0.0:
-        next_recompute = loop.time() + settings.population_interval_seconds
-
-    async def step() -> None:
-        nonlocal next_recompute
-        if loop.time() >= next_recompute and is_running(clock):
-            await population.recompute(engine, ruleset, clock.now())
-            next_recompute = loop.time() + settings.population_interval_seconds
-        else:
-            await population.refresh(engine, ruleset)
-
-    await repeat_until_stopped(
-        step,
-        settings.stats_refresh_seconds,
-        stopping,
-        Retry(BACKGROUND_BACKOFF, "population", stopping),
-    )
 
 
 async def backlog_loop(
@@ -165,7 +136,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             ),
             publisher.run(stopping),
             repairer.run(stopping),
-            population_loop(engine, ruleset, clock, settings, stopping),
+            population.population_loop(engine, ruleset, clock, settings, stopping),
             backlog_loop(engine, clock, metrics, stopping),
             definitions.follow_loop(engine, ruleset, settings.definitions_poll_seconds, stopping),
             BackfillFeeder(
@@ -177,6 +148,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
                 live_lag_seconds=settings.backfill_live_lag_seconds,
                 on_published=publisher.wake,
             ).run(stopping),
+            PreviewRunner(engine, clock, poll_seconds=settings.preview_poll_seconds).run(stopping),
         ]
         if isinstance(clock, EventTimeClock):
             jobs.append(event_time_loop(engine, clock, stopping))

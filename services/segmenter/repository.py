@@ -574,3 +574,38 @@ async def delete_cache_repairs(conn: asyncpg.Connection, customer_ids: Sequence[
     await conn.execute(
         "DELETE FROM cache_repairs WHERE customer_id = ANY($1::text[])", list(customer_ids)
     )
+
+
+# Population statistics, their inputs ------------------------------------------------------
+async def population_stats_customers(conn: asyncpg.Connection, stats_id: int) -> int | None:
+    """How many customers the stats `stats_id` were computed from (None: no such stats)."""
+    customers = await conn.fetchval(
+        "SELECT customers FROM population_stats WHERE id = $1", stats_id
+    )
+    return None if customers is None else int(customers)
+
+
+# Previews ---------------------------------------------------------------------------------
+async def current_assignments(
+    conn: asyncpg.Connection, customer_ids: Sequence[str]
+) -> dict[str, dict[str, Assignment]]:
+    """The stored segments of each customer that has an evaluation, as `previous` for the
+    next one. As in `load_leased`, a customer without a stored evaluation has none."""
+    # The range bounds the scan: on `ANY` alone, with thousands of ids, the planner joins
+    # whole-table scans (measured: 10 times slower for 2,000 of 200,000 customers). One row
+    # of arrays per customer, as in load_leased: a quarter of the rows to decode.
+    rows = await conn.fetch(
+        """
+        SELECT e.customer_id, array_agg(s.dimension), array_agg(s.segment), array_agg(s.since)
+        FROM customer_evaluations e JOIN customer_segments s USING (customer_id)
+        WHERE e.customer_id = ANY($1::text[])
+          AND e.customer_id >= (SELECT min(c) FROM unnest($1::text[]) AS c)
+          AND e.customer_id <= (SELECT max(c) FROM unnest($1::text[]) AS c)
+        GROUP BY e.customer_id
+        """,
+        list(customer_ids),
+    )
+    return {
+        cid: dict(zip(dimensions, map(Assignment, segments, sinces), strict=True))
+        for cid, dimensions, segments, sinces in rows
+    }

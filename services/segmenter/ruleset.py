@@ -11,6 +11,11 @@ from shared.segmentation import Definitions, PopulationStats
 WINDOWED_INTERACTION_METRICS = frozenset({"interactions_7d", "interactions_30d"})
 
 
+def counts_interactions(definitions: Definitions) -> bool:
+    """Whether any rule reads a rolling interaction count (and so needs their times)."""
+    return bool(WINDOWED_INTERACTION_METRICS & definitions.referenced_metrics)
+
+
 @dataclass
 class Ruleset:
     """The definitions in force, their stored version and publish policy, and the
@@ -52,5 +57,5 @@ class Ruleset:
 
     @property
     def counts_interactions(self) -> bool:
-        """Whether any rule reads a rolling interaction count (and so needs their times)."""
-        return bool(WINDOWED_INTERACTION_METRICS & self.definitions.referenced_metrics)
+        """Whether these definitions need interaction times (`counts_interactions`)."""
+        return counts_interactions(self.definitions)

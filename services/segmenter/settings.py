@@ -28,7 +28,7 @@ class SegmenterSettings(BaseSettings):
     evaluators: int = Field(default=3, ge=1, le=16)
     idle_poll_seconds: float = Field(default=0.1, gt=0, le=5)
     population_interval_seconds: float = Field(default=300.0, gt=0)
-    stats_refresh_seconds: float = Field(default=5.0, gt=0)
+    stats_refresh_seconds: float = Field(default=2.0, gt=0)
     publish_batch_size: int = Field(default=1000, ge=1)
     backlog_degraded_seconds: float = Field(default=30.0, gt=0)
     cache_repair_interval_seconds: float = Field(default=1.0, gt=0, le=60)
@@ -38,6 +38,10 @@ class SegmenterSettings(BaseSettings):
     # the live backlog's oldest row has waited less than backfill_live_lag_seconds.
     backfill_rate_per_second: float = Field(default=2500.0, gt=0)
     backfill_live_lag_seconds: float = Field(default=1.0, gt=0)
+    # A population grown or shrunk by 10% has its statistics recomputed at once, but not
+    # more often than this (services/segmenter/population.py, recompute_due).
+    population_min_interval_seconds: float = Field(default=2.0, gt=0)
+    preview_poll_seconds: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("clock")
     @classmethod

@@ -17,7 +17,9 @@ from shared.segmentation.changes import changed_dimensions, population_spec
 
 @functools.lru_cache(maxsize=32)
 def parse_stored(content: str) -> Definitions:
-    """A stored content was valid when stored and never changes: parsed once."""
+    """A content that loads once always loads the same: parsed once (an invalid one raises
+    DefinitionError every time). The API parses a candidate off its event loop with this
+    before it activates it, so the activation's own parse is a lookup."""
     return load_definitions(content)
 
 
@@ -36,11 +38,13 @@ async def activate_content(
     `replaces` is no longer the version in force. Only the dimensions whose rules changed
     are re-evaluated; when none did (a rollback to equal rules, a new description), no
     backfill runs. Population stats are kept when their inputs did not change."""
-    candidate = load_definitions(content)
+    candidate = parse_stored(content)
     current = await store.in_force(conn)
     old = None if current is None else parse_stored(current.content)
     changed = changed_dimensions(old, candidate)
-    customers = await store.customer_count(conn) if changed else 0
+    # The backfill's expected size, for progress: one may start even when nothing changed,
+    # to carry on a backfill this activation supersedes.
+    customers = await store.customer_count(conn)
     return await store.activate(
         conn,
         content,

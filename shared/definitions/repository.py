@@ -203,6 +203,8 @@ async def _insert_version(
     publish: Publish,
     changed_dimensions: Sequence[str],
 ) -> StoredVersion:
+    """Callers hold the definitions lock, so max + 1 is safe; a serial would leave gaps in
+    the numbers users see (rolled-back activations, and the 32 a crash skips)."""
     await conn.execute(
         "INSERT INTO definition_contents (content_hash, content) VALUES ($1, $2)"
         " ON CONFLICT (content_hash) DO NOTHING",
@@ -212,8 +214,9 @@ async def _insert_version(
     row = await conn.fetchrow(
         """
         INSERT INTO segment_definitions
-            (content_hash, activated_by, note, replaces, publish, changed_dimensions)
-        VALUES ($1, $2, $3, $4, $5, $6::text[])
+            (version, content_hash, activated_by, note, replaces, publish, changed_dimensions)
+        SELECT coalesce(max(version), 0) + 1, $1, $2, $3, $4, $5, $6::text[]
+        FROM segment_definitions
         RETURNING version, activated_at
         """,
         content_hash,

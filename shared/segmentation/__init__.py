@@ -6,7 +6,6 @@ reasons. See docs/segments.md.
 """
 
 from shared.segmentation.evaluation import (
-    NEXT_CHANGE_HORIZON,
     Decision,
     Evaluation,
     UncoveredCustomerError,
@@ -39,7 +38,6 @@ from shared.segmentation.population import (
 
 __all__ = [
     "METRICS",
-    "NEXT_CHANGE_HORIZON",
     "Assignment",
     "CustomerFacts",
     "CutoffSpec",

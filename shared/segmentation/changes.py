@@ -1,11 +1,15 @@
 """What differs between two versions of definitions: which dimensions must be re-evaluated,
-and whether population stats computed for one hold for the other."""
+whether population stats computed for one hold for the other, and the structural diff that
+the API shows between two versions."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
-from shared.segmentation.model import Definitions, Dimension
+from shared.segmentation.conditions import render
+from shared.segmentation.model import CutoffSpec, Definitions, Dimension, ScoreSpec
 
 
 def dimension_fingerprint(definitions: Definitions, dimension: Dimension) -> tuple[Any, ...]:
@@ -53,3 +57,188 @@ def population_spec(definitions: Definitions) -> tuple[Any, ...]:
         tuple(sorted((n, s) for n, s in definitions.cutoffs.items() if s.is_percentile)),
         tuple(sorted(definitions.scores.items())),
     )
+
+
+# The structural diff: what an analyst reads before activating, or after, between versions.
+Status = Literal["added", "removed", "changed", "unchanged"]
+Spec = TypeVar("Spec", CutoffSpec, ScoreSpec)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentChange:
+    """A segment added, removed, or whose condition or description differs."""
+
+    name: str
+    status: Literal["added", "removed", "changed"]
+    old_condition: str | None
+    new_condition: str | None
+    old_description: str | None
+    new_description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LetChange:
+    name: str
+    status: Literal["added", "removed", "changed"]
+    old: str | None
+    new: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpecChange(Generic[Spec]):
+    """A cut-off or score added, removed or defined differently."""
+
+    name: str
+    status: Literal["added", "removed", "changed"]
+    old: Spec | None
+    new: Spec | None
+
+
+@dataclass(frozen=True, slots=True)
+class DimensionDiff:
+    """One dimension of either side. `reevaluated` is whether activating the new side
+    re-evaluates it (it is in `changed_dimensions`): a description alone changes nothing."""
+
+    name: str
+    status: Status
+    reevaluated: bool
+    old_description: str | None
+    new_description: str | None
+    segments: tuple[SegmentChange, ...]  # only those that differ: new order, then removed
+    lets: tuple[LetChange, ...]
+    order_changed: bool  # the segments both sides have are in another order (the tie-break)
+    inputs_changed: tuple[str, ...]  # cut-offs and scores it reads that are defined differently
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionsDiff:
+    old_description: str
+    new_description: str
+    dimensions: tuple[DimensionDiff, ...]  # every dimension: the new order, then removed ones
+    cutoffs: tuple[SpecChange[CutoffSpec], ...]
+    scores: tuple[SpecChange[ScoreSpec], ...]
+
+    @property
+    def is_empty(self) -> bool:
+        return (
+            self.old_description == self.new_description
+            and not self.cutoffs
+            and not self.scores
+            and all(d.status == "unchanged" for d in self.dimensions)
+        )
+
+
+def diff_definitions(old: Definitions, new: Definitions) -> DefinitionsDiff:
+    """Every difference between `old` and `new`, by dimension, segment, let, cut-off and
+    score. Conditions are compared parsed (spacing does not count, a changed let counts in
+    every segment that uses it) and shown as written."""
+    before = {d.name: d for d in old.dimensions}
+    after = {d.name: d for d in new.dimensions}
+    dimensions = [_dimension_diff(old, before.get(d.name), new, d) for d in new.dimensions]
+    dimensions.extend(
+        _dimension_diff(old, d, new, None) for d in old.dimensions if d.name not in after
+    )
+    return DefinitionsDiff(
+        old_description=old.description,
+        new_description=new.description,
+        dimensions=tuple(dimensions),
+        cutoffs=_spec_changes(old.cutoffs, new.cutoffs),
+        scores=_spec_changes(old.scores, new.scores),
+    )
+
+
+def _spec_changes(old: Mapping[str, Spec], new: Mapping[str, Spec]) -> tuple[SpecChange[Spec], ...]:
+    changes = [
+        SpecChange(name, "added" if name not in old else "changed", old.get(name), spec)
+        for name, spec in new.items()
+        if old.get(name) != spec
+    ]
+    changes.extend(
+        SpecChange(name, "removed", spec, None) for name, spec in old.items() if name not in new
+    )
+    return tuple(changes)
+
+
+def _dimension_diff(
+    old: Definitions, was: Dimension | None, new: Definitions, now: Dimension | None
+) -> DimensionDiff:
+    if was is None or now is None:
+        only = now if now is not None else was
+        assert only is not None
+        status: Status = "added" if was is None else "removed"
+        return DimensionDiff(
+            name=only.name,
+            status=status,
+            reevaluated=True,
+            old_description=None if was is None else was.description,
+            new_description=None if now is None else now.description,
+            segments=_segment_changes(was, now),
+            lets=_let_changes(was, now),
+            order_changed=False,
+            inputs_changed=(),
+        )
+    reevaluated = dimension_fingerprint(old, was) != dimension_fingerprint(new, now)
+    segments = _segment_changes(was, now)
+    kept_new = [name for name in now.segments if name in was.segments]
+    kept_old = [name for name in was.segments if name in now.segments]
+    inputs = sorted(
+        name
+        for name in was.metrics | now.metrics
+        if old.cutoffs.get(name) != new.cutoffs.get(name)
+        or old.scores.get(name) != new.scores.get(name)
+    )
+    differs = reevaluated or segments or was.description != now.description
+    return DimensionDiff(
+        name=now.name,
+        status="changed" if differs else "unchanged",
+        reevaluated=reevaluated,
+        old_description=was.description,
+        new_description=now.description,
+        segments=segments,
+        lets=_let_changes(was, now),
+        order_changed=kept_new != kept_old,
+        inputs_changed=tuple(inputs),
+    )
+
+
+def _segment_changes(was: Dimension | None, now: Dimension | None) -> tuple[SegmentChange, ...]:
+    before = {} if was is None else {rule.name: rule for rule in was.rules}
+    after = {} if now is None else {rule.name: rule for rule in now.rules}
+    changes = []
+    for name, rule in after.items():
+        prior = before.get(name)
+        if prior is None:
+            changes.append(SegmentChange(name, "added", None, rule.source, None, rule.description))
+        elif prior.condition != rule.condition or prior.description != rule.description:
+            changes.append(
+                SegmentChange(
+                    name, "changed", prior.source, rule.source, prior.description, rule.description
+                )
+            )
+    changes.extend(
+        SegmentChange(name, "removed", rule.source, None, rule.description, None)
+        for name, rule in before.items()
+        if name not in after
+    )
+    return tuple(changes)
+
+
+def _let_changes(was: Dimension | None, now: Dimension | None) -> tuple[LetChange, ...]:
+    before = {} if was is None else dict(was.lets)
+    after = {} if now is None else dict(now.lets)
+    changes = [
+        LetChange(
+            name,
+            "added" if name not in before else "changed",
+            None if name not in before else render(before[name]),
+            render(condition),
+        )
+        for name, condition in after.items()
+        if before.get(name) != condition
+    ]
+    changes.extend(
+        LetChange(name, "removed", render(condition), None)
+        for name, condition in before.items()
+        if name not in after
+    )
+    return tuple(changes)

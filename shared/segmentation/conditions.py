@@ -421,6 +421,21 @@ def render(condition: Condition, env: Env | None = None) -> str:
     raise AssertionError(condition)
 
 
+def depth(condition: Condition) -> int:
+    """How deep the tree goes, through `let` bodies (without recursing, so any depth does)."""
+    deepest = 0
+    pending: list[tuple[Condition, int]] = [(condition, 1)]
+    while pending:
+        node, level = pending.pop()
+        deepest = max(deepest, level)
+        match node:
+            case LetRef(_, body) | Not(body):
+                pending.append((body, level + 1))
+            case All(operands) | AnyOf(operands):
+                pending.extend((operand, level + 1) for operand in operands)
+    return deepest
+
+
 def atoms(condition: Condition) -> Iterator[Atom]:
     """Every comparison in a condition, including those inside `let` references."""
     match condition:

@@ -15,6 +15,7 @@ from typing import Any
 from shared.segmentation.facts import Assignment, CustomerFacts
 from shared.segmentation.metrics import (
     METRICS,
+    MICROSECONDS_PER_DAY,
     MetricValue,
     compute_fact_metrics,
     crossing_offsets,
@@ -24,10 +25,7 @@ from shared.segmentation.model import Definitions, Dimension, SegmentRule
 from shared.segmentation.population import PopulationStats, cutoff_value, score_of
 from shared.segmentation.timeline import Timeline
 
-NEXT_CHANGE_HORIZON = timedelta(days=400)
 _MICROSECOND = timedelta(microseconds=1)
-_HORIZON_US = NEXT_CHANGE_HORIZON // _MICROSECOND
-_HORIZON_DAYS = NEXT_CHANGE_HORIZON / timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +53,8 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     """Exactly one decision per dimension, and the earliest time after the evaluation at
-    which some segment changes if no new event arrives (None: not within 400 days)."""
+    which some segment changes if no new event arrives (None: never, or only after the last
+    instant a datetime can hold)."""
 
     assignments: dict[str, Decision]
     next_change_at: datetime | None
@@ -215,7 +214,9 @@ def _next_change_at(
     instants are collected and evaluated in order; the first that changes a segment wins.
 
     Instants are microsecond offsets from `now`, each with the bitmask of the dimensions
-    whose metrics flip there: only those can change at that instant."""
+    whose metrics flip there: only those can change at that instant. There are at most two
+    per threshold and days-since metric and one per event leaving a window, however far
+    ahead they lie."""
     moments = _breakpoints(definitions, timeline, now, current, population, env)
     customer_id = timeline.facts.customer_id
     for offset in sorted(moments):
@@ -240,6 +241,8 @@ def _breakpoints(
     env: Mapping[str, MetricValue],
 ) -> dict[int, int]:
     moments: dict[int, int] = {}
+    # An instant a datetime cannot hold (after year 9999) is never reached.
+    room = (datetime.max.replace(tzinfo=now.tzinfo) - now) // _MICROSECOND
     for dependence in definitions.time_dependences:
         thresholds: list[Any] = [*dependence.constants]
         thresholds.extend(env[cutoff] for cutoff in dependence.cutoffs)
@@ -248,34 +251,39 @@ def _breakpoints(
         metric = METRICS[dependence.metric]
         if metric.anchor is not None:
             anchor = metric.anchor(timeline.facts)
-            offsets = _crossings(anchor, now, env[dependence.metric], thresholds)
+            offsets = _crossings(anchor, now, env[dependence.metric], thresholds, room)
         else:
             assert metric.window is not None
-            offsets = timeline.window_exits(metric.window, now, thresholds, _HORIZON_US)
+            offsets = timeline.window_exits(metric.window, now, thresholds)
         for offset in offsets:
-            moments[offset] = moments.get(offset, 0) | dependence.dimension_mask
+            if offset <= room:
+                moments[offset] = moments.get(offset, 0) | dependence.dimension_mask
     for index, dimension in enumerate(definitions.dimensions):
         thresholds = [*dimension.thresholds.get("days_in_segment", ())]
         thresholds.extend(env[c] for c in dimension.cutoff_refs.get("days_in_segment", ()))
         if thresholds:
             since = current[dimension.name].since
-            for offset in _crossings(since, now, days_between(since, now), thresholds):
+            for offset in _crossings(since, now, days_between(since, now), thresholds, room):
                 moments[offset] = moments.get(offset, 0) | 1 << index
     return moments
 
 
 def _crossings(
-    anchor: datetime | None, now: datetime, value: MetricValue, thresholds: list[Any]
+    anchor: datetime | None, now: datetime, value: MetricValue, thresholds: list[Any], room: int
 ) -> Iterator[int]:
-    """When a days-since metric, now at `value`, crosses each threshold still ahead of it."""
+    """When a days-since metric, now at `value`, crosses each threshold still ahead of it,
+    up to `room` microseconds from `now`."""
     if anchor is None or value is None:
         return
     assert isinstance(value, float)
     since_anchor = (now - anchor) // _MICROSECOND
+    # A day of slack over the room: the exact check below decides, and thresholds past it
+    # (1e300 days, say) would overflow the float arithmetic of crossing_offsets.
+    reachable = value + room / MICROSECONDS_PER_DAY + 1
     for threshold in thresholds:
-        if not value <= threshold < value + _HORIZON_DAYS + 1:
-            continue  # already crossed, unresolved (infinite) or beyond the horizon
+        if not value <= threshold < reachable:
+            continue  # already crossed, unresolved (infinite) or past year 9999
         for offset in crossing_offsets(threshold):
             ahead = offset - since_anchor
-            if 0 < ahead <= _HORIZON_US:
+            if 0 < ahead <= room:
                 yield ahead

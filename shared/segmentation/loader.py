@@ -35,6 +35,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TOP_LEVEL_KEYS = frozenset({"description", "cutoffs", "scores", "dimensions"})
 _DIMENSION_KEYS = frozenset({"description", "let", "segments"})
 _SEGMENT_KEYS = frozenset({"when", "description"})
+_MAX_DEPTH = 100  # of a bound condition; recursion in evaluation stays far from the limit
 
 
 def load_definitions(text: str) -> Definitions:
@@ -64,14 +65,17 @@ def default_definitions() -> Definitions:
 
 
 def _read_yaml(text: str) -> tuple[Any, list[Problem]]:
+    problems: list[Problem] = []
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+        if root is not None:
+            _find_duplicate_keys(root, (), problems)
     except yaml.YAMLError as error:
         return None, [Problem(None, None, f"YAML syntax error: {error}")]
-    problems: list[Problem] = []
-    if root is not None:
-        _find_duplicate_keys(root, (), problems)
+    except RecursionError:
+        # PyYAML composes recursively: a document sent to the API can nest past the stack.
+        return None, [Problem(None, None, "the document nests too deeply to be definitions")]
     return data, problems
 
 
@@ -334,6 +338,12 @@ class _Builder:
             self._problem(
                 dimension, rule, f"column {problem.column} of {text!r}: {problem.message}"
             )
+        if condition is not None and conditions.depth(condition) > _MAX_DEPTH:
+            # Lets that use lets can nest without bound; evaluation recurses through them.
+            self._problem(
+                dimension, rule, f"{text!r} nests more than {_MAX_DEPTH} deep, through its lets"
+            )
+            return None
         return condition
 
 

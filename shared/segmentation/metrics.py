@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Literal
 
 from shared.segmentation.facts import CustomerFacts
@@ -251,11 +252,20 @@ def _first_offset(threshold: Number, strict: bool) -> int:
         days = offset / MICROSECONDS_PER_DAY
         return days > threshold if strict else days >= threshold
 
-    # A float estimate is within a few microseconds of the flip; the loops make it exact.
-    offset = math.floor(float(threshold) * MICROSECONDS_PER_DAY)
-    # Float rounding can move the flip a microsecond or two either way of the exact product.
-    while passes(offset - 1):
-        offset -= 1
-    while not passes(offset):
-        offset += 1
-    return offset
+    # The flip is within a few float steps of the exact product, and a float step of a large
+    # value spans many microseconds (16 at a million days): gallop out to bracket the flip,
+    # then bisect, so that a far threshold costs no more than a near one.
+    high = math.floor(Fraction(threshold) * MICROSECONDS_PER_DAY)
+    low, step = high - 1, 1
+    while not passes(high):
+        low, high, step = high, high + step, step * 2
+    step = 1
+    while passes(low):
+        low, high, step = low - step, low, step * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if passes(middle):
+            high = middle
+        else:
+            low = middle
+    return high

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 KEYWORDS = frozenset({"and", "or", "not", "in", "is", "null", "true", "false"})
+# Parentheses and `not`s deeper than this are refused: every stage after the parser recurses
+# too, and a condition that validated near the stack limit could fail in an evaluator.
+MAX_NESTING = 32
 COMPARISON_OPERATORS = ("<=", ">=", "!=", "<", ">", "=")
 
 _TOKEN = re.compile(
@@ -142,6 +145,7 @@ class _Parser:
     def __init__(self, tokens: list[Token]) -> None:
         self._tokens = tokens
         self._index = 0
+        self._depth = 0
 
     def parse(self) -> Syntax:
         if self._peek().kind == "end":
@@ -188,16 +192,29 @@ class _Parser:
             operands.append(self._not())
         return operands[0] if len(operands) == 1 else Conjunction(tuple(operands))
 
+    def _nest(self, token: Token) -> None:
+        self._depth += 1
+        if self._depth > MAX_NESTING:
+            raise ConditionSyntaxError(
+                token.column, f"parentheses and 'not' nest more than {MAX_NESTING} deep"
+            )
+
     def _not(self) -> Syntax:
+        token = self._peek()
         if self._accept("keyword", "not"):
-            return Negation(self._not())
+            self._nest(token)
+            operand = self._not()
+            self._depth -= 1
+            return Negation(operand)
         return self._primary()
 
     def _primary(self) -> Syntax:
         token = self._advance()
         if token.kind == "punct" and token.text == "(":
+            self._nest(token)
             inner = self._or()
             self._expect("punct", ")", f"to close the '(' at column {token.column}")
+            self._depth -= 1
             return inner
         if token.kind != "name":
             raise ConditionSyntaxError(

@@ -44,7 +44,10 @@ def realize(targets: Mapping[str, MetricValue]) -> CustomerFacts | None:
 
 
 def _at(age_us: int) -> datetime:
-    return REFERENCE_NOW - timedelta(microseconds=age_us)
+    try:
+        return REFERENCE_NOW - timedelta(microseconds=age_us)
+    except OverflowError:
+        raise _Infeasible from None  # before year 1: no customer ordered then
 
 
 def _present(

@@ -73,13 +73,13 @@ class Timeline:
         )
 
     def window_exits(
-        self, window: Window, now: datetime, thresholds: Sequence[Any], horizon_us: int
+        self, window: Window, now: datetime, thresholds: Sequence[Any]
     ) -> Iterator[int]:
-        """Microsecond offsets from `now`, up to `horizon_us`, at which an event leaving
-        `window` moves its value onto or across one of `thresholds`."""
+        """Microsecond offsets from `now` (at most the window's length) at which an event
+        leaving `window` moves its value onto or across one of `thresholds`."""
         spend = window.measure == "spend"
         if spend and self.has_refund_below_zero:
-            yield from _exits_walking_every_order(self.facts, window, now, thresholds, horizon_us)
+            yield from _exits_walking_every_order(self.facts, window, now, thresholds)
             return
         times = self.order_times if window.source == "orders" else self.interactions
         n = len(times)
@@ -98,14 +98,12 @@ class Timeline:
                 return
             before: Any = self.spend_from[k] if spend else n - k
             if any(after <= c <= before for c in finite):
-                ahead = span - (now - times[k]) // _MICROSECOND
-                if ahead <= horizon_us:
-                    yield ahead
+                yield span - (now - times[k]) // _MICROSECOND
             after = before
 
 
 def _exits_walking_every_order(
-    facts: CustomerFacts, window: Window, now: datetime, thresholds: Sequence[Any], horizon_us: int
+    facts: CustomerFacts, window: Window, now: datetime, thresholds: Sequence[Any]
 ) -> Iterator[int]:
     """The plain walk, for the odd customer with a negative net order amount."""
     span = window.days * MICROSECONDS_PER_DAY
@@ -117,6 +115,6 @@ def _exits_walking_every_order(
     for ahead, amount in inside:
         after = value - amount
         low, high = min(after, value), max(after, value)
-        if ahead <= horizon_us and any(low <= c <= high for c in thresholds):
+        if any(low <= c <= high for c in thresholds):
             yield ahead
         value = after

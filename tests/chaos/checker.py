@@ -259,6 +259,14 @@ def compare_history_with_segments(
                     f"{cid} {dim}: segment {seg}, last change to "
                     f"{None if final is None else final['to_segment']}",
                 )
+    # A last change into a segment with no segment stored: an exit (a removed dimension)
+    # ends with to_segment null instead.
+    for (cid, dim), final in sorted(last.items()):
+        if final["to_segment"] is not None and dim not in stored.get(cid, {}):
+            findings.add(
+                "history_without_segment",
+                f"{cid} {dim}: last change to {final['to_segment']}, no segment stored",
+            )
 
 
 def compare_dead_letters(

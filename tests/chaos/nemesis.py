@@ -43,6 +43,7 @@ class Nemesis:
     cluster: KafkaCluster | None
     supervisor: Supervisor
     change_definitions: Callable[[], Awaitable[None]]
+    rollback_definitions: Callable[[], Awaitable[None]]
     log: Callable[[str], None]
     done: list[Done] = field(default_factory=list)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -134,6 +135,9 @@ class Nemesis:
             return ""
         if kind == "definitions_change":
             await self.change_definitions()
+            return ""
+        if kind == "definitions_rollback":
+            await self.rollback_definitions()
             return ""
         raise ValueError(f"unknown fault kind {kind}")
 

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from shared.segmentation import load_definitions
 from tests.chaos import checker
 from tests.chaos import expected as model
 from tests.chaos.nemesis import Nemesis
@@ -214,17 +215,19 @@ class Run:
         )
 
         async def change_definitions() -> None:
-            names = [n for n in supervisor.services if n.startswith("segmenter")]
-            supervisor.held.update(names)
-            for n in names:
-                s = supervisor.services[n]
-                await asyncio.to_thread(s.terminate)
-                s.env = self._segmenter_env("v2")
-                s.start()
-            supervisor.held.difference_update(names)
+            await self._activate(api, key, "v2", rollback_to=None)
+
+        async def rollback_definitions() -> None:
+            await self._activate(api, key, "v1", rollback_to=1)
 
         nemesis = Nemesis(
-            self.schedule, self.stack, self.cluster, supervisor, change_definitions, _say
+            self.schedule,
+            self.stack,
+            self.cluster,
+            supervisor,
+            change_definitions,
+            rollback_definitions,
+            _say,
         )
         stopping, faults_over = asyncio.Event(), asyncio.Event()
         started = time.monotonic()
@@ -255,6 +258,47 @@ class Run:
             await asyncio.to_thread(supervisor.stop_all)
         return self._check(traffic, nemesis, supervisor, observed, drained)
 
+    async def _activate(self, api: str, key: str, name: str, rollback_to: int | None) -> None:
+        """Put tests/chaos/definitions/<name>.yaml in force through the API, as a user would:
+        an activation, or a rollback to version `rollback_to`. Faults may be under way, so
+        it tries again until the content is in force under a new version; a 409 or a lost
+        answer is told apart by reading what is in force."""
+        content = (DEFINITIONS / f"{name}.yaml").read_text()
+        wanted = load_definitions(content).content_hash
+        start = await self._in_force()
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=api, timeout=30, headers=headers) as http:
+            for _ in range(120):
+                version, content_hash = await self._in_force()
+                if content_hash == wanted and version > start[0]:
+                    _say(f"  definitions {name} in force as version {version}")
+                    return
+                body: dict[str, Any] = {"replaces": version, "note": f"chaos {name}"}
+                try:
+                    if rollback_to is None:
+                        answer = await http.post(
+                            "/v1/definitions", json=body | {"content": content}
+                        )
+                    else:
+                        answer = await http.post(
+                            f"/v1/definitions/{rollback_to}/rollback", json=body
+                        )
+                    if answer.status_code not in (201, 409, 503):
+                        raise RuntimeError(
+                            f"activation answered {answer.status_code}: {answer.text}"
+                        )
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(1)
+        raise RuntimeError(f"definitions {name} could not be activated")
+
+    async def _in_force(self) -> tuple[int, str]:
+        rows = await self._sql(
+            "SELECT f.version, d.content_hash FROM definitions_in_force f"
+            " JOIN segment_definitions d USING (version)"
+        )
+        return int(rows[0]["version"]), str(rows[0]["content_hash"])
+
     def _make_key(self) -> str:
         out = subprocess.run(
             [
@@ -268,6 +312,8 @@ class Run:
                 "admin",
                 "--scope",
                 "segments:read",
+                "--scope",
+                "definitions:write",
             ],
             cwd=ROOT,
             env=self._env(),
@@ -332,7 +378,7 @@ class Run:
         for n in names:
             s = supervisor.services[n]
             await asyncio.to_thread(s.terminate)
-            s.env = self._segmenter_env("v2", population_seconds=1.0)
+            s.env = self._segmenter_env("v1", population_seconds=1.0)
             s.start()
         supervisor.held.difference_update(names)
         await asyncio.sleep(6)
@@ -340,11 +386,15 @@ class Run:
         while loop.time() < deadline + 30:
             rows = await self._sql(
                 "SELECT (SELECT count(*) FROM segmentation_queue WHERE due_at <= $1) AS due,"
-                " (SELECT count(*) FROM segment_outbox) AS outbox",
+                " (SELECT count(*) FROM segment_outbox) AS outbox,"
+                " (SELECT count(*) FROM definition_backfills WHERE completed_at IS NULL"
+                "  AND superseded_by IS NULL) AS backfills",
                 self.now,
             )
             state["due"], state["outbox"] = rows[0]["due"], rows[0]["outbox"]
-            quiet = quiet + 1 if state["due"] == 0 and state["outbox"] == 0 else 0
+            state["backfills_running"] = rows[0]["backfills"]
+            is_quiet = state["due"] == 0 and state["outbox"] == 0
+            quiet = quiet + 1 if is_quiet and state["backfills_running"] == 0 else 0
             if quiet >= 3:
                 state["queue_and_outbox_empty"] = True
                 break
@@ -447,7 +497,7 @@ class Run:
             if model.sha(v) not in phase_of:
                 findings.add("harness_unknown_record", f"{t}[{p}]@{o}")
         expected = model.expected_state(
-            records, phase_of, final_phase, self.now, CURRENCY_RATES, "v2"
+            records, phase_of, final_phase, self.now, CURRENCY_RATES, "v1"
         )
         if not drained.get("ingest_caught_up"):
             findings.add("drain_ingest_stuck", str(drained.get("ingest_behind")))

@@ -15,8 +15,9 @@ SEGMENTERS = 2
 # evicts the paused worker and it wakes up a zombie.
 PAUSE_SECONDS = (13.0, 20.0)
 
-# Fault kinds and their weights. `definitions_change` is not drawn: it happens once, at
-# the middle of every run.
+# Fault kinds and their weights. `definitions_change` and `definitions_rollback` are not
+# drawn: every run activates version 2 through the API at a third of its length, and rolls
+# back to version 1 at two thirds.
 FAULT_WEIGHTS: dict[str, int] = {
     "kill_ingest": 3,
     "kill_segmenter": 3,
@@ -95,8 +96,8 @@ def make_schedule(
     faults_on: bool = True,
 ) -> Schedule:
     """Faults at random moments `every` seconds apart, none in the first or last few
-    seconds, and the definitions change at the middle of the run. Without `faults_on`, only
-    the definitions change: the control run that must come out clean."""
+    seconds, and the definitions activation and rollback at a third and two thirds of the
+    run. Without `faults_on`, only those: the control run that must come out clean."""
     rng = random.Random(f"chaos-schedule:{seed}")
     kinds = list(FAULT_WEIGHTS)
     weights = [FAULT_WEIGHTS[k] for k in kinds]
@@ -107,6 +108,7 @@ def make_schedule(
         target, hold = _target(rng, kind, brokers)
         faults.append(Fault(round(at, 1), kind, target, hold))
         at += rng.uniform(*every)
-    faults.append(Fault(round(seconds / 2, 1), "definitions_change", "segmenters"))
+    faults.append(Fault(round(seconds / 3, 1), "definitions_change", "api"))
+    faults.append(Fault(round(seconds * 2 / 3, 1), "definitions_rollback", "api"))
     faults.sort(key=lambda f: f.at_seconds)
     return Schedule(seed, seconds, brokers, tuple(faults))

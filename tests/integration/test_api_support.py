@@ -57,8 +57,10 @@ async def running_api(
 
 @asynccontextmanager
 async def unit_of_work(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
-    async with engine.begin() as sa_conn:
-        yield await driver_connection(sa_conn)
+    async with engine.connect() as sa_conn:
+        conn = await driver_connection(sa_conn)
+        async with conn.transaction():
+            yield conn
 
 
 async def make_key(engine: AsyncEngine, *scopes: str, name: str = "test") -> str:

@@ -33,7 +33,13 @@ from shared.definitions.activation import activate_content
 from shared.events import decode_segment_change
 from shared.kafka import make_consumer
 from shared.segment_cache import SegmentCache
-from shared.segmentation import OrderFact, PopulationStats, build_facts, evaluate
+from shared.segmentation import (
+    OrderFact,
+    PopulationStats,
+    build_facts,
+    evaluate,
+    load_definitions,
+)
 from shared.segmentation.facts import Interaction
 from shared.settings import ConnectionSettings
 from tests.conftest import ROOT, MakeTopic, eventually, unique
@@ -159,6 +165,47 @@ async def test_customer_becomes_at_risk_on_time_without_an_event(
         ).one()
     assert (row.cause, row.from_segment, row.evaluated_at) == ("time", "active", turns_90_at)
     assert "days_since_last_order" in row.reason
+
+
+LAPSING_AFTER_TWO_YEARS = """
+dimensions:
+  recency:
+    segments:
+      recent: days_since_last_order < 730 or not has_ordered
+      lapsed: days_since_last_order >= 730
+"""
+
+
+async def test_a_two_year_lookback_fires_on_time_without_an_event(
+    engine: AsyncEngine, cache: SegmentCache
+) -> None:
+    last_order = NOW - 10 * DAY
+    await seed(engine, [History("loyal", orders=[(last_order, Decimal(30))])], NOW)
+    rules = await ruleset(engine, definitions=load_definitions(LAPSING_AFTER_TWO_YEARS))
+    await run_until_idle(evaluator(engine, cache, FixedClock(NOW), rules))
+    assert (await segments(engine))[("loyal", "recency")] == "recent"
+    lapses_at = last_order + 730 * DAY
+    async with engine.connect() as conn:
+        wake = (
+            await conn.execute(
+                text("SELECT due_at, cause FROM segmentation_queue WHERE customer_id = 'loyal'")
+            )
+        ).one()
+    assert (wake.due_at, wake.cause) == (lapses_at, "time")
+
+    two_years_later = NOW + 730 * DAY
+    await run_until_idle(evaluator(engine, cache, FixedClock(two_years_later), rules))
+    assert (await segments(engine))[("loyal", "recency")] == "lapsed"
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT cause, from_segment, evaluated_at FROM segment_history"
+                    " WHERE customer_id = 'loyal' AND to_segment = 'lapsed'"
+                )
+            )
+        ).one()
+    assert (row.cause, row.from_segment, row.evaluated_at) == ("time", "recent", two_years_later)
 
 
 async def test_two_evaluators_share_a_backlog_and_agree_with_one(

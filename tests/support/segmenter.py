@@ -21,7 +21,7 @@ from shared.clock import Clock
 from shared.db.engine import pg_connection
 from shared.definitions import repository as store
 from shared.segment_cache import SegmentCache
-from shared.segmentation import PopulationStats, default_definitions
+from shared.segmentation import Definitions, PopulationStats, default_definitions
 from shared.segmentation.facts import Interaction
 
 
@@ -34,12 +34,19 @@ class History:
     interactions: list[Interaction] = field(default_factory=list)
 
 
-async def seed(engine: AsyncEngine, histories: Sequence[History], marked_at: datetime) -> None:
+async def seed(
+    engine: AsyncEngine,
+    histories: Sequence[History],
+    marked_at: datetime,
+    *,
+    order_prefix: str = "o",
+) -> None:
     """Write the customers' orders and interactions with ingest's repository, and mark them
-    for segmentation as ingest does."""
+    for segmentation as ingest does. A second seed of the same customers adds to what they
+    have (with another `order_prefix`, else its orders replace the first's)."""
     async with pg_connection(engine) as conn, conn.transaction():
         orders = [
-            ingest.OrderChange(h.customer_id, f"o{i}", placed_at=at, amount=amount)
+            ingest.OrderChange(h.customer_id, f"{order_prefix}{i}", placed_at=at, amount=amount)
             for h in histories
             for i, (at, amount) in enumerate(h.orders)
         ]
@@ -70,9 +77,13 @@ async def seed(engine: AsyncEngine, histories: Sequence[History], marked_at: dat
         )
 
 
-async def ruleset(engine: AsyncEngine, population: PopulationStats | None = None) -> Ruleset:
-    """The default definitions, stored as the segmenter stores them."""
-    defs = default_definitions()
+async def ruleset(
+    engine: AsyncEngine,
+    population: PopulationStats | None = None,
+    definitions: Definitions | None = None,
+) -> Ruleset:
+    """`definitions` (the default ones if None), stored as the segmenter stores them."""
+    defs = definitions or default_definitions()
     async with pg_connection(engine) as conn, conn.transaction():
         stored, _ = await store.seed(conn, defs.source, defs.content_hash, "test")
     return Ruleset(defs, stored.version, population or PopulationStats(), None)

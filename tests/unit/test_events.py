@@ -375,8 +375,11 @@ def test_error_without_field_formats_without_it() -> None:
 
 # -- property: any valid event survives encode then decode ---------------------------------
 
-# Any character but U+0000, which PostgreSQL text cannot hold and decoding refuses.
-text = partial(st.text, alphabet=st.characters(blacklist_characters="\x00"))
+# Any character but U+0000, which PostgreSQL text cannot hold and decoding refuses, and
+# lone surrogates, which JSON cannot carry (msgspec refuses a lone \\ud800 escape).
+text = partial(
+    st.text, alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"])
+)
 ids = st.text(alphabet=string.ascii_letters + string.digits + "._:@-", min_size=1, max_size=128)
 amounts = st.decimals(
     min_value=0, max_value=limits.MAX_AMOUNT, places=4, allow_nan=False, allow_infinity=False

@@ -353,3 +353,37 @@ def test_large_dimensions_fall_back_to_sampling() -> None:
     )
     definitions = load_definitions(one_dimension(f"a: '{conditions}'\nb: 'not ({conditions})'"))
     assert definitions.dimension("d").segments == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: " + "[" * 30_000, "the document nests too deeply"),
+        ('{"a":' * 10_000, "the document nests too deeply"),
+        (
+            one_dimension("a: '" + "(" * 40 + "has_ordered" + ")" * 40 + "'\nb: not has_ordered"),
+            "d/a: syntax error at column 33",
+        ),
+        (
+            one_dimension("a: '" + "not " * 40 + "has_ordered'\nb: not has_ordered"),
+            "d/a: syntax error at column 129",
+        ),
+    ],
+)
+def test_nesting_past_the_limits_is_a_problem_not_a_crash(text: str, expected: str) -> None:
+    # An API caller can send any of these; a RecursionError would be a 500, or worse, a
+    # definition that validated near the stack limit and failed in an evaluator.
+    (problem,) = problems_of(text)
+    assert problem.startswith(expected), problem
+
+
+def test_lets_built_on_lets_are_bounded_in_depth() -> None:
+    chain = "\n".join(f"      l{i}: l{i - 1}" for i in range(1, 150))
+    text = (
+        "dimensions:\n  d:\n    let:\n      l0: has_ordered\n"
+        f"{chain}\n    segments:\n      a: l149\n      b: not has_ordered\n"
+    )
+    problems = problems_of(text)
+    assert problems == ["d/let l100: 'l99' nests more than 100 deep, through its lets"]
+    shallow = "\n".join(f"      l{i}: l{i - 1}" for i in range(1, 50))
+    load_definitions(text.replace(chain, shallow).replace("l149", "l49"))

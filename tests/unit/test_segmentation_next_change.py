@@ -6,6 +6,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from shared.segmentation import (
     Assignment,
     CustomerFacts,
@@ -19,6 +22,7 @@ from shared.segmentation import (
     evaluate,
     load_definitions,
 )
+from shared.segmentation.metrics import MICROSECONDS_PER_DAY, crossing_offsets
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 EMPTY = PopulationStats()
@@ -151,7 +155,7 @@ def test_fractional_thresholds_are_exact_to_the_microsecond() -> None:
     assert changes_at(definitions, facts, first, moment) == {"odd": "stale"}
 
 
-def test_no_change_within_the_horizon_gives_none() -> None:
+def test_a_customer_whom_time_no_longer_changes_gets_none() -> None:
     facts = customer(orders=[(500, "10")])
     result = evaluate(default_definitions(), facts, NOW, {}, EMPTY)
     assert {name: d.segment for name, d in result.assignments.items()} == {
@@ -163,7 +167,59 @@ def test_no_change_within_the_horizon_gives_none() -> None:
     assert result.next_change_at is None
 
 
-def test_changes_beyond_400_days_are_not_reported() -> None:
+def lapsing_after(days: str) -> Definitions:
+    return load_definitions(
+        f"""
+        dimensions:
+          lapse:
+            segments:
+              recent: days_since_last_order < {days} or not has_ordered
+              lapsed: days_since_last_order >= {days}
+        """
+    )
+
+
+def test_a_730_day_lookback_changes_exactly_730_days_after_the_last_order() -> None:
+    facts = customer(orders=[(10.123456, "1")])
+    assert facts.last_order_at is not None
+    assert_next_change(
+        facts, facts.last_order_at + timedelta(days=730), {"lapse": "lapsed"}, lapsing_after("730")
+    )
+
+
+def test_a_ten_year_lookback_changes_exactly_ten_years_after_the_last_order() -> None:
+    facts = customer(orders=[(3.5, "1")])
+    assert facts.last_order_at is not None
+    ten_years = timedelta(days=3652)
+    assert_next_change(
+        facts, facts.last_order_at + ten_years, {"lapse": "lapsed"}, lapsing_after("3652")
+    )
+
+
+def test_a_threshold_past_year_9999_is_never_reached() -> None:
+    for days in (str(10**9), str(10**300)):
+        result = evaluate(lapsing_after(days), customer(orders=[(1, "1")]), NOW, {}, EMPTY)
+        assert result.assignments["lapse"].segment == "recent"
+        assert result.next_change_at is None
+
+
+def test_a_crossing_just_before_the_last_representable_instant_is_found() -> None:
+    facts = customer(orders=[(1, "1")])
+    assert facts.last_order_at is not None
+    days = (datetime.max.replace(tzinfo=UTC) - facts.last_order_at) // timedelta(days=1)
+    definitions = lapsing_after(str(days))
+    first = evaluate(definitions, facts, NOW, {}, EMPTY)
+    moment = first.next_change_at
+    # Days near 3 million are floats 40 microseconds apart: the flip is where they say so.
+    assert moment is not None
+    assert abs(moment - (facts.last_order_at + timedelta(days=days))) < timedelta(seconds=1)
+    assert changes_at(definitions, facts, first, moment - MICROSECOND) == {}
+    assert changes_at(definitions, facts, first, moment) == {"lapse": "lapsed"}
+    too_far = evaluate(lapsing_after(str(days + 2)), facts, NOW, {}, EMPTY)
+    assert too_far.next_change_at is None
+
+
+def test_a_1000_day_rule_changes_even_from_the_first_day() -> None:
     definitions = load_definitions(
         """
         dimensions:
@@ -173,11 +229,9 @@ def test_changes_beyond_400_days_are_not_reported() -> None:
               old: days_since_first_order >= 1000
         """
     )
-    assert evaluate(definitions, customer(orders=[(1, "1")]), NOW, {}, EMPTY).next_change_at is None
-    facts = customer(orders=[(700, "1")])
-    assert evaluate(definitions, facts, NOW, {}, EMPTY).next_change_at == ago(700) + timedelta(
-        days=1000
-    )
+    for age in (1, 700):
+        facts = customer(orders=[(age, "1")])
+        assert_next_change(facts, ago(age) + timedelta(days=1000), {"tenure": "old"}, definitions)
 
 
 def test_next_change_is_in_the_timezone_of_now() -> None:
@@ -187,3 +241,15 @@ def test_next_change_is_in_the_timezone_of_now() -> None:
     assert result.next_change_at is not None
     assert result.next_change_at.tzinfo == plus_two
     assert result.next_change_at == ago(10) + timedelta(days=30)
+
+
+@given(
+    st.floats(-1e6, 1e6, allow_nan=False)
+    | st.floats(1e6, 1e300)
+    | st.integers(0, 10**12)
+    | st.decimals(0, 10**7, places=6)
+)
+def test_crossing_offsets_are_where_days_between_flips(threshold: float | int | Decimal) -> None:
+    at_least, above = crossing_offsets(threshold)
+    assert (at_least - 1) / MICROSECONDS_PER_DAY < threshold <= at_least / MICROSECONDS_PER_DAY
+    assert (above - 1) / MICROSECONDS_PER_DAY <= threshold < above / MICROSECONDS_PER_DAY

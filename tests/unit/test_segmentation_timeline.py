@@ -3,6 +3,7 @@ next change found with them equals the one found by the walk it replaced."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -22,7 +23,13 @@ from shared.segmentation import (
     evaluate,
 )
 from shared.segmentation import evaluation as core
-from shared.segmentation.metrics import METRICS, MICROSECONDS_PER_DAY, Window, days_between
+from shared.segmentation.metrics import (
+    METRICS,
+    MICROSECONDS_PER_DAY,
+    Window,
+    crossing_offsets,
+    days_between,
+)
 from shared.segmentation.timeline import Timeline
 from tests.unit.test_segmentation_properties import (
     BASE,
@@ -103,7 +110,7 @@ def test_window_exits_equal_the_walk(
     )
     thresholds = data.draw(st.lists(threshold, max_size=5))
 
-    found = set(Timeline(facts).window_exits(window, now, thresholds, core._HORIZON_US))
+    found = set(Timeline(facts).window_exits(window, now, thresholds))
 
     assert found == set(walked_window_exits(window, facts, now, thresholds))
 
@@ -137,7 +144,8 @@ def walked_next_change_at(
             thresholds.extend(population.edges.get(score, ()))
         metric = METRICS[dependence.metric]
         if metric.anchor is not None:
-            offsets = core._crossings(metric.anchor(facts), now, env[dependence.metric], thresholds)
+            anchor = metric.anchor(facts)
+            offsets = walked_crossings(anchor, now, env[dependence.metric], thresholds)
         else:
             assert metric.window is not None
             offsets = walked_window_exits(metric.window, facts, now, thresholds)
@@ -149,7 +157,7 @@ def walked_next_change_at(
         if limits:
             since = current[dimension.name].since
             days = days_between(since, now)
-            for offset in core._crossings(since, now, days, limits):
+            for offset in walked_crossings(since, now, days, limits):
                 moments[offset] = moments.get(offset, 0) | 1 << index
     for offset in sorted(moments):
         moment = now + timedelta(microseconds=offset)
@@ -161,6 +169,20 @@ def walked_next_change_at(
                 if rule.name != prior.segment:
                     return moment
     return None
+
+
+def walked_crossings(
+    anchor: datetime | None, now: datetime, value: Any, thresholds: list[Any]
+) -> Iterator[int]:
+    """Every crossing still ahead, however far."""
+    if anchor is None or value is None:
+        return
+    since_anchor = (now - anchor) // MICROSECOND
+    for threshold in thresholds:
+        if value <= threshold and math.isfinite(threshold):
+            for offset in crossing_offsets(threshold):
+                if offset > since_anchor:
+                    yield offset - since_anchor
 
 
 def walked_window_exits(
@@ -179,6 +201,6 @@ def walked_window_exits(
     for ahead, amount in inside:
         after = value - (amount if window.measure == "spend" else 1)
         low, high = min(after, value), max(after, value)
-        if ahead <= core._HORIZON_US and any(low <= c <= high for c in thresholds):
+        if any(low <= c <= high for c in thresholds):
             yield ahead
         value = after

@@ -12,10 +12,10 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
-Scope = Literal["segments:read", "admin"]
-SCOPES: Final[tuple[Scope, ...]] = ("segments:read", "admin")
+Scope = Literal["segments:read", "definitions:read", "definitions:write", "admin"]
+SCOPES: Final[tuple[Scope, ...]] = get_args(Scope)
 _KEY = re.compile(r"ssk_([0-9a-f]{12})_[A-Za-z0-9_\-]{43}")
 
 

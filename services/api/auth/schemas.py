@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.api.auth.keys import Scope
+from services.api.auth.keys import SCOPES, Scope
 
 
 class KeyView(BaseModel):
@@ -24,7 +24,7 @@ class NewKeyRequest(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
-    scopes: list[Scope] = Field(min_length=1, max_length=2)
+    scopes: list[Scope] = Field(min_length=1, max_length=len(SCOPES))
 
 
 class NewKey(KeyView):

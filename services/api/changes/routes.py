@@ -22,7 +22,7 @@ _EXAMPLE = (
     '"subject":"c-1042","time":"2026-01-10T08:00:00Z","datacontenttype":"application/json",'
     '"dataschema":"urn:streamseg:schema:segment_change:v1","data":{"customer_id":"c-1042",'
     '"dimension":"lifecycle","from_segment":"new","to_segment":"active","reason":"...",'
-    '"definition_version":1,"caused_by_event_time":null,'
+    '"cause":"time","definition_version":1,"caused_by_event_time":null,'
     '"evaluated_at":"2026-01-10T08:00:00Z","sequence":3}}\n\n'
 )
 

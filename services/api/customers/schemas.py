@@ -10,6 +10,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from shared.events.limits import ID_MAX_LENGTH, ID_PATTERN
+from shared.events.segment_change import Cause
 
 BATCH_MAX_IDS = 500
 
@@ -114,9 +115,11 @@ class HistoryEntry(BaseModel):
     change_id: UUID = Field(description="The change event's id, the same as on Kafka")
     dimension: str
     from_segment: str | None = Field(description="null for the customer's first assignment")
-    to_segment: str
+    to_segment: str | None = Field(
+        description="null when the dimension was removed from the definitions (an exit)"
+    )
     reason: str
-    cause: str = Field(description="What triggered the evaluation: an event, time, definitions")
+    cause: Cause = Field(description="Why the customer was evaluated (docs/events.md, Causes)")
     definition_version: int
     caused_by_event_at: datetime | None
     evaluated_at: datetime
