@@ -79,7 +79,6 @@ ENGAGED_WITHIN_5_DAYS = DEFAULTS.replace(
 ).replace("days_since_last_interaction >= 7", "days_since_last_interaction >= 5")
 SEED_CHUNK = 5000
 INTERACTION_KINDS = ("page_view", "product_view", "add_to_cart", "login", "search")
-DAY = timedelta(days=1)
 RAW_REEVALUATIONS = 50_000
 GOAL_SECONDS = 120.0
 GOAL_P99_MS = 2000.0
@@ -87,8 +86,8 @@ GOAL_P99_MS = 2000.0
 
 def histories(first: int, n: int, now: datetime) -> list[History]:
     """Customers `first` to `first + n`, under the ids the live traffic draws (c0000000...):
-    0 to 4 orders in the last 400 days, 1 to 3 interactions in the last 40 days, so about
-    one in twenty was last seen 5 to 7 days ago and moves with the activation."""
+    0 to 4 orders in the last 400 days, 1 to 3 interactions in the last 40 days, so 6 to 8
+    in a hundred were last seen 5 to 7 days ago and move with the activation."""
     rng = random.Random(first)
     out = []
     for i in range(first, first + n):
