@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
-    qs = statistics.quantiles(values, n=1000, method="inclusive")
+    # quantiles() needs two points; one point is every percentile of itself.
+    qs = statistics.quantiles(
+        values * 2 if len(values) == 1 else values, n=1000, method="inclusive"
+    )
     return {
         "n": len(values),
         "p50_ms": round(qs[499] * 1000, 1),
@@ -60,8 +64,15 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 async def produce_live(
-    bootstrap: str, orders: str, interactions: str, rate: float, seconds: float, customers: int
+    bootstrap: str,
+    orders: str,
+    interactions: str,
+    rate: float,
+    seconds: float,
+    customers: int,
+    until: asyncio.Event | None = None,
 ) -> int:
+    """Live events at `rate` for `seconds`, or until `until` is set; returns how many."""
     now = datetime.now(UTC)
     work = Workload(seed=11, customers=customers, start=now - timedelta(days=1), end=now)
     producer = make_producer(bootstrap, client_id="bench-live")
@@ -71,7 +82,7 @@ async def produce_live(
         loop = asyncio.get_running_loop()
         started = loop.time()
         pending = []
-        while loop.time() - started < seconds:
+        while loop.time() - started < seconds and not (until and until.is_set()):
             due = int((loop.time() - started) * rate)
             while sent < due:
                 ev = work.event_at(datetime.now(UTC))
@@ -162,6 +173,88 @@ def start_profiler(pid: int, seconds: float, path: Path) -> subprocess.Popen[byt
     )
 
 
+@dataclass(frozen=True)
+class PrivateStack:
+    """A run's own schema, topics and cache prefix on the shared stack."""
+
+    tag: str
+    schema: str
+    orders: str
+    interactions: str
+    changes: str
+
+    @classmethod
+    def new(cls) -> PrivateStack:
+        tag = uuid.uuid4().hex[:8]
+        orders, interactions, changes = (
+            f"bench-{n}-{tag}" for n in ("orders", "interactions", "changes")
+        )
+        return cls(tag, f"bench_{tag}", orders, interactions, changes)
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.orders, self.interactions, self.changes]
+
+    @property
+    def cache_prefix(self) -> str:
+        return f"bench:{self.tag}:"
+
+    def service_env(self, env: dict[str, str]) -> dict[str, str]:
+        return env | {
+            "STREAMSEG_DATABASE_SCHEMA": self.schema,
+            "STREAMSEG_REDIS_KEY_PREFIX": self.cache_prefix,
+            "STREAMSEG_INGEST_ORDERS_TOPIC": self.orders,
+            "STREAMSEG_INGEST_INTERACTIONS_TOPIC": self.interactions,
+            "STREAMSEG_INGEST_GROUP_ID": f"bench-{self.tag}",
+            "STREAMSEG_INGEST_OPS_PORT": "0",
+            "STREAMSEG_SEGMENTER_CHANGES_TOPIC": self.changes,
+            "STREAMSEG_SEGMENTER_OPS_PORT": "0",
+            "PYTHONPATH": str(ROOT),
+        }
+
+    async def create(self, env: dict[str, str]) -> Any:
+        """The topics and the migrated schema; returns an engine on the schema."""
+        await ensure_topics(
+            env["STREAMSEG_KAFKA_BOOTSTRAP"], [TopicSpec(t, 4) for t in self.topics]
+        )
+        engine = create_engine(env["STREAMSEG_DATABASE_URL"], self.schema)
+        await upgrade(engine, self.schema)
+        return engine
+
+    async def drop(self, env: dict[str, str], engine: Any) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{self.schema}" CASCADE'))
+        await engine.dispose()
+        await delete_topics(
+            env["STREAMSEG_KAFKA_BOOTSTRAP"],
+            [*self.topics, dlq_topic(self.orders), dlq_topic(self.interactions)],
+        )
+        await forget_cache(env["STREAMSEG_REDIS_URL"], self.cache_prefix)
+
+
+def start_services(service_env: dict[str, str], names: list[str]) -> list[subprocess.Popen[bytes]]:
+    """`python -m services.<name>` for each name, logging to .stack/bench-<name><i>.log."""
+    logs = ROOT / ".stack"
+    logs.mkdir(exist_ok=True)
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=ROOT,
+            env=service_env,
+            stdout=(logs / f"bench-{name}{i}.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for i, name in enumerate(names)
+    ]
+
+
+def stop_services(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(30)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
@@ -174,40 +267,12 @@ async def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     env = stack_env()
-    bootstrap, url = env["STREAMSEG_KAFKA_BOOTSTRAP"], env["STREAMSEG_DATABASE_URL"]
-    tag = uuid.uuid4().hex[:8]
-    schema = f"bench_{tag}"
-    orders, interactions, changes = (
-        f"bench-{n}-{tag}" for n in ("orders", "interactions", "changes")
-    )
-    topics = [orders, interactions, changes]
-    await ensure_topics(bootstrap, [TopicSpec(t, 4) for t in topics])
-    engine = create_engine(url, schema)
-    await upgrade(engine, schema)
-    service_env = env | {
-        "STREAMSEG_DATABASE_SCHEMA": schema,
-        "STREAMSEG_REDIS_KEY_PREFIX": f"bench:{tag}:",
-        "STREAMSEG_INGEST_ORDERS_TOPIC": orders,
-        "STREAMSEG_INGEST_INTERACTIONS_TOPIC": interactions,
-        "STREAMSEG_INGEST_GROUP_ID": f"bench-{tag}",
-        "STREAMSEG_INGEST_OPS_PORT": "0",
-        "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes,
-        "STREAMSEG_SEGMENTER_OPS_PORT": "0",
-        "PYTHONPATH": str(ROOT),
-    }
-    logs = ROOT / ".stack"
-    logs.mkdir(exist_ok=True)
+    bootstrap = env["STREAMSEG_KAFKA_BOOTSTRAP"]
+    stack = PrivateStack.new()
+    orders, interactions = stack.orders, stack.interactions
+    engine = await stack.create(env)
     names = ["ingest", *(["segmenter"] * args.segmenters)]
-    procs = [
-        subprocess.Popen(  # noqa: ASYNC220 - started once, then only waited for
-            [sys.executable, "-m", f"services.{name}"],
-            cwd=ROOT,
-            env=service_env,
-            stdout=(logs / f"bench-{name}{i}.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        for i, name in enumerate(names)
-    ]
+    procs = start_services(stack.service_env(env), names)
     try:
         await asyncio.sleep(3)
         first_due = datetime.now(UTC) + timedelta(seconds=args.warmup + 5)
@@ -275,15 +340,8 @@ async def main() -> None:
             )
         cpu = [cpu_seconds(p.pid) for p in procs]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
-        async with engine.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await engine.dispose()
-        await delete_topics(bootstrap, [*topics, dlq_topic(orders), dlq_topic(interactions)])
-        await forget_cache(env["STREAMSEG_REDIS_URL"], f"bench:{tag}:")
+        stop_services(procs)
+        await stack.drop(env, engine)
     figures: dict[str, Any] = {
         "offered_rate_per_s": args.rate,
         "achieved_rate_per_s": round(sent / (ended - started).total_seconds()),
