@@ -450,7 +450,11 @@ async def mark_with_args(conn: asyncpg.Connection, args: tuple[Any, ...], due_at
         SELECT u.customer_id, $2, u.cause_event_at
         FROM unnest($1::text::text[], $3::timestamptz[]) AS u(customer_id, cause_event_at)
         ON CONFLICT (customer_id) DO UPDATE SET
-            due_at = LEAST(q.due_at, EXCLUDED.due_at),
+            -- A backfill's row becomes live, due from this event: kept at the backfill's
+            -- older time, it would make the live backlog look as old as the backfill's,
+            -- and the backfill feeder waits while the live backlog is old.
+            due_at = CASE WHEN q.cause = 'definitions' THEN EXCLUDED.due_at
+                          ELSE LEAST(q.due_at, EXCLUDED.due_at) END,
             cause_event_at = GREATEST(q.cause_event_at, EXCLUDED.cause_event_at),
             cause = 'event',
             enqueued_at = now()

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.ingest import repository as ingest
 from services.segmenter import definitions, queue
 from services.segmenter.backfill import BackfillFeeder
 from services.segmenter.metrics import SegmenterMetrics
@@ -271,6 +272,23 @@ async def test_live_rows_are_leased_before_a_backfill(engine: AsyncEngine) -> No
     assert sorted(first[:5]) == [f"l{i}" for i in range(1, 6)]
     assert all(c.startswith("b") for c in first[5:])
     assert len(first) == 8
+
+
+async def test_an_event_makes_a_backfill_row_live_and_due_from_the_event(
+    engine: AsyncEngine,
+) -> None:
+    async with pg_connection(engine) as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO segmentation_queue (customer_id, due_at, cause)"
+            " VALUES ('b1', $1::timestamptz - interval '1 hour', 'definitions'),"
+            " ('l1', $1::timestamptz - interval '1 hour', 'time')",
+            NOW,
+        )
+        await ingest.mark_for_segmentation(conn, ["b1", "l1"], NOW, [NOW, NOW])
+        rows = await conn.fetch("SELECT customer_id, due_at, cause FROM segmentation_queue")
+    found = {r["customer_id"]: (r["due_at"], r["cause"]) for r in rows}
+    # The backfill's row is live now, due from the event; a live row keeps its earlier time.
+    assert found == {"b1": (NOW, "event"), "l1": (NOW - timedelta(hours=1), "event")}
 
 
 async def test_no_evaluation_under_the_old_version_commits_after_the_activation(
