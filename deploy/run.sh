@@ -63,6 +63,10 @@ wait_healthy api http://127.0.0.1:8100/readyz
 KEY=$(.venv/bin/python -m services.api.keys create --name "make run $(date -u +%FT%TZ)" \
   --scope segments:read 2>/dev/null | sed -n 's/^key: *//p')
 [ -n "$KEY" ] || { echo "[run] ERROR: could not create an API key" >&2; exit 1; }
+# A second key, for whoever changes the definitions: reading segments does not need it.
+DEFS_KEY=$(.venv/bin/python -m services.api.keys create --name "make run definitions $(date -u +%FT%TZ)" \
+  --scope definitions:read --scope definitions:write 2>/dev/null | sed -n 's/^key: *//p')
+[ -n "$DEFS_KEY" ] || { echo "[run] ERROR: could not create an API key" >&2; exit 1; }
 
 # Live traffic: a history of past shoppers first, then new events every second.
 .venv/bin/python -m services.loadgen --rate "${STREAMSEG_RUN_RATE:-50}" \
@@ -79,6 +83,8 @@ StreamSeg is running with live shopper traffic. Ctrl-C stops everything.
   try:        curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:8100/v1/customers/c0000000/segments
               curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:8100/v1/segments
               curl -N -H "Authorization: Bearer $KEY" http://127.0.0.1:8100/v1/changes/stream
+  definitions key: $DEFS_KEY
+  try:        STREAMSEG_API_KEY=$DEFS_KEY .venv/bin/python -m services.cli definitions list
   metrics:    http://127.0.0.1:8100/metrics  http://127.0.0.1:8101/metrics  http://127.0.0.1:8102/metrics
   logs:       $LOGS
 MSG
