@@ -33,6 +33,11 @@ class SegmenterMetrics:
             "Batches rolled back because newer population stats were stored meanwhile",
             registry=registry,
         )
+        self.definitions_retries = Counter(
+            "streamseg_segmenter_definitions_retries_total",
+            "Batches rolled back because another definitions version was activated meanwhile",
+            registry=registry,
+        )
         self.cache_repairs = Counter(
             "streamseg_segmenter_cache_repairs_total",
             "Customers queued for a cache repair: Redis could not mark them stale before commit",

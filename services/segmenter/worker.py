@@ -132,7 +132,7 @@ class Evaluator:
                 # Rolled back like a population move: activation committed another version,
                 # and nothing evaluated under the old one may commit after it.
                 await definitions.sync(conn, self.ruleset)
-                self._metrics.population_retries.inc()
+                self._metrics.definitions_retries.inc()
                 log.info("definitions_moved_during_batch", customers=len(due), error=str(exc))
                 return len(due)
             except PopulationMovedError as exc:
