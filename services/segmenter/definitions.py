@@ -10,7 +10,6 @@ its commit (the FOR SHARE read in repository.save_state) rolls back and switches
 from __future__ import annotations
 
 import asyncio
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from services.segmenter import repository as repo
 from services.segmenter.ruleset import Ruleset
 from shared.db.engine import pg_connection
 from shared.definitions import repository as store
+from shared.definitions.activation import parse_stored
 from shared.retry import Backoff, Retry, repeat_until_stopped
 from shared.segmentation import DefinitionError, Definitions, PopulationStats, load_definitions
 
@@ -29,10 +29,8 @@ log = structlog.get_logger("segmenter.definitions")
 SEEDER = "segmenter"
 
 
-@functools.lru_cache(maxsize=32)
-def parse(content: str) -> Definitions:
-    """Stored contents were valid when stored, and never change: each is parsed once."""
-    return load_definitions(content)
+# Stored contents never change: parsed once per process, in the cache the API shares.
+parse = parse_stored
 
 
 @dataclass(frozen=True, slots=True)
