@@ -1,0 +1,85 @@
+"""Traits: who a customer is (where they live, their age, interests, consent).
+
+The vocabulary is shared by the profile event contract (shared/events/customers.py), the
+stored form (`customer_traits.traits`, one JSON object per customer) and conditions, where
+each trait, or a metric derived from one (`age`, `days_since_signup`), is a name.
+
+Stored values are JSON: strings, numbers, booleans, lists of strings, and dates and times
+as ISO 8601 text. `decode_traits` turns them into the values the core compares.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+TraitValue = str | int | float | bool | date | datetime | tuple[str, ...] | None
+
+
+class TraitKind(enum.StrEnum):
+    """How a trait's value is typed: in the event contract, in storage, in conditions."""
+
+    STRING = "string"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    STRINGS = "strings"  # a list of strings, tested with `contains`
+    DATE = "date"
+    TIME = "time"
+
+
+@dataclass(frozen=True, slots=True)
+class Trait:
+    name: str
+    kind: TraitKind
+    description: str
+
+
+BUILT_IN_TRAITS: Mapping[str, Trait] = {
+    trait.name: trait
+    for trait in (
+        Trait("country", TraitKind.STRING, "ISO 3166-1 alpha-2 country code, upper case"),
+        Trait("region", TraitKind.STRING, "region or state"),
+        Trait("city", TraitKind.STRING, "city"),
+        Trait("postal_code", TraitKind.STRING, "postal code"),
+        Trait("birth_date", TraitKind.DATE, "date of birth; conditions use `age`"),
+        Trait("gender", TraitKind.STRING, "gender, as the shop records it"),
+        Trait("signup_channel", TraitKind.STRING, "where the customer signed up (web, app...)"),
+        Trait("signup_at", TraitKind.TIME, "when the customer signed up"),
+        Trait("interests", TraitKind.STRINGS, "interests or keyword tags"),
+        Trait("marketing_consent", TraitKind.BOOLEAN, "consent to marketing messages"),
+    )
+}
+
+
+def decode_value(kind: TraitKind, raw: Any) -> TraitValue:
+    """A stored JSON value as the core compares it; None for a missing or cleared trait."""
+    if raw is None:
+        return None
+    if kind is TraitKind.DATE:
+        return date.fromisoformat(raw)
+    if kind is TraitKind.TIME:
+        return datetime.fromisoformat(raw)
+    if kind is TraitKind.STRINGS:
+        return tuple(raw)
+    if kind is TraitKind.NUMBER:
+        return raw if isinstance(raw, int | float) and not isinstance(raw, bool) else float(raw)
+    return raw  # type: ignore[no-any-return]
+
+
+def decode_traits(
+    stored: Mapping[str, Any] | None, custom: Mapping[str, TraitKind] | None = None
+) -> dict[str, TraitValue]:
+    """`customer_traits.traits` as typed values: built-in traits and the custom traits the
+    definitions declare (`custom`: name -> kind). Traits nobody declared are left out."""
+    if not stored:
+        return {}
+    out: dict[str, TraitValue] = {}
+    for name, raw in stored.items():
+        trait = BUILT_IN_TRAITS.get(name)
+        kind = trait.kind if trait is not None else (custom or {}).get(name)
+        if kind is not None and raw is not None:
+            out[name] = decode_value(kind, raw)
+    return out
