@@ -93,7 +93,7 @@ def evaluate(
     definitions no longer have, count as no previous segment. Set `find_next_change=False`
     to skip the next-change search (previews)."""
     _require_aware(now)
-    timeline = Timeline(facts)
+    timeline = Timeline(facts, definitions.event_metrics)
     env = _environment(definitions, timeline.metrics(now), population)
     decisions = {}
     for dimension in definitions.dimensions:
@@ -126,7 +126,8 @@ def matching_segments(
     """Every segment whose rule matches, per dimension, without settling (for previews and
     tests: valid definitions give exactly one per dimension)."""
     _require_aware(now)
-    env = _environment(definitions, compute_fact_metrics(facts, now), population)
+    metrics = compute_fact_metrics(facts, now, definitions.event_metrics)
+    env = _environment(definitions, metrics, population)
     found = {}
     for dimension in definitions.dimensions:
         _set_previous(dimension, env, previous.get(dimension.name), now)
@@ -253,8 +254,8 @@ def _breakpoints(
             anchor = metric.anchor(timeline.facts)
             offsets = _crossings(anchor, now, env[dependence.metric], thresholds, room)
         else:
-            assert metric.window is not None
-            offsets = timeline.window_exits(metric.window, now, thresholds)
+            assert metric.leaves_window
+            offsets = timeline.window_exits(dependence.metric, now, thresholds)
         for offset in offsets:
             if offset <= room:
                 moments[offset] = moments.get(offset, 0) | dependence.dimension_mask

@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.segmentation.conditions import Condition, compile_condition
+if TYPE_CHECKING:
+    from shared.segmentation.conditions import Condition
 
 ZERO = Decimal(0)
 
@@ -90,7 +91,11 @@ class EventFilter:
     def __post_init__(self) -> None:
         key = _short_hash(self.source, ",".join(sorted(self.types)), self.where_source)
         object.__setattr__(self, "key", key)
-        predicate = None if self.where is None else compile_condition(self.where)
+        predicate = None
+        if self.where is not None:
+            from shared.segmentation.conditions import compile_condition
+
+            predicate = compile_condition(self.where)
         object.__setattr__(self, "_predicate", predicate)
 
     def matches(self, properties: Mapping[str, Any]) -> bool:

@@ -387,7 +387,7 @@ def _time_dependences(
 ) -> tuple[TimeDependence, ...]:
     dependences = []
     for name, metric in METRICS.items():
-        if metric.anchor is None and metric.window is None:
+        if metric.anchor is None and not metric.leaves_window:
             continue
         constants = sorted(set().union(*(d.thresholds.get(name, ()) for d in dimensions)))
         cutoffs = sorted(set().union(*(d.cutoff_refs.get(name, ()) for d in dimensions)))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from shared.segmentation.conditions import Condition, Env, Predicate, explain
+from shared.segmentation.events import EventMetric
 from shared.segmentation.metrics import Number
 
 
@@ -132,6 +133,8 @@ class Definitions:
     referenced_metrics: frozenset[str] = field(repr=False)
     # For the next-change search; days_in_segment is per dimension, so it is not here.
     time_dependences: tuple[TimeDependence, ...] = field(repr=False)
+    # Declared event metrics (`metrics:`), by name; the built-in ones are in METRICS.
+    event_metrics: Mapping[str, EventMetric] = field(default_factory=dict, repr=False)
 
     def dimension(self, name: str) -> Dimension:
         """The dimension called `name` (KeyError if there is none)."""

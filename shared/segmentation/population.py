@@ -71,7 +71,7 @@ def population_sample(
 ) -> dict[str, MetricValue]:
     """One customer's values of `definitions.population_metrics`, for the service to collect
     into the columns `compute_population_stats` takes."""
-    metrics = compute_fact_metrics(facts, now)
+    metrics = compute_fact_metrics(facts, now, definitions.event_metrics)
     return {name: metrics[name] for name in definitions.population_metrics}
 
 
