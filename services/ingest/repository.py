@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -47,6 +47,8 @@ class OrderChange:
     channel: str | None = None
     refunded: Decimal = Decimal(0)
     cancelled_at: datetime | None = None
+    currency: str | None = None
+    items: str | None = None  # the placement's lines as JSON, unit prices in base currency
 
 
 async def claim_partitions(
@@ -205,6 +207,8 @@ def order_args(changes: Sequence[OrderChange]) -> tuple[Any, ...]:
         decimal_array([c.refunded for c in changes]),
         [c.cancelled_at for c in changes],
         text_array([c.placed_event_id for c in changes]),
+        text_array([c.currency for c in changes]),
+        text_array([c.items for c in changes]),
     )
 
 
@@ -227,14 +231,18 @@ _COUNTED_BEFORE = """CASE WHEN o.placed_at IS NOT NULL AND o.cancelled_at IS NUL
                    THEN GREATEST(o.amount - o.refunded, 0) END"""
 _ORDERS_UPSERT = f"""
     INSERT INTO orders AS o (customer_id, order_id, placed_at, amount, channel, refunded,
-                             cancelled_at, placed_event_id)
-    SELECT * FROM unnest($1::text::text[], $2::text::text[], $3::timestamptz[],
-                         $4::text::numeric[], $5::text::text[], $6::text::numeric[],
-                         $7::timestamptz[], $8::text::text[])
+                             cancelled_at, placed_event_id, currency, items)
+    SELECT u.c, u.o, u.p, u.a, u.ch, u.r, u.x, u.e, u.cu, u.i::jsonb
+    FROM unnest($1::text::text[], $2::text::text[], $3::timestamptz[],
+                $4::text::numeric[], $5::text::text[], $6::text::numeric[],
+                $7::timestamptz[], $8::text::text[], $9::text::text[], $10::text::text[])
+         AS u(c, o, p, a, ch, r, x, e, cu, i)
     ON CONFLICT (customer_id, order_id) DO UPDATE SET
         placed_at = CASE WHEN {_WINS} THEN EXCLUDED.placed_at ELSE o.placed_at END,
         amount = CASE WHEN {_WINS} THEN EXCLUDED.amount ELSE o.amount END,
         channel = CASE WHEN {_WINS} THEN EXCLUDED.channel ELSE o.channel END,
+        currency = CASE WHEN {_WINS} THEN EXCLUDED.currency ELSE o.currency END,
+        items = CASE WHEN {_WINS} THEN EXCLUDED.items ELSE o.items END,
         placed_event_id = CASE WHEN {_WINS} THEN EXCLUDED.placed_event_id
                                ELSE o.placed_event_id END,
         refunded = o.refunded + EXCLUDED.refunded,
@@ -311,13 +319,30 @@ async def apply_batch(
         await conn.execute(_RECOUNT_SQL, sorted(recount))
 
 
+InteractionRecord = tuple[str, datetime, str, str, str | None]
+PendingRecord = tuple[str, str | None, str | None, datetime | None, str | None, str | None]
+
+
 async def insert_interactions(
-    conn: asyncpg.Connection, rows: Sequence[tuple[str, datetime, str]]
+    conn: asyncpg.Connection,
+    rows: Sequence[InteractionRecord],
+    pending: Sequence[PendingRecord] = (),
 ) -> None:
-    """Append interaction times (customer_id, occurred_at, type) for the rolling windows."""
+    """Append interactions (customer_id, occurred_at, type, event_id, properties as JSON)
+    kept for the retention, and record what the batch changed for the segmenter's read
+    model (fact_changes: customer_id, order_id, event_id, occurred_at, type, properties):
+    every interaction, however old, and every order the batch touched."""
     if rows:
         await conn.copy_records_to_table(
-            "interactions", records=rows, columns=("customer_id", "occurred_at", "type")
+            "interactions",
+            records=rows,
+            columns=("customer_id", "occurred_at", "type", "event_id", "properties"),
+        )
+    if pending:
+        await conn.copy_records_to_table(
+            "fact_changes",
+            records=pending,
+            columns=("customer_id", "order_id", "event_id", "occurred_at", "type", "properties"),
         )
 
 
@@ -377,7 +402,7 @@ _ORDERS_AND_TOUCH_SQL = f"""
         INSERT INTO customer_aggregates AS a (
             {", ".join(_TOUCH_COLUMNS)}, order_count, net_spend, first_order_at, last_order_at)
         SELECT u.*, COALESCE(d.n, 0), COALESCE(d.spend, 0), d.first_at, d.last_at
-        FROM unnest({_touch_arrays(9)}) AS u({", ".join(_TOUCH_COLUMNS)})
+        FROM unnest({_touch_arrays(11)}) AS u({", ".join(_TOUCH_COLUMNS)})
         LEFT JOIN d ON d.customer_id = u.customer_id
         ORDER BY u.customer_id
         ON CONFLICT (customer_id) DO UPDATE SET {_TOUCH_UPDATES}, {_ORDER_TOTALS_UPDATES}
@@ -462,6 +487,22 @@ async def mark_with_args(conn: asyncpg.Connection, args: tuple[Any, ...], due_at
         ids,
         due_at,
         causes,
+    )
+
+
+async def record_retention(
+    conn: asyncpg.Connection, source: str, retention: timedelta, setting: str
+) -> None:
+    """Record how long rows of `source` are kept, and the setting that says so."""
+    await conn.execute(
+        """
+        INSERT INTO ingest_retention (source, retention, setting) VALUES ($1, $2, $3)
+        ON CONFLICT (source) DO UPDATE SET retention = EXCLUDED.retention,
+            setting = EXCLUDED.setting, updated_at = now()
+        """,
+        source,
+        retention,
+        setting,
     )
 
 

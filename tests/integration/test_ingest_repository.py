@@ -63,7 +63,7 @@ async def test_windows_expire_as_time_passes_without_events(conn: Any) -> None:
         await repo.apply_orders(
             conn, [repo.OrderChange("c1", "o1", placed_at=placed, amount=Decimal("50"))]
         )
-        await repo.insert_interactions(conn, [("c1", viewed, "page_view")])
+        await repo.insert_interactions(conn, [("c1", viewed, "page_view", "e-1", None)])
         await repo.touch_customers(
             conn,
             [repo.CustomerTouch("c1", {"page_view": 1}, viewed, last_event_at=viewed)],
