@@ -23,8 +23,7 @@ from services.ingest.batch import build_changes
 from shared.db.engine import pg_connection
 from shared.events.interactions import EmailClick, Login, PageView
 from shared.events.orders import LineItem, OrderCancelled, OrderPlaced, OrderRefunded
-from shared.facts import FactsPlan, read_facts, write_fold
-from shared.facts import reader
+from shared.facts import FactsPlan, read_facts, reader, write_fold
 from shared.segmentation.conditions import Compare, IsIn
 from shared.segmentation.events import (
     BUILT_IN_EVENT_METRICS,
