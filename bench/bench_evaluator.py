@@ -1,11 +1,18 @@
 """Throughput of one segmenter evaluator alone, without ingest or Kafka beside it.
 
-    .venv/bin/python -m bench.bench_evaluator [--customers 5000]
+    .venv/bin/python -m bench.bench_evaluator [--customers 5000] [--sets defaults,declared]
+        [--rounds 1]
 
 Seeds customers through ingest's own SQL (tests/support/segmenter.py), then times the
 first evaluation of all of them (every segment is a change: history, outbox, Redis) and a
 second, steady-state one (nothing changed). Prints customers/s, and the time per repository
 call and per Redis call (the stale mark before commit, the documents after).
+
+Each set of definitions runs on a schema of its own, seeded alike, one after the other,
+`--rounds` times: `defaults` (the shipped definitions) and `declared` (the same with the
+20 event metrics of DECLARED on top, built as `EventMetric` values: the loader on main has
+no `metrics:` section, no trait conditions and no audiences yet; each windowed count or
+sum is read as far as a constant needs, as a condition comparing them would make it).
 """
 
 from __future__ import annotations
@@ -14,24 +21,40 @@ import argparse
 import asyncio
 import collections
 import functools
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
 
 import services.segmenter.queue as queue
 import services.segmenter.repository as repo
+from bench.bench_history_cost import POPULATION, ThresholdedRuleset, with_metrics
 from bench.bench_ingest import stack_env
 from services.ingest import repository as ingest
+from services.segmenter.ruleset import Ruleset
 from shared.clock import FixedClock
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
 from shared.redis import make_redis
 from shared.segment_cache import SegmentCache
+from shared.segmentation import PopulationStats
+from shared.segmentation.conditions import Compare, IsIn
+from shared.segmentation.events import (
+    ALL_INTERACTIONS,
+    ALL_ORDERS,
+    EventFilter,
+    EventMetric,
+    EventSource,
+    MetricKind,
+)
+from shared.segmentation.facts import Interaction
 from tests.integration.test_segmenter import NOW, random_histories
-from tests.support.segmenter import evaluator, ruleset, seed
+from tests.support.segmenter import History, evaluator, ruleset, seed
 
 SPENT: dict[str, float] = collections.defaultdict(float)
 
@@ -48,9 +71,165 @@ def timed(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitab
     return wrapper
 
 
+DAY = timedelta(days=1)
+
+
+def _orders(channel: str | None = None) -> EventFilter:
+    if channel is None:
+        return ALL_ORDERS
+    return EventFilter(
+        EventSource.ORDERS,
+        frozenset({"order_placed"}),
+        Compare("channel", "=", channel),
+        f"channel = '{channel}'",
+    )
+
+
+def _interactions(*types: str, where: Any = None, source: str = "") -> EventFilter:
+    return EventFilter(EventSource.INTERACTIONS, frozenset(types), where, source)
+
+
+SALE = IsIn("query", ("sale", "gift"), False)
+# 20 event metrics of every kind, over orders (by channel) and interactions (by type and
+# properties), windowed and lifetime; with the constant a condition would compare them to.
+DECLARED: list[tuple[EventMetric, Any]] = [
+    (EventMetric("app_orders_30d", MetricKind.COUNT, _orders("app"), None, 30 * DAY), 2),
+    (EventMetric("app_orders_365d", MetricKind.COUNT, _orders("app"), None, 365 * DAY), 5),
+    (EventMetric("web_orders_90d", MetricKind.COUNT, _orders("web"), None, 90 * DAY), 3),
+    (EventMetric("store_orders", MetricKind.COUNT, _orders("store"), None, None), None),
+    (
+        EventMetric("app_spend_90d", MetricKind.SUM, _orders("app"), "amount", 90 * DAY),
+        Decimal(200),
+    ),
+    (
+        EventMetric("web_spend_365d", MetricKind.SUM, _orders("web"), "amount", 365 * DAY),
+        Decimal(500),
+    ),
+    (EventMetric("store_spend", MetricKind.SUM, _orders("store"), "amount", None), None),
+    (EventMetric("currencies_365d", MetricKind.DISTINCT, ALL_ORDERS, "currency", 365 * DAY), None),
+    (EventMetric("first_app_order", MetricKind.FIRST, _orders("app"), None, None), None),
+    (EventMetric("last_web_order_90d", MetricKind.LAST, _orders("web"), None, 90 * DAY), None),
+    (
+        EventMetric(
+            "views_7d", MetricKind.COUNT, _interactions("page_view", "product_view"), None, 7 * DAY
+        ),
+        10,
+    ),
+    (EventMetric("carts_14d", MetricKind.COUNT, _interactions("add_to_cart"), None, 14 * DAY), 2),
+    (
+        EventMetric(
+            "email_clicks_14d", MetricKind.COUNT, _interactions("email_click"), None, 14 * DAY
+        ),
+        3,
+    ),
+    (EventMetric("logins_30d", MetricKind.COUNT, _interactions("login"), None, 30 * DAY), 4),
+    (
+        EventMetric(
+            "sale_searches_30d",
+            MetricKind.COUNT,
+            _interactions("search", where=SALE, source="query in [sale, gift]"),
+            None,
+            30 * DAY,
+        ),
+        1,
+    ),
+    (EventMetric("tickets", MetricKind.COUNT, _interactions("support_ticket"), None, None), None),
+    (
+        EventMetric(
+            "skus_viewed_30d", MetricKind.DISTINCT, _interactions("product_view"), "sku", 30 * DAY
+        ),
+        None,
+    ),
+    (EventMetric("types_7d", MetricKind.DISTINCT, ALL_INTERACTIONS, "type", 7 * DAY), None),
+    (EventMetric("first_click", MetricKind.FIRST, _interactions("email_click"), None, None), None),
+    (EventMetric("last_login_7d", MetricKind.LAST, _interactions("login"), None, 7 * DAY), None),
+]
+TYPES = ("page_view", "product_view", "add_to_cart", "search", "email_click", "login")
+
+
+def with_properties(histories: list[History], seed_: int) -> list[History]:
+    """The histories with their interactions spread over more types, with the properties
+    the declared metrics read (the same for every set)."""
+    rng = random.Random(seed_)
+    for h in histories:
+        h.interactions = [
+            Interaction(
+                i.at,
+                kind := rng.choice(TYPES),
+                {"sku": f"sku-{rng.randrange(500)}"}
+                if kind == "product_view"
+                else {"query": rng.choice(("shoes", "sale", "gift", "lamp"))}
+                if kind == "search"
+                else {},
+            )
+            for i in h.interactions
+        ]
+    return histories
+
+
+async def run_set(args: argparse.Namespace, name: str, env: dict[str, str], redis: Any) -> None:
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(env["STREAMSEG_DATABASE_URL"], schema)
+    try:
+        await upgrade(engine, schema)
+        histories = with_properties(random_histories(args.customers, 1, NOW), 2)
+        await seed(engine, histories, NOW)
+        async with engine.begin() as conn:
+            # Channels and currencies for the declared order metrics to tell apart.
+            await conn.execute(
+                text(
+                    "UPDATE orders SET"
+                    " currency = (ARRAY['EUR','USD','GBP'])[1 + abs(hashtext(order_id || 'c'))%3],"
+                    " channel = (ARRAY['app','web','store'])[1 + abs(hashtext(order_id)) % 3]"
+                )
+            )
+        stored = await ruleset(engine)
+        metrics = DECLARED if name == "declared" else []
+        defs = with_metrics(stored.definitions, metrics)
+        population = PopulationStats.from_dict(defs, POPULATION)
+        rules: Ruleset = ThresholdedRuleset(
+            defs,
+            stored.version,
+            population,
+            None,
+            tops={m.name: top for m, top in metrics if top is not None},
+        )
+        ev = evaluator(engine, SegmentCache(redis, f"{schema}:"), FixedClock(NOW), rules)
+        for phase in ("first", "steady"):
+            if phase == "steady":
+                async with pg_connection(engine) as conn, conn.transaction():
+                    ids = [h.customer_id for h in histories]
+                    await ingest.mark_for_segmentation(conn, ids, NOW, [NOW] * len(ids))
+            SPENT.clear()
+            started, cpu = time.perf_counter(), time.process_time()
+            while await ev.evaluate_due():
+                pass
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            redis_s = {k: SPENT.pop(k, 0.0) for k in ("mark_stale", "put_many")}
+            db = sum(SPENT.values())
+            calls = sorted(SPENT.items(), key=lambda kv: -kv[1])
+            print(
+                f"{name:8s} {phase:7s} {args.customers / elapsed:8.0f} customers/s"
+                f" ({1000 * cpu / args.customers:.3f} ms CPU each)"
+                f"  PostgreSQL {db / elapsed:4.0%} of the time:"
+                f" {', '.join(f'{k} {v:.2f}s' for k, v in calls)};"
+                f" Redis {', '.join(f'{k} {v:.3f}s' for k, v in redis_s.items())}",
+                flush=True,
+            )
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await engine.dispose()
+        keys = [k async for k in redis.scan_iter(match=f"{schema}:*")]
+        if keys:
+            await redis.delete(*keys)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=5000)
+    parser.add_argument("--sets", default="defaults,declared")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     for module, name in (
         (queue, "lease_due"),
@@ -65,42 +244,12 @@ async def main() -> None:
     ):
         setattr(module, name, timed(name, getattr(module, name)))
     env = stack_env()
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(env["STREAMSEG_DATABASE_URL"], schema)
     redis = make_redis(env["STREAMSEG_REDIS_URL"])
     try:
-        await upgrade(engine, schema)
-        histories = random_histories(args.customers, 1, NOW)
-        await seed(engine, histories, NOW)
-        ev = evaluator(
-            engine, SegmentCache(redis, f"{schema}:"), FixedClock(NOW), await ruleset(engine)
-        )
-        for phase in ("first", "steady"):
-            if phase == "steady":
-                async with pg_connection(engine) as conn, conn.transaction():
-                    ids = [h.customer_id for h in histories]
-                    await ingest.mark_for_segmentation(conn, ids, NOW, [NOW] * len(ids))
-            SPENT.clear()
-            started = time.perf_counter()
-            while await ev.evaluate_due():
-                pass
-            elapsed = time.perf_counter() - started
-            redis_s = {k: SPENT.pop(k, 0.0) for k in ("mark_stale", "put_many")}
-            db = sum(SPENT.values())
-            calls = sorted(SPENT.items(), key=lambda kv: -kv[1])
-            print(
-                f"{phase:7s} {args.customers / elapsed:8.0f} customers/s"
-                f"  PostgreSQL {db / elapsed:4.0%} of the time:"
-                f" {', '.join(f'{k} {v:.2f}s' for k, v in calls)};"
-                f" Redis {', '.join(f'{k} {v:.3f}s' for k, v in redis_s.items())}"
-            )
+        for _ in range(args.rounds):
+            for name in args.sets.split(","):
+                await run_set(args, name, env, redis)
     finally:
-        async with engine.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await engine.dispose()
-        keys = [k async for k in redis.scan_iter(match=f"{schema}:*")]
-        if keys:
-            await redis.delete(*keys)
         await redis.aclose()
 
 

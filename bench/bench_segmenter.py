@@ -13,6 +13,10 @@ topics), then:
    Kafka to within the producer's linger); for time-driven changes, lateness = evaluation
    time - the moment the change became due.
 
+Then, with the services stopped, the limits on this run's own records and schema: the raw
+aiokafka consume-and-decode rate of the live topics and the raw PostgreSQL upsert rate (as
+in `bench_ingest`).
+
 The commit time is when the change's history row became visible: the history's highest id
 is sampled every 50 ms during the run (ids follow commit order), so it is late by 25 ms on
 average. `event_to_evaluation` is the older figure, which stopped at the start of the
@@ -36,7 +40,13 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
-from bench.bench_ingest import cpu_seconds, forget_cache, stack_env
+from bench.bench_ingest import (
+    cpu_seconds,
+    forget_cache,
+    raw_consume_rate,
+    raw_upsert_rate,
+    stack_env,
+)
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
 from shared.events import Login, encode_event
@@ -249,8 +259,10 @@ def start_services(service_env: dict[str, str], names: list[str]) -> list[subpro
 
 
 def stop_services(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate and wait for each; safe to call again."""
     for p in procs:
-        p.terminate()
+        if p.poll() is None:
+            p.terminate()
     for p in procs:
         p.wait(30)
 
@@ -339,6 +351,16 @@ async def main() -> None:
                 .all()
             )
         cpu = [cpu_seconds(p.pid) for p in procs]
+        stop_services(procs)
+        # The limits, on this run's own records and schema once the services have stopped.
+        limits = {
+            "raw_consume_decode_per_s": round(
+                await raw_consume_rate(bootstrap, [orders, interactions], sent)
+            ),
+            "raw_pg_upsert_rows_per_s": round(
+                await raw_upsert_rate(env["STREAMSEG_DATABASE_URL"], stack.schema, 200_000, 50_000)
+            ),
+        }
     finally:
         stop_services(procs)
         await stack.drop(env, engine)
@@ -360,6 +382,7 @@ async def main() -> None:
         # Where a backlog built up, sampled each second during the live load.
         "max_segmenter_due_customers": max((d for d, _ in samples), default=0),
         "max_segmenter_oldest_due_s": round(max((a for _, a in samples), default=0.0), 2),
+        **limits,
     }
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     if args.json:
