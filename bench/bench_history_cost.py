@@ -1,7 +1,7 @@
 """Cost per new event as one customer's history grows: ingest and evaluation, per metric kind.
 
     .venv/bin/python -m bench.bench_history_cost [--histories 1,1000,50000] [--events 200]
-        [--sources orders,interactions] [--json out.json]
+        [--distinct-events 20] [--sources orders,interactions] [--json out.json]
 
 For each source (orders; interactions) and each set of declared event metrics (none beyond
 the defaults; two of each kind: count, sum, distinct count over few values, distinct count
@@ -13,7 +13,9 @@ initialises the read model from the stored rows, is timed on its own. Then `--ev
 one new event for that customer through ingest's batch code in one transaction (the dedup
 ledger, the rows, the aggregates, the queue, as the worker's `_apply` does, less the
 offsets), then one batch of the segmenter's `Evaluator`, which leases that customer,
-reads its facts (`read_facts`), evaluates and commits (`write_fold` included).
+reads its facts (`read_facts`), evaluates and commits (`write_fold` included); for the
+distinct counts of a value per event, whose state holds every value seen, `--distinct-events`
+times.
 
 Per event it prints the wall time, this process's CPU (`time.process_time`) and the CPU of
 the PostgreSQL backend serving each side (from /proc, the stack runs on this machine), and
@@ -368,6 +370,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--histories", default="1,1000,50000")
     parser.add_argument("--events", type=int, default=200, help="new events per customer")
+    parser.add_argument(
+        "--distinct-events",
+        type=int,
+        default=20,
+        help="new events per customer for the distinct counts of a value per event (slow)",
+    )
     parser.add_argument("--sources", default="orders,interactions")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
