@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pstats
 import subprocess
 import sys
 import time
@@ -213,6 +214,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def print_profile(path: Path, top: int = 25) -> None:
+    """The functions that took the most time of their own, and asyncpg's round trips."""
+    stats = pstats.Stats(str(path))
+    print(f"== {path}")
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(r"asyncpg.*(connection|prepared_stmt)\.py", 12)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, default=50)
@@ -228,6 +237,9 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     figures = asyncio.run(run(args))
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+    if args.profile:
+        for name in NAMES:
+            print_profile(args.profile / f"{name}.prof")
     if args.json:
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
 
