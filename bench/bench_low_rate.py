@@ -13,9 +13,9 @@ Runs one ingest and one segmenter process on a schema and topics of their own (a
 
 For each window it prints each process's CPU (utime + stime from /proc/<pid>/stat) as a
 share of one core, and the CPU of the PostgreSQL backends serving each process (found by
-their client ports). With `--profile DIR` the services run under cProfile and write
-DIR/ingest.prof and DIR/segmenter.prof when stopped (the figures are then inflated by the
-profiler: run it apart from the measured runs).
+their client ports). With `--profile DIR` the services run under cProfile timed by process
+CPU (`bench/cpu_profile.py`) and write DIR/ingest.prof and DIR/segmenter.prof when stopped
+(the figures are then inflated by the profiler: run it apart from the measured runs).
 
 Needs the stack (`bash deploy/stack.sh up`).
 """
@@ -46,8 +46,9 @@ NAMES = ("ingest", "segmenter")
 def start(service_env: dict[str, str], name: str, profile: Path | None) -> subprocess.Popen[bytes]:
     command = [sys.executable]
     if profile is not None:
-        command += ["-m", "cProfile", "-o", str(profile / f"{name}.prof")]
-    command += ["-m", f"services.{name}"]
+        command += ["-m", "bench.cpu_profile", str(profile / f"{name}.prof"), f"services.{name}"]
+    else:
+        command += ["-m", f"services.{name}"]
     logs = ROOT / ".stack"
     logs.mkdir(exist_ok=True)
     return subprocess.Popen(
