@@ -9,7 +9,9 @@ Runs one ingest and one segmenter process on a schema and topics of their own (a
    (2,000 customers, 6,000 events over 400 days) and the benchmark waits until it is
    ingested, evaluated and settled (nothing due, population stats computed);
 2. `--idle` seconds with no traffic: what the processes' own loops cost;
-3. live shopper events at `--rate` for 10 s of warm-up, then `--seconds` measured.
+3. `make run`'s live stream: loadgen again, with `--rate` (its history first again, all
+   duplicates that ingest drops), `--warmup` seconds, then `--seconds` measured; the window
+   also counts the evaluations and the population recomputes in it.
 
 For each window it prints each process's CPU (utime + stime from /proc/<pid>/stat) as a
 share of one core, and the CPU of the PostgreSQL backends serving each process (found by
@@ -37,7 +39,7 @@ import orjson
 from sqlalchemy import text
 
 from bench.bench_ingest import cpu_seconds, stack_env
-from bench.bench_segmenter import PrivateStack, produce_live, stop_services
+from bench.bench_segmenter import PrivateStack, stop_services
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("ingest", "segmenter")
@@ -127,9 +129,10 @@ def _cpu_or_zero(pid: int) -> float:
 
 
 async def settled(engine: Any, deadline_s: float) -> float:
-    """Seconds until every event is ingested, nothing is due and the population stats
-    exist, polled each second."""
+    """Seconds until the customers stop growing (ingest is done), nothing is due and the
+    population stats exist, polled each second."""
     started = time.perf_counter()
+    seen = -1
     while time.perf_counter() - started < deadline_s:
         async with engine.connect() as conn:
             due, stats, aggregates = (
@@ -141,15 +144,29 @@ async def settled(engine: Any, deadline_s: float) -> float:
                     )
                 )
             ).one()
-        if aggregates > 0 and due == 0 and stats > 0:
+        if aggregates == seen and due == 0 and stats > 0:
             return time.perf_counter() - started
+        seen = aggregates
         await asyncio.sleep(1)
     raise RuntimeError(f"not settled after {deadline_s} s")
 
 
+async def tallies(engine: Any) -> dict[str, int]:
+    """Evaluations so far, and population stats computed so far."""
+    async with engine.connect() as conn:
+        evaluations, stats = (
+            await conn.execute(
+                text(
+                    "SELECT (SELECT COALESCE(sum(version), 0) FROM customer_evaluations),"
+                    " (SELECT count(*) FROM population_stats)"
+                )
+            )
+        ).one()
+    return {"evaluations": int(evaluations), "population_recomputes": int(stats)}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     env = stack_env()
-    bootstrap = env["STREAMSEG_KAFKA_BOOTSTRAP"]
     stack = PrivateStack.new()
     engine = await stack.create(env)
     service_env = stack.service_env(env)
@@ -161,24 +178,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     try:
         await asyncio.sleep(3)
-        history = subprocess.run(  # noqa: ASYNC221 - the services run in their own processes
-            [
-                sys.executable,
-                "-m",
-                "services.loadgen",
-                "--duration",
-                "0",
-                "--seed",
-                "1",
-                "--customers",
-                str(args.customers),
-            ],
+        loadgen = [sys.executable, "-m", "services.loadgen", "--seed", "1"]
+        loadgen += ["--customers", str(args.customers)]
+        subprocess.run(  # noqa: ASYNC221 - the services run in their own processes
+            [*loadgen, "--duration", "0"],
             cwd=ROOT,
             env=service_env,
             capture_output=True,
             check=True,
         )
-        del history
         figures["history_settled_s"] = round(await settled(engine, 300), 1)
         await asyncio.sleep(args.settle)
         meter = Meter(procs, engine)
@@ -186,27 +194,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.idle)
         figures["idle"] = Meter.shares(before, await meter.read())
         print("idle", figures["idle"], flush=True)
-        window: dict[str, Any] = {}
-
-        async def measure_window() -> None:
-            await asyncio.sleep(args.warmup)
-            first = await meter.read()
-            await asyncio.sleep(args.seconds)
-            window.update(Meter.shares(first, await meter.read()))
-
-        sent, _ = await asyncio.gather(
-            produce_live(
-                bootstrap,
-                stack.orders,
-                stack.interactions,
-                args.rate,
-                args.warmup + args.seconds + 1,
-                args.customers,
-            ),
-            measure_window(),
+        # The live stream of `make run`: loadgen sends the same history again first (its
+        # events are duplicates, dropped by ingest), then live events at `--rate`.
+        live = await asyncio.create_subprocess_exec(
+            *loadgen,
+            "--rate",
+            str(args.rate),
+            "--duration",
+            str(args.warmup + args.seconds + 2),
+            cwd=ROOT,
+            env=service_env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
+        await asyncio.sleep(args.warmup)
+        first, counts = await meter.read(), await tallies(engine)
+        await asyncio.sleep(args.seconds)
+        window = Meter.shares(first, await meter.read())
+        after = await tallies(engine)
+        window.update({k: after[k] - counts[k] for k in counts})
+        await live.wait()
         figures["live"] = window
-        figures["live_events_sent"] = sent
         figures["load_after"] = os.getloadavg()[0]
         print("live", window, flush=True)
     finally:
@@ -228,7 +236,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--idle", type=float, default=30)
-    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--warmup", type=float, default=15)
     parser.add_argument("--settle", type=float, default=5, help="seconds after the history")
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--profile", type=Path)
