@@ -33,6 +33,7 @@ from sqlalchemy import text
 
 import services.segmenter.queue as queue
 import services.segmenter.repository as repo
+import services.segmenter.worker as worker
 from bench.bench_history_cost import POPULATION, ThresholdedRuleset, with_metrics
 from bench.bench_ingest import stack_env
 from services.ingest import repository as ingest
@@ -239,6 +240,8 @@ async def main() -> None:
         (repo, "save_state"),
         (repo, "insert_changes"),
         (repo, "schedule"),
+        (worker, "read_facts"),
+        (worker, "write_fold"),
         (SegmentCache, "mark_stale"),
         (SegmentCache, "put_many"),
     ):

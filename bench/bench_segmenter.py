@@ -1,7 +1,7 @@
 """Event-to-change latency and time-driven lateness of the whole pipeline, in one run.
 
     .venv/bin/python -m bench.bench_segmenter [--rate 5000] [--seconds 60] [--customers 20000]
-        [--segmenters 1] [--profile out.folded]
+        [--segmenters 1] [--profile out.folded] [--cpu-profile DIR]
 
 Runs one ingest and `--segmenters` segmenter processes against the stack (own schema and
 topics), then:
@@ -242,13 +242,23 @@ class PrivateStack:
         await forget_cache(env["STREAMSEG_REDIS_URL"], self.cache_prefix)
 
 
-def start_services(service_env: dict[str, str], names: list[str]) -> list[subprocess.Popen[bytes]]:
-    """`python -m services.<name>` for each name, logging to .stack/bench-<name><i>.log."""
+def start_services(
+    service_env: dict[str, str], names: list[str], cpu_profile: Path | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """`python -m services.<name>` for each name, logging to .stack/bench-<name><i>.log;
+    with `cpu_profile`, each under bench/cpu_profile.py, writing <cpu_profile>/<name><i>.prof."""
     logs = ROOT / ".stack"
     logs.mkdir(exist_ok=True)
+
+    def command(name: str, i: int) -> list[str]:
+        if cpu_profile is None:
+            return [sys.executable, "-m", f"services.{name}"]
+        out = str(cpu_profile / f"{name}{i}.prof")
+        return [sys.executable, "-m", "bench.cpu_profile", out, f"services.{name}"]
+
     return [
         subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
+            command(name, i),
             cwd=ROOT,
             env=service_env,
             stdout=(logs / f"bench-{name}{i}.log").open("wb"),
@@ -276,6 +286,9 @@ async def main() -> None:
     parser.add_argument("--warmup", type=float, default=10, help="seconds left out at the start")
     parser.add_argument("--segmenters", type=int, default=1, help="segmenter processes")
     parser.add_argument("--profile", type=Path, help="py-spy folded stacks of segmenter 1")
+    parser.add_argument(
+        "--cpu-profile", type=Path, help="a directory: cProfile (process CPU) of each service"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     env = stack_env()
@@ -284,7 +297,9 @@ async def main() -> None:
     orders, interactions = stack.orders, stack.interactions
     engine = await stack.create(env)
     names = ["ingest", *(["segmenter"] * args.segmenters)]
-    procs = start_services(stack.service_env(env), names)
+    if args.cpu_profile:
+        args.cpu_profile.mkdir(parents=True, exist_ok=True)
+    procs = start_services(stack.service_env(env), names, args.cpu_profile)
     try:
         await asyncio.sleep(3)
         first_due = datetime.now(UTC) + timedelta(seconds=args.warmup + 5)
