@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
+from importlib import resources
 from typing import Any
 
 from sqlalchemy import text
@@ -43,7 +44,7 @@ from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
 from shared.redis import make_redis
 from shared.segment_cache import SegmentCache
-from shared.segmentation import PopulationStats
+from shared.segmentation import Definitions, PopulationStats, load_definitions
 from shared.segmentation.conditions import Compare, IsIn
 from shared.segmentation.events import (
     ALL_INTERACTIONS,
@@ -145,6 +146,53 @@ DECLARED: list[tuple[EventMetric, Any]] = [
     (EventMetric("first_click", MetricKind.FIRST, _interactions("email_click"), None, None), None),
     (EventMetric("last_login_7d", MetricKind.LAST, _interactions("login"), None, 7 * DAY), None),
 ]
+# The same 20 metrics declared in YAML, with trait conditions and 10 audiences that read
+# every one of them, the dimensions and the traits, on top of the shipped definitions.
+FULL_SECTIONS = """
+metrics:
+  app_orders_30d: {count: order_placed, where: "channel = 'app'", within: 30d}
+  app_orders_365d: {count: order_placed, where: "channel = 'app'", within: 365d}
+  web_orders_90d: {count: order_placed, where: "channel = 'web'", within: 90d}
+  store_orders: {count: order_placed, where: "channel = 'store'"}
+  app_spend_90d: {sum: amount, of: order_placed, where: "channel = 'app'", within: 90d}
+  web_spend_365d: {sum: amount, of: order_placed, where: "channel = 'web'", within: 365d}
+  store_spend: {sum: amount, of: order_placed, where: "channel = 'store'"}
+  currencies_365d: {distinct: currency, of: order_placed, within: 365d}
+  first_app_order: {first: order_placed, where: "channel = 'app'"}
+  last_web_order_90d: {last: order_placed, where: "channel = 'web'", within: 90d}
+  views_7d: {count: [page_view, product_view], within: 7d}
+  carts_14d: {count: add_to_cart, within: 14d}
+  email_clicks_14d: {count: email_click, within: 14d}
+  logins_30d: {count: login, within: 30d}
+  sale_searches_30d: {count: search, where: "query in [sale, gift]", within: 30d}
+  tickets: {count: support_ticket}
+  skus_viewed_30d: {distinct: sku, of: product_view, within: 30d}
+  types_7d: {distinct: type, of: interaction, within: 7d}
+  first_click: {first: email_click}
+  last_login_7d: {last: login, within: 7d}
+audiences:
+  vip_at_risk: value_tier = vip and lifecycle = at_risk
+  app_fans: app_orders_365d >= 3 or app_orders_30d >= 1 or first_app_order < 30
+  big_app_spenders: app_spend_90d > 200 and value_tier in [vip, high]
+  web_regulars: web_orders_90d >= 2 or web_spend_365d > 500 or last_web_order_90d < 14
+  store_goers: store_orders >= 2 or store_spend > 300
+  dach: country in [DE, AT, CH] and currencies_365d >= 1
+  young_adults: age >= 25 and age < 35
+  runners: interests contains running or signup_channel = app and marketing_consent
+  browsers: views_7d >= 10 and carts_14d = 0 and skus_viewed_30d >= 3 and types_7d >= 2
+  readers: >-
+    email_clicks_14d >= 3 or sale_searches_30d >= 1 or logins_30d >= 4 or tickets >= 1
+    or first_click < 60 or last_login_7d < 2
+"""
+
+
+def full_definitions() -> Definitions:
+    """The shipped definitions with FULL_SECTIONS (the loader's `metrics:`, traits in
+    conditions, `audiences:`)."""
+    source = resources.files("shared.segmentation").joinpath("definitions/default.yaml")
+    return load_definitions(source.read_text(encoding="utf-8") + FULL_SECTIONS)
+
+
 TYPES = ("page_view", "product_view", "add_to_cart", "search", "email_click", "login")
 
 
@@ -184,17 +232,23 @@ async def run_set(args: argparse.Namespace, name: str, env: dict[str, str], redi
                     " channel = (ARRAY['app','web','store'])[1 + abs(hashtext(order_id)) % 3]"
                 )
             )
-        stored = await ruleset(engine)
-        metrics = DECLARED if name == "declared" else []
-        defs = with_metrics(stored.definitions, metrics)
-        population = PopulationStats.from_dict(defs, POPULATION)
-        rules: Ruleset = ThresholdedRuleset(
-            defs,
-            stored.version,
-            population,
-            None,
-            tops={m.name: top for m, top in metrics if top is not None},
-        )
+        rules: Ruleset
+        if name == "full":
+            defs = full_definitions()
+            stored = await ruleset(engine, definitions=defs)
+            rules = Ruleset(defs, stored.version, PopulationStats.from_dict(defs, POPULATION), None)
+        else:
+            stored = await ruleset(engine)
+            metrics = DECLARED if name == "declared" else []
+            defs = with_metrics(stored.definitions, metrics)
+            population = PopulationStats.from_dict(defs, POPULATION)
+            rules = ThresholdedRuleset(
+                defs,
+                stored.version,
+                population,
+                None,
+                tops={m.name: top for m, top in metrics if top is not None},
+            )
         ev = evaluator(engine, SegmentCache(redis, f"{schema}:"), FixedClock(NOW), rules)
         for phase in ("first", "steady"):
             if phase == "steady":
