@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -97,6 +97,9 @@ class Scope:
     segments: tuple[str, ...]
     cutoffs: Mapping[str, MetricType | None]  # None: an absolute cut-off, fits any number
     lets: Mapping[str, Condition]
+    # Segment-typed names other than `previous` (an audience reads dimensions by name), each
+    # with its dimension's segments; `previous` has `segments`.
+    segment_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class ConditionProblem(ValueError):
@@ -154,7 +157,7 @@ class _Binder:
                 if type_ in (MetricType.BOOL, MetricType.SEGMENT) and op not in ("=", "!="):
                     self._problem(
                         subject.column,
-                        f"{subject.name} is {_describe(type_, self.scope.dimension)}; "
+                        f"{subject.name} is {_describe(type_, self._owner(subject.name))}; "
                         f"use = or != instead of {op}",
                     )
                 is_cutoff = value.kind == "name" and value.text in self.scope.cutoffs
@@ -171,6 +174,10 @@ class _Binder:
     def _problem(self, column: int, message: str) -> None:
         self.problems.append(ConditionProblem(column, message))
 
+    def _owner(self, name: str) -> str:
+        """The dimension whose segments a segment-typed name holds."""
+        return name if name in self.scope.segment_values else self.scope.dimension
+
     def _standalone(self, name: str, column: int) -> Condition:
         if name in self.scope.lets:
             return LetRef(name, self.scope.lets[name])
@@ -181,10 +188,10 @@ class _Binder:
             known = [*self.scope.metric_types, *self.scope.lets]
             self._problem(column, f"unknown metric {name!r}{_closest(name, known)}")
         else:
-            example = "previous = <segment>" if type_ is MetricType.SEGMENT else f"{name} > 0"
+            example = f"{name} = <segment>" if type_ is MetricType.SEGMENT else f"{name} > 0"
             self._problem(
                 column,
-                f"{name} is {_describe(type_, self.scope.dimension)}, not true/false; "
+                f"{name} is {_describe(type_, self._owner(name))}, not true/false; "
                 f"compare it, e.g. {example}",
             )
         return Truth(name)
@@ -216,18 +223,19 @@ class _Binder:
         if type_ is None:
             return None
         dimension = self.scope.dimension
-        expected = _describe(type_, dimension)
+        expected = _describe(type_, self._owner(metric))
         if type_.is_number and value.kind == "number":
             return type_.coerce(value.number)
         if type_ is MetricType.BOOL and value.kind == "bool":
             return value.text == "true"
         if type_ is MetricType.SEGMENT and value.kind == "name":
-            if value.text in self.scope.segments:
+            segments = self.scope.segment_values.get(metric, self.scope.segments)
+            if value.text in segments:
                 return value.text
             self._problem(
                 value.column,
-                f"{value.text!r} is not a segment of {dimension}"
-                f"{_closest(value.text, self.scope.segments)}",
+                f"{value.text!r} is not a segment of {self._owner(metric)}"
+                f"{_closest(value.text, segments)}",
             )
             return None
         if type_.is_number and value.kind == "name":

@@ -3,6 +3,7 @@
 State machines settle at the evaluation instant: after a dimension changes segment, its
 rules are evaluated again with `previous` set to the new segment (days_in_segment=0) until
 the segment holds, so the result is stable and the next change is strictly in the future.
+Audiences are decided after every dimension has settled (audiences.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.segmentation.audiences import (
+    MEMBER,
+    AudienceDecision,
+    decide_audiences,
+    memberships,
+)
 from shared.segmentation.facts import Assignment, CustomerFacts
 from shared.segmentation.metrics import (
     METRICS,
@@ -52,19 +59,25 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """Exactly one decision per dimension, and the earliest time after the evaluation at
-    which some segment changes if no new event arrives (None: never, or only after the last
-    instant a datetime can hold)."""
+    """Exactly one decision per dimension, one per audience, and the earliest time after
+    the evaluation at which some segment or membership changes if no new event arrives
+    (None: never, or only after the last instant a datetime can hold)."""
 
     assignments: dict[str, Decision]
     next_change_at: datetime | None
     # Each score's value at the evaluation (null for a null input), for the customer read.
     scores: Mapping[str, int | None] = field(default_factory=dict)
+    audiences: dict[str, AudienceDecision] = field(default_factory=dict)
 
     @property
     def current(self) -> dict[str, Assignment]:
-        """The assignments to pass as `previous` to the next evaluation."""
-        return {name: Assignment(d.segment, d.since) for name, d in self.assignments.items()}
+        """The assignments to pass as `previous` to the next evaluation: every dimension's
+        segment, and `MEMBER` for each audience the customer is in."""
+        current = {name: Assignment(d.segment, d.since) for name, d in self.assignments.items()}
+        for name, audience in self.audiences.items():
+            if audience.since is not None:
+                current[name] = Assignment(MEMBER, audience.since)
+        return current
 
 
 class UncoveredCustomerError(ValueError):
@@ -89,9 +102,10 @@ def evaluate(
 ) -> Evaluation:
     """Assign every dimension's segment at `now` (tz-aware; never the wall clock).
 
-    `previous` maps dimension -> current assignment; missing dimensions, and segments the
-    definitions no longer have, count as no previous segment. Set `find_next_change=False`
-    to skip the next-change search (previews)."""
+    `previous` maps dimension -> current assignment, and audience -> `Assignment(MEMBER,
+    since)` for a member; missing dimensions, and segments the definitions no longer have,
+    count as no previous segment, and a missing audience as not a member. Set
+    `find_next_change=False` to skip the next-change search (previews)."""
     _require_aware(now)
     timeline = Timeline(facts, definitions.event_metrics)
     env = _environment(definitions, timeline.metrics(now), population)
@@ -108,12 +122,20 @@ def evaluate(
             values=values,
             rule=rule,
         )
+    audiences = {}
+    if definitions.audiences:
+        for name, decision in decisions.items():
+            env[name] = decision.segment
+        audiences = decide_audiences(definitions.audiences, env, previous, now)
     next_change_at = None
     if find_next_change:
         current = {name: Assignment(d.segment, d.since) for name, d in decisions.items()}
-        next_change_at = _next_change_at(definitions, timeline, now, current, population, env)
+        members = {name: audience.member for name, audience in audiences.items()}
+        next_change_at = _next_change_at(
+            definitions, timeline, now, current, members, population, env
+        )
     scores = {name: env[name] for name in definitions.scores}
-    return Evaluation(decisions, next_change_at, scores)  # type: ignore[arg-type]
+    return Evaluation(decisions, next_change_at, scores, audiences)  # type: ignore[arg-type]
 
 
 def matching_segments(
@@ -207,6 +229,7 @@ def _next_change_at(
     timeline: Timeline,
     now: datetime,
     current: Mapping[str, Assignment],
+    members: Mapping[str, bool],
     population: PopulationStats,
     env: Mapping[str, MetricValue],
 ) -> datetime | None:
@@ -215,11 +238,17 @@ def _next_change_at(
     instants are collected and evaluated in order; the first that changes a segment wins.
 
     Instants are microsecond offsets from `now`, each with the bitmask of the dimensions
-    whose metrics flip there: only those can change at that instant. There are at most two
-    per threshold and days-since metric and one per event leaving a window, however far
-    ahead they lie."""
+    and audiences whose metrics flip there: only those can change at that instant. There
+    are at most two per threshold and days-since metric and one per event leaving a window,
+    however far ahead they lie.
+
+    An audience changes only where one of its own metrics flips, or where a dimension or
+    audience it reads changes. A dimension's change is itself the answer, so at an instant
+    where no dimension changes the audiences are decided with the current segments (all of
+    them, in order: one that reads another follows it at the same instant)."""
     moments = _breakpoints(definitions, timeline, now, current, population, env)
     customer_id = timeline.facts.customer_id
+    audience_bits = len(definitions.dimensions)
     for offset in sorted(moments):
         mask = moments[offset]
         moment = now + timedelta(microseconds=offset)
@@ -230,6 +259,11 @@ def _next_change_at(
                 rule, _ = _settle(dimension, moment_env, prior, moment, customer_id, False)
                 if rule.name != prior.segment:
                     return moment
+        if mask >> audience_bits:
+            for dimension in definitions.dimensions:
+                moment_env[dimension.name] = current[dimension.name].segment
+            if memberships(definitions.audiences, moment_env) != members:
+                return moment
     return None
 
 

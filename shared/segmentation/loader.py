@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from typing import Any
@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 
 from shared.segmentation import conditions, parser
+from shared.segmentation.audiences import Audience, dependency_order
 from shared.segmentation.coverage import check_dimension
-from shared.segmentation.metrics import METRICS, MetricType, Number
+from shared.segmentation.metrics import DIMENSION_METRICS, METRICS, MetricType, Number
 from shared.segmentation.model import (
     CutoffSpec,
     DefinitionError,
@@ -32,7 +33,7 @@ from shared.segmentation.model import (
 )
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_TOP_LEVEL_KEYS = frozenset({"description", "cutoffs", "scores", "dimensions"})
+_TOP_LEVEL_KEYS = frozenset({"description", "cutoffs", "scores", "dimensions", "audiences"})
 _DIMENSION_KEYS = frozenset({"description", "let", "segments"})
 _SEGMENT_KEYS = frozenset({"when", "description"})
 _MAX_DEPTH = 100  # of a bound condition; recursion in evaluation stays far from the limit
@@ -97,6 +98,9 @@ def _find_duplicate_keys(node: yaml.Node, path: tuple[str, ...], problems: list[
                 problems.append(Problem(path[1], key, f"duplicate segment name {key!r} ({lines})"))
             elif path == ("dimensions",):
                 problems.append(Problem(key, None, f"duplicate dimension name {key!r} ({lines})"))
+            elif path == ("audiences",):
+                problem = Problem(None, f"audience {key}", f"duplicate audience name ({lines})")
+                problems.append(problem)
             else:
                 where = ".".join((*path, key))
                 problems.append(Problem(None, None, f"duplicate key {where!r} ({lines})"))
@@ -178,9 +182,13 @@ class _Builder:
                 dimension = self._dimension(name, raw, metric_types, cutoffs)
                 if dimension is not None:
                     dimensions.append(dimension)
+        audiences = self._audiences(
+            self._mapping(top.get("audiences"), "audiences"), dimensions, metric_types, cutoffs
+        )
         if self.problems:
             return None
         referenced = frozenset().union(*(d.metrics for d in dimensions))
+        referenced |= frozenset().union(*(a.metrics for a in audiences))
         return Definitions(
             description=str(top.get("description", "")),
             dimensions=tuple(dimensions),
@@ -189,7 +197,8 @@ class _Builder:
             content_hash=_content_hash(data),
             source=source,
             referenced_metrics=referenced,
-            time_dependences=_time_dependences(dimensions, scores, referenced),
+            time_dependences=_time_dependences((*dimensions, *audiences), scores, referenced),
+            audiences=tuple(audiences),
         )
 
     def _scores(self, raw: dict[str, Any]) -> dict[str, ScoreSpec]:
@@ -311,6 +320,72 @@ class _Builder:
         description = body.get("description", "")
         return _dimension(name, str(description), tuple(rules), lets)
 
+    def _audiences(
+        self,
+        raw: dict[str, Any],
+        dimensions: list[Dimension],
+        metric_types: Mapping[str, MetricType],
+        cutoffs: Mapping[str, CutoffSpec],
+    ) -> list[Audience]:
+        """Audiences, each after those it references; a cycle is a problem naming it."""
+        if not raw:
+            return []
+        segments = {dimension.name: dimension.segments for dimension in dimensions}
+        for dimension in segments:
+            # Audiences read a dimension by its name, so it must not stand for a metric too.
+            if dimension in metric_types or dimension in cutoffs:
+                self._problem(
+                    dimension,
+                    None,
+                    f"{dimension!r} is the name of a metric or cut-off; audiences read "
+                    "dimensions by name",
+                )
+        names = []
+        for name in raw:
+            rule = f"audience {name}"
+            if not self._check_name(name, "audience"):
+                continue
+            if name in segments:
+                self._problem(None, rule, f"{name!r} is already the name of a dimension")
+            elif name in metric_types or name in cutoffs:
+                self._problem(None, rule, f"{name!r} is already the name of a metric or cut-off")
+            else:
+                names.append(str(name))
+        types = {n: t for n, t in metric_types.items() if n not in DIMENSION_METRICS}
+        types.update({dimension: MetricType.SEGMENT for dimension in segments})
+        types.update({name: MetricType.BOOL for name in names})
+        built = []
+        for name in names:
+            rule = f"audience {name}"
+            scope = conditions.Scope(
+                dimension=rule,
+                metric_types=types,
+                segments=(),
+                cutoffs={
+                    c.name: METRICS[c.metric].type if c.metric else None for c in cutoffs.values()
+                },
+                lets={},
+                segment_values=segments,
+            )
+            text, description = self._audience_spec(name, raw[name])
+            condition = self._condition(None, rule, text, scope)
+            if condition is not None:
+                built.append(_audience(name, description, str(text), condition, segments, names))
+        ordered, cycles = dependency_order(built)
+        for cycle in cycles:
+            if len(cycle) == 2:
+                message = f"audience {cycle[0]!r} references itself"
+            else:
+                message = "audiences reference each other in a cycle: " + " -> ".join(cycle)
+            self._problem(None, f"audience {cycle[0]}", message)
+        return ordered
+
+    def _audience_spec(self, name: str, spec: Any) -> tuple[Any, str]:
+        if isinstance(spec, dict):
+            self._check_keys(spec, _SEGMENT_KEYS, f"audience {name!r}", None, f"audience {name}")
+            return spec.get("when"), str(spec.get("description", ""))
+        return spec, ""
+
     def _segment_spec(self, dimension: str, segment: str, spec: Any) -> tuple[Any, str]:
         if isinstance(spec, dict):
             self._check_keys(spec, _SEGMENT_KEYS, f"segment {segment!r}", dimension, segment)
@@ -318,7 +393,7 @@ class _Builder:
         return spec, ""
 
     def _condition(
-        self, dimension: str, rule: str, text: Any, scope: conditions.Scope
+        self, dimension: str | None, rule: str, text: Any, scope: conditions.Scope
     ) -> conditions.Condition | None:
         if not isinstance(text, str):
             self._problem(dimension, rule, f"the condition must be a string, got {text!r}")
@@ -355,6 +430,38 @@ def _with_lets(
     )
 
 
+def _audience(
+    name: str,
+    description: str,
+    text: str,
+    condition: conditions.Condition,
+    segments: Mapping[str, tuple[str, ...]],
+    audiences: list[str],
+) -> Audience:
+    read = conditions.names(condition)
+    dimensions = read & segments.keys()
+    referenced = read & frozenset(audiences)
+    cutoff_refs: dict[str, set[str]] = {}
+    for atom in conditions.atoms(condition):
+        if isinstance(atom, conditions.Compare) and atom.cutoff is not None:
+            cutoff_refs.setdefault(atom.metric, set()).add(atom.cutoff)
+    return Audience(
+        name=name,
+        description=description,
+        source=" ".join(text.split()),
+        condition=condition,
+        metrics=read - dimensions - referenced,
+        dimensions=frozenset(dimensions),
+        audiences=referenced,
+        thresholds={
+            metric: frozenset(values)
+            for metric, values in conditions.thresholds(condition).items()
+        },
+        cutoff_refs={metric: frozenset(names) for metric, names in cutoff_refs.items()},
+        predicate=conditions.compile_condition(condition),
+    )
+
+
 def _dimension(
     name: str,
     description: str,
@@ -383,8 +490,12 @@ def _dimension(
 
 
 def _time_dependences(
-    dimensions: list[Dimension], scores: Mapping[str, ScoreSpec], referenced: frozenset[str]
+    dimensions: Sequence[Dimension | Audience],
+    scores: Mapping[str, ScoreSpec],
+    referenced: frozenset[str],
 ) -> tuple[TimeDependence, ...]:
+    """`dimensions`: the dimensions, then the audiences in evaluation order; bit i of a
+    mask is the i-th of them."""
     dependences = []
     for name, metric in METRICS.items():
         if metric.anchor is None and not metric.leaves_window:
