@@ -222,7 +222,6 @@ class _Binder:
     def _constant(self, metric: str, type_: MetricType | None, value: parser.Value) -> MetricValue:
         if type_ is None:
             return None
-        dimension = self.scope.dimension
         expected = _describe(type_, self._owner(metric))
         if type_.is_number and value.kind == "number":
             return type_.coerce(value.number)

@@ -454,8 +454,7 @@ def _audience(
         dimensions=frozenset(dimensions),
         audiences=referenced,
         thresholds={
-            metric: frozenset(values)
-            for metric, values in conditions.thresholds(condition).items()
+            metric: frozenset(values) for metric, values in conditions.thresholds(condition).items()
         },
         cutoff_refs={metric: frozenset(names) for metric, names in cutoff_refs.items()},
         predicate=conditions.compile_condition(condition),
