@@ -198,6 +198,7 @@ class PreviewRunner:
             "customers": transitions.customers,
             "population": {**population.to_dict(), "reused": reused},
             "dimensions": transitions.dimensions(),
+            "audiences": transitions.audiences(),
             "uncovered": transitions.uncovered,
         }
 

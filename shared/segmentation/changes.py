@@ -1,6 +1,9 @@
 """What differs between two versions of definitions: which dimensions must be re-evaluated,
 whether population stats computed for one hold for the other, and the structural diff that
-the API shows between two versions."""
+the API shows between two versions.
+
+Audiences count as dimensions here: an audience is re-evaluated when its condition, the
+cut-offs and scores it reads, or a dimension or audience it references changed."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+from shared.segmentation.audiences import Audience
 from shared.segmentation.conditions import render
 from shared.segmentation.model import CutoffSpec, Definitions, Dimension, ScoreSpec
 
@@ -35,18 +39,44 @@ def dimension_fingerprint(definitions: Definitions, dimension: Dimension) -> tup
     )
 
 
+def audience_fingerprint(definitions: Definitions, audience: Audience) -> tuple[Any, ...]:
+    """Everything that decides membership of `audience`: its condition, the cut-offs and
+    scores it reads, and the fingerprints of the dimensions and audiences it references
+    (references have no cycle, so this ends)."""
+    return (
+        audience.condition,
+        tuple(sorted((n, s) for n, s in definitions.cutoffs.items() if n in audience.metrics)),
+        tuple(sorted((n, s) for n, s in definitions.scores.items() if n in audience.metrics)),
+        tuple(
+            (name, dimension_fingerprint(definitions, definitions.dimension(name)))
+            for name in sorted(audience.dimensions)
+        ),
+        tuple(
+            (name, audience_fingerprint(definitions, definitions.audience(name)))
+            for name in sorted(audience.audiences)
+        ),
+    )
+
+
 def changed_dimensions(old: Definitions | None, new: Definitions) -> tuple[str, ...]:
     """Dimensions added, removed, or whose rules (or the cut-offs and scores they read)
-    differ, in the new file's order and then the removed ones: only their customers'
-    segments can move when `new` replaces `old`."""
+    differ, in the new file's order and then the removed ones, and the same of audiences
+    after them (`audience_fingerprint`): only their customers' segments and memberships can
+    move when `new` replaces `old`."""
     if old is None:
-        return tuple(d.name for d in new.dimensions)
+        return (*(d.name for d in new.dimensions), *(a.name for a in new.audiences))
     before = {d.name: dimension_fingerprint(old, d) for d in old.dimensions}
     changed = [
         d.name for d in new.dimensions if before.get(d.name) != dimension_fingerprint(new, d)
     ]
     kept = {d.name for d in new.dimensions}
     changed.extend(d.name for d in old.dimensions if d.name not in kept)
+    was = {a.name: audience_fingerprint(old, a) for a in old.audiences}
+    changed.extend(
+        a.name for a in new.audiences if was.get(a.name) != audience_fingerprint(new, a)
+    )
+    still = {a.name for a in new.audiences}
+    changed.extend(a.name for a in old.audiences if a.name not in still)
     return tuple(changed)
 
 
@@ -111,12 +141,27 @@ class DimensionDiff:
 
 
 @dataclass(frozen=True, slots=True)
+class AudienceDiff:
+    """One audience of either side; `reevaluated` as for a dimension: its condition, or
+    an input or reference, differs."""
+
+    name: str
+    status: Status
+    reevaluated: bool
+    old_condition: str | None
+    new_condition: str | None
+    old_description: str | None
+    new_description: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class DefinitionsDiff:
     old_description: str
     new_description: str
     dimensions: tuple[DimensionDiff, ...]  # every dimension: the new order, then removed ones
     cutoffs: tuple[SpecChange[CutoffSpec], ...]
     scores: tuple[SpecChange[ScoreSpec], ...]
+    audiences: tuple[AudienceDiff, ...] = ()  # every audience: the new order, then removed
 
     @property
     def is_empty(self) -> bool:
@@ -125,6 +170,7 @@ class DefinitionsDiff:
             and not self.cutoffs
             and not self.scores
             and all(d.status == "unchanged" for d in self.dimensions)
+            and all(a.status == "unchanged" for a in self.audiences)
         )
 
 
@@ -144,7 +190,40 @@ def diff_definitions(old: Definitions, new: Definitions) -> DefinitionsDiff:
         dimensions=tuple(dimensions),
         cutoffs=_spec_changes(old.cutoffs, new.cutoffs),
         scores=_spec_changes(old.scores, new.scores),
+        audiences=_audience_diffs(old, new),
     )
+
+
+def _audience_diffs(old: Definitions, new: Definitions) -> tuple[AudienceDiff, ...]:
+    before = {a.name: a for a in old.audiences}
+    after = {a.name: a for a in new.audiences}
+    diffs = []
+    for audience in new.audiences:
+        was = before.get(audience.name)
+        if was is None:
+            status: Status = "added"
+            reevaluated = True
+        else:
+            reevaluated = audience_fingerprint(old, was) != audience_fingerprint(new, audience)
+            differs = reevaluated or was.description != audience.description
+            status = "changed" if differs else "unchanged"
+        diffs.append(
+            AudienceDiff(
+                name=audience.name,
+                status=status,
+                reevaluated=reevaluated,
+                old_condition=None if was is None else was.source,
+                new_condition=audience.source,
+                old_description=None if was is None else was.description,
+                new_description=audience.description,
+            )
+        )
+    diffs.extend(
+        AudienceDiff(a.name, "removed", True, a.source, None, a.description, None)
+        for a in old.audiences
+        if a.name not in after
+    )
+    return tuple(diffs)
 
 
 def _spec_changes(old: Mapping[str, Spec], new: Mapping[str, Spec]) -> tuple[SpecChange[Spec], ...]:

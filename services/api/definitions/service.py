@@ -16,6 +16,8 @@ from services.api.definitions import repository
 from services.api.definitions.documents import invalid_definitions
 from services.api.definitions.parsing import DefinitionsParser
 from services.api.definitions.schemas import (
+    AudienceDiffView,
+    AudienceSummary,
     BackfillView,
     CutoffChangeView,
     CutoffView,
@@ -69,6 +71,17 @@ async def summary(
                 metrics=sorted(d.metrics),
             )
             for d in definitions.dimensions
+        ],
+        audiences=[
+            AudienceSummary(
+                name=a.name,
+                description=a.description,
+                condition=a.source,
+                dimensions=sorted(a.dimensions),
+                audiences=sorted(a.audiences),
+                metrics=sorted(a.metrics),
+            )
+            for a in definitions.audiences
         ],
         cutoffs=[_cutoff(spec) for spec in definitions.cutoffs.values()],
         scores=[_score(spec) for spec in definitions.scores.values()],
@@ -243,6 +256,18 @@ async def diff_view(parser: DefinitionsParser, old: StoredVersion, new: StoredVe
                 inputs_changed=list(d.inputs_changed),
             )
             for d in result.dimensions
+        ],
+        audiences=[
+            AudienceDiffView(
+                name=a.name,
+                status=a.status,
+                reevaluated=a.reevaluated,
+                old_condition=a.old_condition,
+                new_condition=a.new_condition,
+                old_description=a.old_description,
+                new_description=a.new_description,
+            )
+            for a in result.audiences
         ],
         cutoffs=[
             CutoffChangeView(
