@@ -15,6 +15,8 @@ import orjson
 from services.ingest.repository import INTERACTION_TYPES
 from services.segmenter.queue import Due
 from shared.segmentation import Assignment, CustomerFacts, OrderFact
+from shared.segmentation.events import BUILT_IN_EVENT_METRICS, EventSource, MetricKind
+from shared.segmentation.facts import WindowFacts
 
 ORDER_WINDOW = timedelta(days=365)
 INTERACTION_WINDOW = timedelta(days=30)
@@ -178,9 +180,38 @@ async def load_customers(
             spends.get(r["customer_id"], Decimal(0)),
             tuple(interactions.get(r["customer_id"], ())),
             counts_30d.get(r["customer_id"], 0),
+            now,
         )
         for r in aggregates
     }
+
+
+def _windows(
+    now: datetime,
+    recent: tuple[OrderFact, ...],
+    recent_interactions: tuple[datetime, ...],
+    interactions_30d: int,
+) -> tuple[dict[str, Any], dict[str, WindowFacts]]:
+    """BRIDGE until the shared read model lands: the built-in windows' values and heads
+    from the year of orders and month of interactions read here. Without interaction
+    times only the 30-day count is known (the definitions then read no interaction window)."""
+    events: dict[str, Any] = {}
+    windows: dict[str, WindowFacts] = {}
+    for name, metric in BUILT_IN_EVENT_METRICS.items():
+        assert metric.window is not None
+        if metric.filter.source is EventSource.ORDERS:
+            inside = [(o.placed_at, o.net_amount) for o in recent]
+        else:
+            inside = [(at, Decimal(0)) for at in recent_interactions]
+        inside = [(at, m) for at, m in inside if now - metric.window < at <= now]
+        summed = metric.kind is MetricKind.SUM
+        measures: list[tuple[datetime, Any]] = [(at, m if summed else 1) for at, m in inside]
+        value: Any = sum((m for _, m in measures), Decimal(0) if summed else 0)
+        if name == "interactions_30d" and not recent_interactions:
+            value = interactions_30d
+        events[name] = value
+        windows[name] = WindowFacts(value, tuple(reversed(measures)), True)
+    return events, windows
 
 
 def _loaded(
@@ -189,8 +220,10 @@ def _loaded(
     spend_365d: Decimal,
     recent_interactions: tuple[datetime, ...],
     interactions_30d: int,
+    now: datetime,
 ) -> Loaded:
     """A customer_aggregates row and the customer's recent events as `Loaded`."""
+    events, windows = _windows(now, recent, recent_interactions, interactions_30d)
     cart = r["last_add_to_cart_at"]
     open_cart = (
         cart
@@ -203,12 +236,13 @@ def _loaded(
         net_spend=r["net_spend"],
         first_order_at=r["first_order_at"],
         last_order_at=r["last_order_at"],
-        recent_orders=recent,
         interaction_count=r["interaction_count"],
         interaction_counts_by_type={t: r[f"{t}_count"] for t in INTERACTION_TYPES},
         last_interaction_at=r["last_interaction_at"],
-        recent_interactions=recent_interactions,
         last_cart_at=open_cart,
+        as_of=now,
+        events=events,
+        windows=windows,
     )
     return Loaded(
         facts=facts,
@@ -292,6 +326,7 @@ async def load_leased(
                 sum(net, Decimal(0)),
                 tuple(r["interaction_times"] or ()),
                 r["interactions_30d"],
+                now,
             )
         state = State(0, 0, {}, {})
         if r["version"] is not None:
