@@ -53,6 +53,8 @@ class CachedCustomer(msgspec.Struct, frozen=True, kw_only=True):
     segments: dict[str, CachedSegment]
     aggregates: CachedAggregates
     scores: dict[str, int | None] = {}  # documents written before scores existed have none
+    # The audiences the customer is in (segment `member`), apart from the dimensions.
+    audiences: dict[str, CachedSegment] = {}
 
 
 _encoder = msgspec.json.Encoder(decimal_format="string")

@@ -41,7 +41,8 @@ from shared.events.segment_change import (
 )
 from shared.retry import Backoff, Retry, is_retriable
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
-from shared.segmentation import UncoveredCustomerError, evaluate
+from shared.segmentation import Evaluation, UncoveredCustomerError, evaluate
+from shared.segmentation.audiences import MEMBER
 
 log = structlog.get_logger("segmenter")
 
@@ -226,20 +227,28 @@ class Evaluator:
         incarnation = state.incarnation or str(uuid.uuid4())
         reasons = dict(state.reasons)
         cause_of_evaluation = cast(Cause, item.cause)
-        changes: list[tuple[str, str | None, str | None, str, Cause]] = [
-            (dimension, decision.previous, decision.segment, decision.reason, cause_of_evaluation)
+        changes: list[tuple[str, str | None, str | None, str, Cause, datetime | None]] = [
+            (
+                dimension,
+                decision.previous,
+                decision.segment,
+                decision.reason,
+                cause_of_evaluation,
+                decision.since,
+            )
             for dimension, decision in result.assignments.items()
             if decision.changed
         ]
-        # A dimension the definitions in force no longer have: its member leaves it.
-        for dimension in sorted(state.assignments.keys() - result.assignments.keys()):
-            reason = f"dimension {dimension!r} is not in definitions version {rules.version}"
-            changes.append(
-                (dimension, state.assignments[dimension].segment, None, reason, "definitions")
-            )
-            writes.removed.append((cid, dimension))
-            reasons.pop(dimension, None)
-        for dimension, before, after, why, cause in changes:
+        changes.extend(_audience_changes(state, result, cause_of_evaluation))
+        # A dimension (or audience) the definitions in force no longer have: its member
+        # leaves it.
+        defined = result.assignments.keys() | result.audiences.keys()
+        for dimension in sorted(state.assignments.keys() - defined):
+            segment = state.assignments[dimension].segment
+            kind = "audience" if segment == MEMBER else "dimension"
+            reason = f"{kind} {dimension!r} is not in definitions version {rules.version}"
+            changes.append((dimension, segment, None, reason, "definitions", None))
+        for dimension, before, after, why, cause, since in changes:
             sequence += 1
             reason = CAUSE_NOTE.get(cause, "") + why
             event = segment_change_event(
@@ -277,12 +286,14 @@ class Evaluator:
             is_published = cause != "definitions" or rules.publish == "each"
             writes.payloads.append(_event_encoder.encode(event) if is_published else None)
             if after is not None:
-                decision = result.assignments[dimension]
+                assert since is not None
                 reasons[dimension] = reason
-                writes.segments.append(
-                    (cid, dimension, after, decision.since, reason, rules.version, now)
-                )
+                writes.segments.append((cid, dimension, after, since, reason, rules.version, now))
                 self._count_change(dimension, after)
+            else:
+                # An exit: the dimension was removed, or the customer left an audience.
+                writes.removed.append((cid, dimension))
+                reasons.pop(dimension, None)
         version = state.version + 1
         scores = _scores_json(result.scores)
         writes.evaluations.append(
@@ -293,6 +304,7 @@ class Evaluator:
         writes.docs.append(_document(cid, version, rules, now, result, data, reasons))
 
     def _count_change(self, dimension: str, segment: str) -> None:
+        # An audience counts its entries, as segment `member`.
         counter = self._change_counters.get((dimension, segment))
         if counter is None:
             counter = self._metrics.changes.labels(dimension, segment)
@@ -351,16 +363,32 @@ class Writes:
     unmarked: list[tuple[str, int]] = field(default_factory=list)
 
 
+def _audience_changes(
+    state: repo.State, result: Evaluation, cause: Cause
+) -> list[tuple[str, str | None, str | None, str, Cause, datetime | None]]:
+    """Entries (from none to `member`) and exits (from `member` to none) of audiences,
+    against what is stored: a row of another kind under an audience's name (a dimension
+    of that name removed) is left as an exit too."""
+    changes: list[tuple[str, str | None, str | None, str, Cause, datetime | None]] = []
+    for name, decision in result.audiences.items():
+        stored = state.assignments.get(name)
+        before = None if stored is None else stored.segment
+        if before != decision.segment:
+            changes.append((name, before, decision.segment, decision.reason, cause, decision.since))
+    return changes
+
+
 def _document(
     customer_id: str,
     version: int,
     rules: Ruleset,
     now: datetime,
-    result: Any,
+    result: Evaluation,
     data: repo.Loaded,
     reasons: dict[str, str],
 ) -> CachedCustomer:
-    """The Redis document: current segments with the reason each was entered."""
+    """The Redis document: current segments and audiences with the reason each was
+    entered (audiences only while a member)."""
     cached = {
         dimension: CachedSegment(
             segment=decision.segment,
@@ -368,6 +396,13 @@ def _document(
             reason=reasons.get(dimension) or decision.reason,
         )
         for dimension, decision in result.assignments.items()
+    }
+    audiences = {
+        name: CachedSegment(
+            segment=MEMBER, since=decision.since, reason=reasons.get(name) or decision.reason
+        )
+        for name, decision in result.audiences.items()
+        if decision.since is not None
     }
     facts = data.facts
     return CachedCustomer(
@@ -377,6 +412,7 @@ def _document(
         evaluated_at=now,
         next_change_at=result.next_change_at,
         segments=cached,
+        audiences=audiences,
         scores=dict(result.scores),
         aggregates=CachedAggregates(
             order_count=facts.order_count,

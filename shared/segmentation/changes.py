@@ -72,9 +72,7 @@ def changed_dimensions(old: Definitions | None, new: Definitions) -> tuple[str, 
     kept = {d.name for d in new.dimensions}
     changed.extend(d.name for d in old.dimensions if d.name not in kept)
     was = {a.name: audience_fingerprint(old, a) for a in old.audiences}
-    changed.extend(
-        a.name for a in new.audiences if was.get(a.name) != audience_fingerprint(new, a)
-    )
+    changed.extend(a.name for a in new.audiences if was.get(a.name) != audience_fingerprint(new, a))
     still = {a.name for a in new.audiences}
     changed.extend(a.name for a in old.audiences if a.name not in still)
     return tuple(changed)
