@@ -45,9 +45,12 @@ _FAMILIES: Final[tuple[tuple[str, Any, str, str, str], ...]] = (
         SegmentChangeEvent,
         SEGMENT_CHANGE_DATASCHEMA,
         "Segment change, CloudEvents 1.0 structured mode",
-        "Published by the segmenter when a customer changes segment in one dimension. "
-        "`data.cause` says why the customer was evaluated (docs/events.md, Causes); "
-        "`data.to_segment` is null when the dimension was removed. Consumers dedupe by `id`.",
+        "Published by the segmenter when a customer changes segment in one dimension, or "
+        "enters or leaves an audience (`data.dimension` is then the audience, and the "
+        "segment `member`). `data.cause` says why the customer was evaluated (docs/events.md, "
+        "Causes); `data.from_segment` is null on a first assignment or an audience entry, "
+        "`data.to_segment` null when the dimension was removed or on an audience exit. "
+        "Consumers dedupe by `id`.",
     ),
     (
         "definitions_activated.v1.json",

@@ -12,6 +12,7 @@ from services.api.customers import repository
 from services.api.customers.cache import CacheReader
 from services.api.customers.schemas import (
     AggregatesSummary,
+    AudienceMembership,
     CustomerSegments,
     HistoryEntry,
     HistoryPage,
@@ -24,6 +25,7 @@ from services.api.pagination import decode_int_cursor, encode_cursor
 from services.api.segments.service import DefinitionsCache, VersionInForce
 from services.ingest.repository import CustomerAggregates, fetch_aggregates
 from shared.segment_cache import CachedAggregates, CachedCustomer
+from shared.segmentation.audiences import MEMBER
 
 HISTORY_CURSOR = "h"
 _Segment = TypeVar("_Segment")
@@ -37,6 +39,7 @@ def from_cache(
     doc: CachedCustomer, now: datetime, in_force: VersionInForce | None
 ) -> CustomerSegments:
     segments, scores = _in_force(doc.segments, doc.scores, doc.definition_version, in_force)
+    audiences = _audiences_in_force(doc.audiences, doc.definition_version, in_force)
     return _answer(
         doc.customer_id,
         {
@@ -47,6 +50,12 @@ def from_cache(
                 definition_version=doc.definition_version,
             )
             for dim, s in segments.items()
+        },
+        {
+            name: AudienceMembership(
+                since=a.since, reason=a.reason, definition_version=doc.definition_version
+            )
+            for name, a in audiences.items()
         },
         scores,
         doc,
@@ -76,6 +85,32 @@ def _in_force(
     )
 
 
+def _audiences_in_force(
+    audiences: dict[str, _Segment], definition_version: int, in_force: VersionInForce | None
+) -> dict[str, _Segment]:
+    """As `_in_force`, of audiences: an evaluation under an older version can hold an
+    audience the version in force removed."""
+    if in_force is None or definition_version >= in_force.version:
+        return audiences
+    return {name: a for name, a in audiences.items() if name in in_force.audiences}
+
+
+def _split(
+    stored: dict[str, repository.StoredSegment], in_force: VersionInForce | None
+) -> tuple[dict[str, repository.StoredSegment], dict[str, repository.StoredSegment]]:
+    """A customer's stored rows as (dimensions, audiences). An audience's row is stored like
+    a dimension's, with segment `member`; a name the version in force has as a dimension
+    stays one (a dimension may have a segment called `member`)."""
+    dimensions, audiences = {}, {}
+    known = frozenset() if in_force is None else in_force.dimensions
+    for name, row in stored.items():
+        if row.segment == MEMBER and name not in known:
+            audiences[name] = row
+        else:
+            dimensions[name] = row
+    return dimensions, audiences
+
+
 class _Evaluated(Protocol):
     @property
     def definition_version(self) -> int: ...
@@ -88,6 +123,7 @@ class _Evaluated(Protocol):
 def _answer(
     customer_id: str,
     segments: dict[str, SegmentAssignment],
+    audiences: dict[str, AudienceMembership],
     scores: dict[str, int | None],
     evaluation: _Evaluated,
     now: datetime,
@@ -98,6 +134,7 @@ def _answer(
     return CustomerSegments(
         customer_id=customer_id,
         segments=segments,
+        audiences=dict(sorted(audiences.items())),
         # By name from both sources: jsonb keeps its keys in an order of its own.
         scores=dict(sorted(scores.items())),
         definition_version=evaluation.definition_version,
@@ -138,7 +175,9 @@ async def from_database(
         aggregates = await fetch_aggregates(conn, list(stored), now) if stored else {}
     answers = {}
     for cid, e in stored.items():
-        segments, scores = _in_force(e.segments, e.scores, e.definition_version, in_force)
+        rows, members = _split(e.segments, in_force)
+        segments, scores = _in_force(rows, e.scores, e.definition_version, in_force)
+        audiences = _audiences_in_force(members, e.definition_version, in_force)
         answers[cid] = _answer(
             cid,
             {
@@ -149,6 +188,12 @@ async def from_database(
                     definition_version=s.definition_version,
                 )
                 for dim, s in segments.items()
+            },
+            {
+                name: AudienceMembership(
+                    since=a.since, reason=a.reason, definition_version=a.definition_version
+                )
+                for name, a in audiences.items()
             },
             scores,
             e,
