@@ -39,7 +39,7 @@ from shared.events.segment_change import (
     segment_change_event,
     segment_change_id,
 )
-from shared.facts import Fold, read_facts, write_fold
+from shared.facts import Fold, metric_values, read_facts, write_fold
 from shared.retry import Backoff, Retry, is_retriable
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 from shared.segmentation import CustomerFacts, UncoveredCustomerError, evaluate
@@ -394,6 +394,8 @@ def _document(
             interactions_30d=facts.events["interactions_30d"],
             last_interaction_at=facts.last_interaction_at,
             open_cart_at=facts.last_cart_at,
+            metrics=metric_values(facts, rules.definitions.event_metrics),
+            counted_since=dict(facts.counted_since),
         ),
     )
 

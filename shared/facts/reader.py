@@ -898,6 +898,21 @@ async def write_fold(conn: asyncpg.Connection, fold: Fold) -> None:
         )
 
 
+def metric_values(facts: CustomerFacts, names: Iterable[str]) -> dict[str, str | int | None]:
+    """The values of event metrics `names` as customer reads show them, from the cache or
+    from the database alike: counts as numbers, sums as decimal text, times as RFC 3339."""
+    out: dict[str, str | int | None] = {}
+    for name in names:
+        value = facts.events.get(name)
+        if value is None or isinstance(value, int):
+            out[name] = value
+        elif isinstance(value, datetime):
+            out[name] = value.isoformat()
+        else:
+            out[name] = str(value)
+    return out
+
+
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     if not rows:
         return [[] for _ in range(width)]
@@ -909,6 +924,7 @@ __all__ = [
     "FactsPlan",
     "FactsRead",
     "Fold",
+    "metric_values",
     "plan_for",
     "read_facts",
     "timedelta",

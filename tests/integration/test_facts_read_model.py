@@ -154,7 +154,7 @@ class Shop:
 
     def _interaction(self, cid: str, at: datetime) -> Any:
         cls = self.rng.choice([EmailClick, Login, PageView])
-        properties = (
+        properties: dict[str, Any] = (
             {"campaign": self.rng.choice(["bf", "cm", "x"])} if self.rng.random() < 0.6 else {}
         )
         return cls(
@@ -253,7 +253,7 @@ async def test_folded_metrics_equal_the_full_history(
             assert dict(facts.events) == expected, (step, cid)
             # The windows' heads give the same values ahead, as far as the thresholds go.
             later = now + timedelta(days=rng.choice([1, 8, 31]))
-            ahead = Timeline(facts, METRICS).metrics(later)
+            ahead: dict[str, Any] = Timeline(facts, METRICS).metrics(later)
             reference_later = shop.reference(cid, later)
             for name, window in facts.windows.items():
                 top = tops[name]
