@@ -18,10 +18,11 @@ read the customer's older events again.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -83,8 +84,8 @@ class EventFilter:
     where: Condition | None = None
     where_source: str = ""  # the condition as written (normalised spaces): part of the key
     uses_items: bool = False  # `where` reads item.*: the order matches through its lines
-    key: str = field(init=False)
-    _predicate: Callable[[Mapping[str, Any]], bool] | None = field(
+    key: str = dataclasses.field(init=False)
+    _predicate: Callable[[Mapping[str, Any]], bool] | None = dataclasses.field(
         init=False, repr=False, compare=False
     )
 
@@ -114,7 +115,7 @@ class EventMetric:
     field: str | None
     window: timedelta | None
     description: str = ""
-    key: str = field(init=False)
+    key: str = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         window = "" if self.window is None else str(self.window // timedelta(microseconds=1))

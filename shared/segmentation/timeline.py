@@ -79,7 +79,7 @@ class Timeline:
         for name, value in facts.events.items():
             window = self._windows.get(name)
             if window is not None:
-                env[name] = window.value if at_facts_time else window.at(now)  # type: ignore[assignment]
+                env[name] = window.value if at_facts_time else window.at(now)
                 continue
             metric = self.event_metrics.get(name) or BUILT_IN_EVENT_METRICS.get(name)
             if metric is not None and metric.kind in (MetricKind.FIRST, MetricKind.LAST):

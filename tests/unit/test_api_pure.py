@@ -199,7 +199,7 @@ def test_stored_rows_split_into_dimensions_and_audiences() -> None:
         # A dimension in force may have a segment called `member`: it stays a dimension.
         "club": StoredSegment("member", at, "r", 2),
     }
-    in_force = VersionInForce(2, frozenset({"lifecycle", "club"}), frozenset(), frozenset())
+    in_force = VersionInForce(2, frozenset({"lifecycle", "club"}), frozenset())
     dimensions, audiences = _split(rows, in_force)
     assert (set(dimensions), set(audiences)) == ({"lifecycle", "club"}, {"vip_at_risk"})
     # Not knowing the version in force yet, a `member` row reads as an audience.

@@ -54,6 +54,7 @@ class VersionInForce:
     version: int
     dimensions: frozenset[str]
     scores: frozenset[str]
+    definitions: Definitions | None = None  # for reading facts: its event metrics
     audiences: frozenset[str] = frozenset()
 
 
@@ -132,7 +133,8 @@ class DefinitionsCache:
             version,
             frozenset(dimension.name for dimension in definitions.dimensions),
             frozenset(definitions.scores),
-            frozenset(audience.name for audience in definitions.audiences),
+            definitions,
+            audiences=frozenset(audience.name for audience in definitions.audiences),
         )
 
 
