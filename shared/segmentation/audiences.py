@@ -110,28 +110,33 @@ def explain_unmet(condition: Condition, env: Env) -> str:
 
 def dependency_order(audiences: Sequence[Audience]) -> tuple[list[Audience], list[list[str]]]:
     """The audiences ordered so that each follows the audiences it references (file order
-    otherwise), and the cycles found, each as the names along it (`[a, b, a]`)."""
+    otherwise), and the cycles found, each as the names along it (`[a, b, a]`).
+
+    A depth-first walk with a stack of its own: a document may chain thousands of
+    audiences, deeper than Python's recursion."""
     by_name = {audience.name: audience for audience in audiences}
     ordered: list[Audience] = []
     cycles: list[list[str]] = []
-    state: dict[str, str] = {}  # "visiting" or "done"
-
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            cycle = [*path[path.index(name) :], name]
-            if not any(set(cycle) == set(found) for found in cycles):
-                cycles.append(cycle)
-            return
-        state[name] = "visiting"
-        for reference in sorted(by_name[name].audiences & by_name.keys()):
-            visit(reference, [*path, name])
-        state[name] = "done"
-        ordered.append(by_name[name])
-
-    for audience in audiences:
-        visit(audience.name, [])
+    done: set[str] = set()
+    for root in audiences:
+        if root.name in done:
+            continue
+        path: list[str] = [root.name]  # the names being visited, root first
+        pending = [iter(sorted(root.audiences & by_name.keys()))]
+        while pending:
+            reference = next(pending[-1], None)
+            if reference is None:
+                pending.pop()
+                name = path.pop()
+                done.add(name)
+                ordered.append(by_name[name])
+            elif reference in path:
+                cycle = [*path[path.index(reference) :], reference]
+                if not any(set(cycle) == set(found) for found in cycles):
+                    cycles.append(cycle)
+            elif reference not in done:
+                path.append(reference)
+                pending.append(iter(sorted(by_name[reference].audiences & by_name.keys())))
     return ordered, cycles
 
 

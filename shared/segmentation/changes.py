@@ -40,29 +40,41 @@ def dimension_fingerprint(definitions: Definitions, dimension: Dimension) -> tup
 
 
 def audience_fingerprint(definitions: Definitions, audience: Audience) -> tuple[Any, ...]:
-    """Everything that decides membership of `audience`: its condition, the cut-offs and
-    scores it reads, and the fingerprints of the dimensions and audiences it references
-    (references have no cycle, so this ends)."""
+    """What decides membership of `audience` besides the dimensions and audiences it
+    references: its condition (which names them) and the cut-offs and scores it reads."""
     return (
         audience.condition,
         tuple(sorted((n, s) for n, s in definitions.cutoffs.items() if n in audience.metrics)),
         tuple(sorted((n, s) for n, s in definitions.scores.items() if n in audience.metrics)),
-        tuple(
-            (name, dimension_fingerprint(definitions, definitions.dimension(name)))
-            for name in sorted(audience.dimensions)
-        ),
-        tuple(
-            (name, audience_fingerprint(definitions, definitions.audience(name)))
-            for name in sorted(audience.audiences)
-        ),
     )
+
+
+def _changed_audiences(
+    old: Definitions, new: Definitions, dimensions: frozenset[str]
+) -> frozenset[str]:
+    """The new side's audiences added or whose fingerprint differs, or that read one of
+    `dimensions` (those that changed) or an audience that changed. In evaluation order, an
+    audience comes after those it reads, so one pass decides; no fingerprint nests
+    another's, which would grow exponentially with shared references."""
+    before = {a.name: a for a in old.audiences}
+    changed: set[str] = set()
+    for audience in new.audiences:
+        was = before.get(audience.name)
+        if (
+            was is None
+            or audience_fingerprint(old, was) != audience_fingerprint(new, audience)
+            or audience.dimensions & dimensions
+            or audience.audiences & changed
+        ):
+            changed.add(audience.name)
+    return frozenset(changed)
 
 
 def changed_dimensions(old: Definitions | None, new: Definitions) -> tuple[str, ...]:
     """Dimensions added, removed, or whose rules (or the cut-offs and scores they read)
     differ, in the new file's order and then the removed ones, and the same of audiences
-    after them (`audience_fingerprint`): only their customers' segments and memberships can
-    move when `new` replaces `old`."""
+    after them (also those that read a changed dimension or audience): only their
+    customers' segments and memberships can move when `new` replaces `old`."""
     if old is None:
         return (*(d.name for d in new.dimensions), *(a.name for a in new.audiences))
     before = {d.name: dimension_fingerprint(old, d) for d in old.dimensions}
@@ -71,8 +83,8 @@ def changed_dimensions(old: Definitions | None, new: Definitions) -> tuple[str, 
     ]
     kept = {d.name for d in new.dimensions}
     changed.extend(d.name for d in old.dimensions if d.name not in kept)
-    was = {a.name: audience_fingerprint(old, a) for a in old.audiences}
-    changed.extend(a.name for a in new.audiences if was.get(a.name) != audience_fingerprint(new, a))
+    audiences = _changed_audiences(old, new, frozenset(changed))
+    changed.extend(a.name for a in new.audiences if a.name in audiences)
     still = {a.name for a in new.audiences}
     changed.extend(a.name for a in old.audiences if a.name not in still)
     return tuple(changed)
@@ -195,14 +207,14 @@ def diff_definitions(old: Definitions, new: Definitions) -> DefinitionsDiff:
 def _audience_diffs(old: Definitions, new: Definitions) -> tuple[AudienceDiff, ...]:
     before = {a.name: a for a in old.audiences}
     after = {a.name: a for a in new.audiences}
+    reevaluated_ones = frozenset(changed_dimensions(old, new))
     diffs = []
     for audience in new.audiences:
         was = before.get(audience.name)
+        reevaluated = audience.name in reevaluated_ones
         if was is None:
             status: Status = "added"
-            reevaluated = True
         else:
-            reevaluated = audience_fingerprint(old, was) != audience_fingerprint(new, audience)
             differs = reevaluated or was.description != audience.description
             status = "changed" if differs else "unchanged"
         diffs.append(

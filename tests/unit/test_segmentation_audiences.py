@@ -398,3 +398,24 @@ def test_the_preview_counts_entries_exits_and_sizes_per_audience() -> None:
     assert buyers["status"] == "added"
     assert buyers["segments"] == [{"name": MEMBER, "now": 0, "candidate": 2}]
     assert [d["name"] for d in transitions.dimensions()] == [d.name for d in candidate.dimensions]
+
+
+def test_long_chains_and_shared_references_load_and_compare_quickly() -> None:
+    # Deeper than Python's recursion, and references shared by many (a fingerprint that
+    # nested its references' would grow as the Fibonacci numbers here).
+    chain = "".join(f"  c{i}: c{i + 1} and has_ordered\n" for i in range(2000))
+    diamond = "".join(f"  d{i}: d{i + 1} or d{i + 2}\n" for i in range(60))
+    tail = "  c2000: lifecycle = new\n  d60: lifecycle = active\n  d61: has_interacted\n"
+    base = load_definitions(DEFAULTS + "audiences:\n" + chain + diamond + tail)
+    names = [a.name for a in base.audiences]
+    assert names.index("c2000") < names.index("c0")
+    assert names.index("d61") < names.index("d0")
+    edited = load_definitions(
+        DEFAULTS + "audiences:\n" + chain + diamond + tail.replace("has_interacted", "has_ordered")
+    )
+    changed = changed_dimensions(base, edited)
+    assert set(changed) == {f"d{i}" for i in range(62)} - {"d60"}
+    facts = customer(orders=[(5, "20")])
+    result = evaluate(base, facts, NOW, {}, EMPTY)
+    assert result.audiences["c0"].member
+    assert result.audiences["d0"].member is False
