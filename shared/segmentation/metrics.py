@@ -5,9 +5,9 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, Literal
@@ -140,6 +140,7 @@ _ALL: tuple[Metric, ...] = (
     _metric("days_in_segment", MetricType.DAYS, "time in the current segment", nullable=True),
 )
 
+
 def _signup_at(facts: CustomerFacts) -> datetime | None:
     value = facts.traits.get("signup_at")
     return value if isinstance(value, datetime) else None
@@ -168,9 +169,7 @@ _TRAITS: tuple[Metric, ...] = (
         if trait.kind in TRAIT_TYPES
     ),
     Metric(AGE, MetricType.YEARS, True, "whole years since birth_date"),
-    Metric(
-        "days_since_signup", MetricType.DAYS, True, "days since signup_at", anchor=_signup_at
-    ),
+    Metric("days_since_signup", MetricType.DAYS, True, "days since signup_at", anchor=_signup_at),
 )
 TRAIT_METRICS = frozenset(metric.name for metric in _TRAITS)
 
@@ -193,8 +192,10 @@ def event_metric_contract(event: EventMetric) -> Metric:
             return value if isinstance(value, datetime) else None
 
         return Metric(name, MetricType.DAYS, True, description, anchor=anchor, event=event)
-    type_ = MetricType.MONEY if event.kind is MetricKind.SUM and event.field == "amount" else (
-        MetricType.COUNT
+    type_ = (
+        MetricType.MONEY
+        if event.kind is MetricKind.SUM and event.field == "amount"
+        else (MetricType.COUNT)
     )
     return Metric(event.name, type_, False, description, event=event)
 
@@ -211,13 +212,17 @@ def compute_fact_metrics(
     facts: CustomerFacts,
     now: datetime,
     event_metrics: Mapping[str, EventMetric] | None = None,
+    *,
+    zone: tzinfo = UTC,
+    custom_traits: Iterable[str] = (),
 ) -> dict[str, MetricValue]:
     """Every fact-derived metric of `facts` at `now` (never the wall clock), at or after
     the facts' `as_of`. `event_metrics`: the specs of the event metrics in `facts.events`
-    (the built-in ones when None)."""
+    (the built-in ones when None); `zone`: where `age` moves at midnight on the birthday;
+    `custom_traits`: the declared custom traits, null when the customer has none."""
     from shared.segmentation.timeline import Timeline
 
-    return Timeline(facts, event_metrics).metrics(now)
+    return Timeline(facts, event_metrics, zone=zone, custom_traits=custom_traits).metrics(now)
 
 
 def lifetime_metrics(facts: CustomerFacts, now: datetime) -> dict[str, MetricValue]:

@@ -95,6 +95,13 @@ def age_on(birth_date: date, day: date) -> int:
     return years
 
 
+def birthday_in(birth_date: date, year: int) -> date:
+    """The day `birth_date`'s birthday falls on in `year` (29 February: 1 March in years
+    without one), the day on which `age_on` counts one year more."""
+    month, day = _birthday_in(birth_date, year)
+    return date(year, month, day)
+
+
 def _birthday_in(birth_date: date, year: int) -> tuple[int, int]:
     if birth_date.month == 2 and birth_date.day == 29 and not _is_leap(year):
         return (3, 1)
