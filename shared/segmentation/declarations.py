@@ -251,9 +251,10 @@ class _MetricReader:
             return
         period, setting = kept
         if window > period:
+            rows = source.value.removesuffix("s")
             self.problem(
-                f"within {within} is longer than the {_span(period)} {source.value} rows are "
-                f"kept ({setting}); shorten the window or raise the setting"
+                f"within {within} is longer than the {_span(period)} {rows} rows are kept "
+                f"({setting}); shorten the window or raise the setting"
             )
 
 
