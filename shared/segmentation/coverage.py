@@ -99,7 +99,11 @@ class _Checker:
         # when they can be null (a score is null exactly when its input is).
         metrics = self.metrics
         wanted = {name for name in dimension.metrics if name in metrics}
-        wanted.update(spec.metric for spec in self.scores if metrics[spec.metric].nullable)
+        wanted.update(
+            spec.metric
+            for spec in self.scores
+            if metrics[spec.metric].nullable or spec.metric in declared
+        )
         wanted -= {"previous", "days_in_segment"}
         free = {name for name in wanted if name in TRAIT_METRICS or name in declared}
         self.targets = [name for name in METRICS if name in wanted - free and name in FACT_METRICS]
