@@ -218,7 +218,8 @@ def test_the_issue_examples_load_with_their_types() -> None:
     definitions = load(
         """
   email_clicks_14d:  {count: email_click, within: 14d}
-  running_spend_90d: {sum: amount, of: order_placed, where: "item.category = 'running'", within: 90d}
+  running_spend_90d: {sum: amount, of: order_placed, where: "item.category = 'running'",
+                      within: 90d}
   app_orders_365d:   {count: order_placed, where: "channel = 'app'", within: 365d}
   skus_bought:       {distinct: item.sku, of: order_placed}
   units_36h:         {sum: quantity, of: order_placed, within: 36h}
