@@ -187,6 +187,7 @@ async def test_windows_longer_than_ingest_keeps_are_refused_naming_the_setting(
             "STREAMSEG_INGEST_INTERACTION_RETENTION_DAYS",
         )
     await seed_definitions(engine)
+
     def document(within: str) -> str:
         declared = f"metrics:\n  clicks: {{count: email_click, within: {within}}}\ndimensions:"
         return DEFAULT.replace("dimensions:", declared, 1)
