@@ -335,7 +335,7 @@ class IngestWorker:
             changes = build_changes(events, self._settings.currency_rates, retention_start)
             try:
                 async with conn.transaction():
-                    await repo.insert_interactions(conn, changes.window_rows)
+                    await repo.insert_interactions(conn, changes.window_rows, changes.pending)
                     await repo.apply_batch(conn, changes.statements)
                     raise _TrialRolledBack
             except _TrialRolledBack:
@@ -464,7 +464,7 @@ class IngestWorker:
                     self._settings.currency_rates,
                     now - self._retention,
                 )
-            await repo.insert_interactions(conn, changes.window_rows)
+            await repo.insert_interactions(conn, changes.window_rows, changes.pending)
             await repo.apply_batch(conn, changes.statements)
             await repo.mark_with_args(conn, changes.queue_args, now)
         return len(fresh)

@@ -21,6 +21,7 @@ from services.segmenter.settings import SegmenterSettings
 from shared.clock import Clock, is_running
 from shared.db.engine import pg_connection
 from shared.definitions import repository as store
+from shared.facts import plan_for
 from shared.retry import Backoff, Retry, repeat_until_stopped
 from shared.segmentation import (
     Definitions,
@@ -82,6 +83,7 @@ async def recompute(
     old = ruleset.population if ruleset.population_id is not None else None
     if not defs.population_metrics:
         return 0
+    plan = plan_for(defs, heads=False)
     async with pg_connection(engine) as conn, conn.transaction():
         if not await repo.try_lock(conn, "population"):
             return None
@@ -92,11 +94,9 @@ async def recompute(
             if not ids:
                 break
             after = ids[-1]
-            loaded_chunk = await repo.load_customers(
-                conn, ids, now, with_interactions=ruleset.counts_interactions
-            )
-            for cid, loaded in loaded_chunk.items():
-                samples[cid] = population_sample(defs, loaded.facts, now, zone=zone)
+            loaded_chunk = await repo.load_customers(conn, ids, now, plan)
+            for cid, facts in loaded_chunk.items():
+                samples[cid] = population_sample(defs, facts, now, zone=zone)
         columns = {m: [s[m] for s in samples.values()] for m in defs.population_metrics}
         stats = compute_population_stats(defs, columns)
         if old is not None and old.to_dict() == stats.to_dict():

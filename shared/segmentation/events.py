@@ -22,7 +22,7 @@ import dataclasses
 import enum
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -101,11 +101,11 @@ class EventFilter:
     where: Condition | None = None
     where_source: str = ""  # the condition as written (normalised spaces): part of the key
     uses_items: bool = False  # `where` reads item.*: the order matches through its lines
-    key: str = field(init=False)
-    _predicate: Callable[[Mapping[str, Any]], bool] | None = field(
+    key: str = dataclasses.field(init=False)
+    _predicate: Callable[[Mapping[str, Any]], bool] | None = dataclasses.field(
         init=False, repr=False, compare=False
     )
-    _types: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    _types: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         key = _short_hash(self.source, ",".join(sorted(self.types)), self.where_source)
@@ -136,7 +136,6 @@ class EventMetric:
     field: str | None
     window: timedelta | None
     description: str = ""
-    # dataclasses.field: `field` in this class body is the attribute above, to a type checker.
     key: str = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
