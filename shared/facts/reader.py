@@ -666,7 +666,9 @@ def _from_stored(
         return _advance_distinct(metric, customer, now, changes, in_state, forward, entries, exits)
     zero = _measure_zero(metric)
     value: Any = (
-        Decimal(customer.state[metric.key]) if isinstance(zero, Decimal) else int(customer.state[metric.key])
+        Decimal(customer.state[metric.key])
+        if isinstance(zero, Decimal)
+        else int(customer.state[metric.key])
     )
     for old, new in changes:
         if old is not None and in_state(old.at):
