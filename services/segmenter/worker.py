@@ -17,7 +17,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, cast
 
 __all__ = ["Evaluator", "Ruleset", "Writes", "evaluate_loop"]
@@ -72,8 +72,10 @@ class Evaluator:
         *,
         batch_size: int = 500,
         on_changes: Any = None,
+        zone: tzinfo = UTC,
     ) -> None:
         self._engine = engine
+        self._zone = zone  # where birthdays begin (STREAMSEG_BIRTHDAY_TIME_ZONE)
         self._cache = CacheWriter(cache, metrics)
         self._clock = clock
         self._metrics = metrics
@@ -221,7 +223,9 @@ class Evaluator:
         writes: Writes,
     ) -> None:
         try:
-            result = evaluate(rules.definitions, facts, now, state.assignments, rules.population)
+            result = evaluate(
+                rules.definitions, facts, now, state.assignments, rules.population, zone=self._zone
+            )
         except UncoveredCustomerError as exc:
             # A definitions gap is permanent for this customer: count it, keep going.
             self._metrics.uncovered.inc()

@@ -9,7 +9,8 @@ from decimal import Decimal
 from shared.segmentation.audiences import Audience
 from shared.segmentation.conditions import Condition, Env, Predicate, explain
 from shared.segmentation.events import EventMetric
-from shared.segmentation.metrics import Number
+from shared.segmentation.metrics import METRICS, Metric, Number
+from shared.segmentation.traits import TraitKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,15 @@ class Definitions:
     event_metrics: Mapping[str, EventMetric] = field(default_factory=dict, repr=False)
     # In evaluation order: each after the audiences it references, file order otherwise.
     audiences: tuple[Audience, ...] = ()
+    # The contracts of the declared metrics and custom traits (`traits:`), by name.
+    declared_metrics: Mapping[str, Metric] = field(default_factory=dict, repr=False)
+    custom_traits: Mapping[str, TraitKind] = field(default_factory=dict, repr=False)
+
+    def metric(self, name: str) -> Metric:
+        """The contract of a metric these definitions can read: built-in, a trait, or
+        declared (KeyError if none)."""
+        found = METRICS.get(name)
+        return found if found is not None else self.declared_metrics[name]
 
     def dimension(self, name: str) -> Dimension:
         """The dimension called `name` (KeyError if there is none)."""

@@ -13,9 +13,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
+_DAY = timedelta(days=1)
 TraitValue = str | int | float | bool | date | datetime | tuple[str, ...] | None
 
 
@@ -94,6 +95,13 @@ def age_on(birth_date: date, day: date) -> int:
     return years
 
 
+def birthday_in(birth_date: date, year: int) -> date:
+    """The day `birth_date`'s birthday falls on in `year` (29 February: 1 March in years
+    without one), the day on which `age_on` counts one year more."""
+    month, day = _birthday_in(birth_date, year)
+    return date(year, month, day)
+
+
 def _birthday_in(birth_date: date, year: int) -> tuple[int, int]:
     if birth_date.month == 2 and birth_date.day == 29 and not _is_leap(year):
         return (3, 1)
@@ -117,9 +125,9 @@ def trait_metrics(
     birth = traits.get("birth_date")
     out["age"] = age_on(birth, now.astimezone(zone).date()) if isinstance(birth, date) else None
     signup = traits.get("signup_at")
-    out["days_since_signup"] = (
-        max((now - signup).total_seconds() / 86_400, 0.0) if isinstance(signup, datetime) else None
-    )
+    # The arithmetic of metrics.days_between, so that next-change times are exact.
+    days = (now - signup) / _DAY if isinstance(signup, datetime) else None
+    out["days_since_signup"] = None if days is None else days if days > 0.0 else 0.0
     for name, value in traits.items():
         if name not in BUILT_IN_TRAITS:
             out[name] = value

@@ -251,6 +251,11 @@ async def test_folded_metrics_equal_the_full_history(
         for cid, facts in read.facts.items():
             expected = shop.reference(cid, now)
             assert dict(facts.events) == expected, (step, cid)
+            # Of the same types too: a count read back as a Decimal compares equal, but
+            # encodes as text in the cached document.
+            assert {n: type(v) for n, v in facts.events.items()} == {
+                n: type(v) for n, v in expected.items()
+            }
             # The windows' heads give the same values ahead, as far as the thresholds go.
             later = now + timedelta(days=rng.choice([1, 8, 31]))
             ahead: dict[str, Any] = Timeline(facts, METRICS).metrics(later)

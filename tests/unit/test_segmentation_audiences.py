@@ -419,3 +419,31 @@ def test_long_chains_and_shared_references_load_and_compare_quickly() -> None:
     result = evaluate(base, facts, NOW, {}, EMPTY)
     assert result.audiences["c0"].member
     assert result.audiences["d0"].member is False
+
+
+def test_audiences_read_traits_and_declared_metrics_with_exact_next_changes() -> None:
+    text = (
+        DEFAULTS.replace(
+            "cutoffs:", "metrics:\n  clicks_14d: {count: email_click, within: 14d}\ncutoffs:", 1
+        )
+        + "audiences:\n"
+        + "  dach_buyers: country in [DE, AT] and lifecycle != prospect\n"
+        + "  clickers: clicks_14d >= 2\n"
+    )
+    definitions = load_definitions(text)
+    assert definitions.audience("clickers").metrics == {"clicks_14d"}
+    facts = build_facts(
+        "c-1",
+        NOW,
+        [OrderFact(ago(3), Decimal(10))],
+        [Interaction(ago(10), "email_click"), Interaction(ago(1), "email_click")],
+        metrics=definitions.event_metrics.values(),
+        traits={"country": "AT"},
+    )
+    result = evaluate(definitions, facts, NOW, {}, EMPTY)
+    assert members(result) == {"dach_buyers", "clickers"}
+    # The click 10 days ago leaves the 14-day window in 4 days: the audience exits then.
+    assert result.next_change_at == ago(10) + timedelta(days=14)
+    assert_exact(definitions, facts, result)
+    found = problems(text.replace("[DE, AT]", "[DE, AT] and clicks_14d = vip"))
+    assert any("clicks_14d is a count, but 'vip' is neither a number" in p for p in found), found
