@@ -53,7 +53,7 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
         )
         stack.push_async_callback(engine.dispose)
         await require_current(engine, conn.database_schema)
-        topics = [settings.orders_topic, settings.interactions_topic]
+        topics = [settings.orders_topic, settings.interactions_topic, settings.customers_topic]
         await ensure_topics(
             conn.kafka_bootstrap,
             [TopicSpec(t, settings.topic_partitions) for t in topics]
