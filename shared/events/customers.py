@@ -95,6 +95,10 @@ TraitName = Annotated[
         description="A built-in trait's name, or a custom trait's name (bare, without custom.)",
     ),
 ]
+UnsetNames = Annotated[
+    tuple[TraitName, ...],
+    msgspec.Meta(max_length=len(BUILT_IN_TRAITS) + limits.MAX_CUSTOM_TRAITS),
+]
 
 
 class Traits(
@@ -138,10 +142,7 @@ class CustomerTraits(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     customer_id: Id
     occurred_at: OccurredAt
     traits: Traits = msgspec.field(default_factory=Traits)
-    unset: Annotated[
-        tuple[TraitName, ...],
-        msgspec.Meta(max_length=len(BUILT_IN_TRAITS) + limits.MAX_CUSTOM_TRAITS),
-    ] = ()
+    unset: UnsetNames = ()
     replace: bool = False
 
     def stored_values(self) -> dict[str, Any]:

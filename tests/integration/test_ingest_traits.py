@@ -122,9 +122,8 @@ async def test_the_latest_event_wins_per_trait_whatever_arrives_first(harness: H
     assert set(rows["c-r"]["times"]) == {"country", "tier"}
     # Each customer is one (an aggregates row) and was queued for evaluation by the events.
     async with harness.engine.connect() as conn:
-        queued = dict(
-            (await conn.execute(text("SELECT customer_id, cause FROM segmentation_queue"))).all()
-        )
+        rows_queued = await conn.execute(text("SELECT customer_id, cause FROM segmentation_queue"))
+        queued = {r.customer_id: r.cause for r in rows_queued}
         customers = set(
             (await conn.execute(text("SELECT customer_id FROM customer_aggregates"))).scalars()
         )
