@@ -13,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
+from services.api.auth.keys import SCOPES
 from shared.settings import ConnectionSettings
 from tests.conftest import MakeTopic, eventually, free_port, unique
 from tests.integration.test_api_support import bearer, make_key, running_api
@@ -271,3 +272,8 @@ async def test_without_kafka_writes_are_503_and_reads_still_answer(
         r = await client.put("/v1/customers/c-1/traits", headers=writer, json={"traits": {}})
         assert r.status_code == 503, r.text
         assert "does not exist" in r.json()["detail"]
+
+
+async def test_a_key_may_hold_every_scope_the_api_knows(engine: Any) -> None:
+    assert "traits:write" in SCOPES
+    await make_key(engine, *SCOPES)  # the api_keys check (migration 0007) admits them all
