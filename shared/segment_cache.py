@@ -42,6 +42,10 @@ class CachedAggregates(msgspec.Struct, frozen=True, kw_only=True):
     interactions_30d: int
     last_interaction_at: datetime | None
     open_cart_at: datetime | None
+    # Declared event metrics at the evaluation (shared.facts.metric_values): counts as
+    # numbers, sums as decimal text, first and last times as RFC 3339 text.
+    metrics: dict[str, str | int | None] = {}
+    counted_since: dict[str, datetime] = {}
 
 
 class CachedCustomer(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,11 +12,12 @@ from datetime import timedelta
 
 import structlog
 
+from services.ingest import repository as repo
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from services.ingest.worker import IngestWorker
 from shared.clock import clock_from_setting
-from shared.db.engine import create_engine
+from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import SchemaBehindError, require_current
 from shared.health import check_kafka, check_postgres, overall
 from shared.kafka import (
@@ -53,6 +54,15 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
         )
         stack.push_async_callback(engine.dispose)
         await require_current(engine, conn.database_schema)
+        async with pg_connection(engine) as db:
+            # What definitions may count: the API rejects a window over interactions
+            # longer than this (shared/facts).
+            await repo.record_retention(
+                db,
+                "interactions",
+                timedelta(days=settings.interaction_retention_days),
+                "STREAMSEG_INGEST_INTERACTION_RETENTION_DAYS",
+            )
         topics = [settings.orders_topic, settings.interactions_topic, settings.customers_topic]
         await ensure_topics(
             conn.kafka_bootstrap,

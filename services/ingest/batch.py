@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+import msgspec
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
@@ -66,7 +67,8 @@ class Changes:
     """Row changes for the repository, keys sorted so concurrent workers lock in one order."""
 
     orders: list[repo.OrderChange]
-    window_rows: list[tuple[str, datetime, str]]
+    window_rows: list[repo.InteractionRecord]
+    pending: list[repo.PendingRecord]
     touches: list[repo.CustomerTouch]
     order_customers: list[str]
     # Profile events, merged per trait at commit time under their rows' locks: the merge
@@ -120,13 +122,33 @@ class Screen:
         return event
 
 
+_json = msgspec.json.Encoder()
+
+
+def _items_json(items: Any, rate: Decimal) -> str | None:
+    """An order's lines as stored: unit prices in base currency, like the order's amount."""
+    if not items:
+        return None
+    lines = [
+        {
+            "sku": item.sku,
+            "category": item.category,
+            "quantity": item.quantity,
+            "unit_price": str(to_base(item.unit_price, rate)),
+        }
+        for item in items
+    ]
+    return _json.encode(lines).decode()
+
+
 def build_changes(
     events: list[Any], rates: dict[str, Decimal], retention_start: datetime
 ) -> Changes:
     """Fold events into per-row changes; every merge is commutative, as in the database."""
     orders: dict[tuple[str, str], repo.OrderChange] = {}
     touches: dict[str, repo.CustomerTouch] = {}
-    window_rows: list[tuple[str, datetime, str]] = []
+    window_rows: list[repo.InteractionRecord] = []
+    pending: list[repo.PendingRecord] = []
     order_customers: set[str] = set()
     traits: list[CustomerTraits] = []
     for ev in events:
@@ -152,6 +174,8 @@ def build_changes(
                 ):
                     change.placed_at, change.amount, change.channel = at, amount, ev.channel
                     change.placed_event_id = ev.event_id
+                    change.currency = ev.currency
+                    change.items = _items_json(ev.items, rates[ev.currency])
             elif ev.type == "order_refunded":
                 change.refunded += amount
             elif change.cancelled_at is None or at < change.cancelled_at:
@@ -168,14 +192,18 @@ def build_changes(
             touch.last_add_to_cart_at is None or at > touch.last_add_to_cart_at
         ):
             touch.last_add_to_cart_at = at
+        properties = _json.encode(ev.properties).decode() if ev.properties else None
         if at > retention_start:
-            window_rows.append((cid, at, ev.type))
+            window_rows.append((cid, at, ev.type, ev.event_id, properties))
+        pending.append((cid, None, ev.event_id, at, ev.type, properties))
     order_changes = [orders[k] for k in sorted(orders)]
+    pending.extend((c.customer_id, c.order_id, None, None, None, None) for c in order_changes)
     touch_list = [touches[k] for k in sorted(touches)]
     order_ids = sorted(order_customers)
     return Changes(
         orders=order_changes,
         window_rows=window_rows,
+        pending=pending,
         touches=touch_list,
         order_customers=order_ids,
         traits=sorted(traits, key=lambda ev: ev.customer_id),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -49,6 +49,8 @@ class OrderChange:
     channel: str | None = None
     refunded: Decimal = Decimal(0)
     cancelled_at: datetime | None = None
+    currency: str | None = None
+    items: str | None = None  # the placement's lines as JSON, unit prices in base currency
 
 
 async def claim_partitions(
@@ -207,6 +209,8 @@ def order_args(changes: Sequence[OrderChange]) -> tuple[Any, ...]:
         decimal_array([c.refunded for c in changes]),
         [c.cancelled_at for c in changes],
         text_array([c.placed_event_id for c in changes]),
+        text_array([c.currency for c in changes]),
+        text_array([c.items for c in changes]),
     )
 
 
@@ -229,14 +233,18 @@ _COUNTED_BEFORE = """CASE WHEN o.placed_at IS NOT NULL AND o.cancelled_at IS NUL
                    THEN GREATEST(o.amount - o.refunded, 0) END"""
 _ORDERS_UPSERT = f"""
     INSERT INTO orders AS o (customer_id, order_id, placed_at, amount, channel, refunded,
-                             cancelled_at, placed_event_id)
-    SELECT * FROM unnest($1::text::text[], $2::text::text[], $3::timestamptz[],
-                         $4::text::numeric[], $5::text::text[], $6::text::numeric[],
-                         $7::timestamptz[], $8::text::text[])
+                             cancelled_at, placed_event_id, currency, items)
+    SELECT u.c, u.o, u.p, u.a, u.ch, u.r, u.x, u.e, u.cu, u.i::jsonb
+    FROM unnest($1::text::text[], $2::text::text[], $3::timestamptz[],
+                $4::text::numeric[], $5::text::text[], $6::text::numeric[],
+                $7::timestamptz[], $8::text::text[], $9::text::text[], $10::text::text[])
+         AS u(c, o, p, a, ch, r, x, e, cu, i)
     ON CONFLICT (customer_id, order_id) DO UPDATE SET
         placed_at = CASE WHEN {_WINS} THEN EXCLUDED.placed_at ELSE o.placed_at END,
         amount = CASE WHEN {_WINS} THEN EXCLUDED.amount ELSE o.amount END,
         channel = CASE WHEN {_WINS} THEN EXCLUDED.channel ELSE o.channel END,
+        currency = CASE WHEN {_WINS} THEN EXCLUDED.currency ELSE o.currency END,
+        items = CASE WHEN {_WINS} THEN EXCLUDED.items ELSE o.items END,
         placed_event_id = CASE WHEN {_WINS} THEN EXCLUDED.placed_event_id
                                ELSE o.placed_event_id END,
         refunded = o.refunded + EXCLUDED.refunded,
@@ -313,13 +321,30 @@ async def apply_batch(
         await conn.execute(_RECOUNT_SQL, sorted(recount))
 
 
+InteractionRecord = tuple[str, datetime, str, str, str | None]
+PendingRecord = tuple[str, str | None, str | None, datetime | None, str | None, str | None]
+
+
 async def insert_interactions(
-    conn: asyncpg.Connection, rows: Sequence[tuple[str, datetime, str]]
+    conn: asyncpg.Connection,
+    rows: Sequence[InteractionRecord],
+    pending: Sequence[PendingRecord] = (),
 ) -> None:
-    """Append interaction times (customer_id, occurred_at, type) for the rolling windows."""
+    """Append interactions (customer_id, occurred_at, type, event_id, properties as JSON)
+    kept for the retention, and record what the batch changed for the segmenter's read
+    model (fact_changes: customer_id, order_id, event_id, occurred_at, type, properties):
+    every interaction, however old, and every order the batch touched."""
     if rows:
         await conn.copy_records_to_table(
-            "interactions", records=rows, columns=("customer_id", "occurred_at", "type")
+            "interactions",
+            records=rows,
+            columns=("customer_id", "occurred_at", "type", "event_id", "properties"),
+        )
+    if pending:
+        await conn.copy_records_to_table(
+            "fact_changes",
+            records=pending,
+            columns=("customer_id", "order_id", "event_id", "occurred_at", "type", "properties"),
         )
 
 
@@ -379,7 +404,7 @@ _ORDERS_AND_TOUCH_SQL = f"""
         INSERT INTO customer_aggregates AS a (
             {", ".join(_TOUCH_COLUMNS)}, order_count, net_spend, first_order_at, last_order_at)
         SELECT u.*, COALESCE(d.n, 0), COALESCE(d.spend, 0), d.first_at, d.last_at
-        FROM unnest({_touch_arrays(9)}) AS u({", ".join(_TOUCH_COLUMNS)})
+        FROM unnest({_touch_arrays(11)}) AS u({", ".join(_TOUCH_COLUMNS)})
         LEFT JOIN d ON d.customer_id = u.customer_id
         ORDER BY u.customer_id
         ON CONFLICT (customer_id) DO UPDATE SET {_TOUCH_UPDATES}, {_ORDER_TOTALS_UPDATES}
@@ -525,6 +550,22 @@ async def mark_with_args(conn: asyncpg.Connection, args: tuple[Any, ...], due_at
     )
 
 
+async def record_retention(
+    conn: asyncpg.Connection, source: str, retention: timedelta, setting: str
+) -> None:
+    """Record how long rows of `source` are kept, and the setting that says so."""
+    await conn.execute(
+        """
+        INSERT INTO ingest_retention (source, retention, setting) VALUES ($1, $2, $3)
+        ON CONFLICT (source) DO UPDATE SET retention = EXCLUDED.retention,
+            setting = EXCLUDED.setting, updated_at = now()
+        """,
+        source,
+        retention,
+        setting,
+    )
+
+
 async def event_time_watermark(conn: asyncpg.Connection) -> datetime | None:
     """The latest event time ingested on any partition: "now" for the event-time clock."""
     value: datetime | None = await conn.fetchval("SELECT max(max_event_at) FROM ingest_offsets")
@@ -540,101 +581,6 @@ async def prune(
         "DELETE FROM interactions WHERE occurred_at < $1", interactions_before
     )
     return int(dedup.split()[-1]), int(inter.split()[-1])
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerAggregates:
-    """Aggregates of one customer as of a moment, windows included."""
-
-    customer_id: str
-    order_count: int
-    net_spend: Decimal
-    first_order_at: datetime | None
-    last_order_at: datetime | None
-    average_order_value: Decimal | None
-    orders_30d: int
-    orders_90d: int
-    orders_365d: int
-    spend_30d: Decimal
-    spend_90d: Decimal
-    spend_365d: Decimal
-    interaction_count: int
-    interaction_counts: dict[str, int]
-    last_interaction_at: datetime | None
-    interactions_7d: int
-    interactions_30d: int
-    open_cart_at: datetime | None
-
-
-async def fetch_aggregates(
-    conn: asyncpg.Connection, customer_ids: Sequence[str], as_of: datetime
-) -> dict[str, CustomerAggregates]:
-    """Read aggregates with the rolling windows computed as of `as_of`, so they are exact
-    whenever they are read, without any event to expire old orders from a window."""
-    rows = await conn.fetch(
-        """
-        SELECT a.customer_id, a.order_count, a.net_spend, a.first_order_at, a.last_order_at,
-               a.interaction_count, a.last_interaction_at,
-               CASE WHEN a.last_add_to_cart_at IS NOT NULL
-                     AND (a.last_order_at IS NULL OR a.last_add_to_cart_at > a.last_order_at)
-                    THEN a.last_add_to_cart_at END AS open_cart_at,
-               w.*, iw.*, {counts}
-        FROM customer_aggregates a
-        CROSS JOIN (SELECT $2::timestamptz AS at) p
-        LEFT JOIN LATERAL (
-            SELECT count(*) FILTER (WHERE placed_at > p.at - interval '30 days') AS orders_30d,
-                   count(*) FILTER (WHERE placed_at > p.at - interval '90 days') AS orders_90d,
-                   count(*) AS orders_365d,
-                   COALESCE(sum(GREATEST(amount - refunded, 0))
-                            FILTER (WHERE placed_at > p.at - interval '30 days'), 0) AS spend_30d,
-                   COALESCE(sum(GREATEST(amount - refunded, 0))
-                            FILTER (WHERE placed_at > p.at - interval '90 days'), 0) AS spend_90d,
-                   COALESCE(sum(GREATEST(amount - refunded, 0)), 0) AS spend_365d
-            FROM orders
-            WHERE customer_id = a.customer_id AND cancelled_at IS NULL
-              AND placed_at > p.at - interval '365 days' AND placed_at <= p.at
-        ) w ON true
-        LEFT JOIN LATERAL (
-            SELECT count(*) FILTER (WHERE occurred_at > p.at - interval '7 days')
-                       AS interactions_7d,
-                   count(*) AS interactions_30d
-            FROM interactions
-            WHERE customer_id = a.customer_id
-              AND occurred_at > p.at - interval '30 days' AND occurred_at <= p.at
-        ) iw ON true
-        WHERE a.customer_id = ANY($1::text[])
-        """.format(counts=", ".join(f"a.{c}" for c in _COUNT_COLUMNS)),  # noqa: S608
-        list(customer_ids),
-        as_of,
-    )
-    out: dict[str, CustomerAggregates] = {}
-    for r in rows:
-        count = r["order_count"]
-        out[r["customer_id"]] = CustomerAggregates(
-            customer_id=r["customer_id"],
-            order_count=count,
-            net_spend=r["net_spend"],
-            first_order_at=r["first_order_at"],
-            last_order_at=r["last_order_at"],
-            average_order_value=(r["net_spend"] / count).quantize(Decimal("0.0001"))
-            if count
-            else None,
-            orders_30d=r["orders_30d"],
-            orders_90d=r["orders_90d"],
-            orders_365d=r["orders_365d"],
-            spend_30d=r["spend_30d"],
-            spend_90d=r["spend_90d"],
-            spend_365d=r["spend_365d"],
-            interaction_count=r["interaction_count"],
-            interaction_counts={
-                t: r[c] for t, c in zip(INTERACTION_TYPES, _COUNT_COLUMNS, strict=True)
-            },
-            last_interaction_at=r["last_interaction_at"],
-            interactions_7d=r["interactions_7d"],
-            interactions_30d=r["interactions_30d"],
-            open_cart_at=r["open_cart_at"],
-        )
-    return out
 
 
 # Verification and repair ------------------------------------------------------------------

@@ -336,7 +336,7 @@ class IngestWorker:
             changes = build_changes(events, self._settings.currency_rates, retention_start)
             try:
                 async with conn.transaction():
-                    await repo.insert_interactions(conn, changes.window_rows)
+                    await repo.insert_interactions(conn, changes.window_rows, changes.pending)
                     await repo.apply_batch(conn, changes.statements)
                     await repo.merge_traits(conn, changes.traits)
                     raise _TrialRolledBack
@@ -466,7 +466,7 @@ class IngestWorker:
                     self._settings.currency_rates,
                     now - self._retention,
                 )
-            await repo.insert_interactions(conn, changes.window_rows)
+            await repo.insert_interactions(conn, changes.window_rows, changes.pending)
             await repo.apply_batch(conn, changes.statements)
             await repo.merge_traits(conn, changes.traits)
             await repo.mark_with_args(conn, changes.queue_args, now)

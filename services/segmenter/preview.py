@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, TypeVar
 
 import structlog
@@ -39,15 +39,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.segmenter import definitions
 from services.segmenter import repository as repo
-from services.segmenter.ruleset import WINDOWED_INTERACTION_METRICS, counts_interactions
 from services.segmenter.transitions import Transitions
 from services.segmenter.worker import YIELD_EVERY_CUSTOMERS
 from shared.clock import Clock, is_running
 from shared.db.engine import pg_connection
 from shared.definitions import repository as store
+from shared.facts import FactsPlan, plan_for
 from shared.retry import Backoff, Retry, is_retriable, repeat_until_stopped, retrying
 from shared.segmentation import (
     Assignment,
+    CustomerFacts,
     Definitions,
     MetricValue,
     PopulationStats,
@@ -76,7 +77,7 @@ class PreviewStoppedError(Exception):
 @dataclass(frozen=True, slots=True)
 class _Chunk:
     ids: list[str]
-    loaded: dict[str, repo.Loaded]
+    loaded: dict[str, CustomerFacts]
     current: dict[str, dict[str, Assignment]]
 
 
@@ -90,8 +91,10 @@ class PreviewRunner:
         stale_seconds: float = STALE_SECONDS,
         chunk: int = CHUNK,
         worker: str | None = None,
+        zone: tzinfo = UTC,
     ) -> None:
         self._engine = engine
+        self._zone = zone  # where birthdays begin (STREAMSEG_BIRTHDAY_TIME_ZONE)
         self._clock = clock
         self._poll_seconds = poll_seconds
         self._stale_seconds = stale_seconds
@@ -175,7 +178,7 @@ class PreviewRunner:
         await self._progress(job, 0, total, as_of, stopping)
         population, reused = await self._population(job, base, candidate, as_of, total, stopping)
         transitions = Transitions(base, candidate, job.samples)
-        async for chunk in self._walk(as_of, counts_interactions(candidate), True, stopping):
+        async for chunk in self._walk(as_of, plan_for(candidate, heads=False), True, stopping):
             for i, cid in enumerate(chunk.ids, 1):
                 loaded = chunk.loaded.get(cid)
                 if loaded is None:
@@ -183,7 +186,13 @@ class PreviewRunner:
                 current = chunk.current.get(cid, {})
                 try:
                     result = evaluate(
-                        candidate, loaded.facts, as_of, current, population, find_next_change=False
+                        candidate,
+                        loaded,
+                        as_of,
+                        current,
+                        population,
+                        find_next_change=False,
+                        zone=self._zone,
                     )
                 except UncoveredCustomerError:
                     result = None
@@ -224,13 +233,13 @@ class PreviewRunner:
             return PopulationStats(), False
         # Columns, not a sample per customer as recompute keeps: a fraction of the memory.
         columns: dict[str, list[MetricValue]] = {m: [] for m in candidate.population_metrics}
-        # The samples are of these metrics only: interaction times are read if one counts them.
-        with_times = bool(WINDOWED_INTERACTION_METRICS & candidate.population_metrics)
-        async for chunk in self._walk(as_of, with_times, False, stopping):
+        async for chunk in self._walk(as_of, plan_for(candidate, heads=False), False, stopping):
             for i, cid in enumerate(chunk.ids, 1):
                 loaded = chunk.loaded.get(cid)
                 if loaded is not None:
-                    for metric, value in population_sample(candidate, loaded.facts, as_of).items():
+                    for metric, value in population_sample(
+                        candidate, loaded, as_of, zone=self._zone
+                    ).items():
                         columns[metric].append(value)
                 if i % YIELD_EVERY_CUSTOMERS == 0:
                     await asyncio.sleep(0)
@@ -238,7 +247,7 @@ class PreviewRunner:
         return compute_population_stats(candidate, columns), False
 
     async def _walk(
-        self, as_of: datetime, with_interactions: bool, with_current: bool, stopping: asyncio.Event
+        self, as_of: datetime, plan: FactsPlan, with_current: bool, stopping: asyncio.Event
     ) -> AsyncIterator[_Chunk]:
         """The population in customer-id chunks, each read in one snapshot."""
         after = ""
@@ -248,7 +257,7 @@ class PreviewRunner:
                 after=after,
                 limit=self._chunk,
                 as_of=as_of,
-                with_interactions=with_interactions,
+                plan=plan,
                 with_current=with_current,
             )
             chunk = await self._on_connection(read, stopping)
@@ -305,13 +314,13 @@ async def _read_chunk(
     after: str,
     limit: int,
     as_of: datetime,
-    with_interactions: bool,
+    plan: FactsPlan,
     with_current: bool,
 ) -> _Chunk:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         ids = await repo.customer_ids_after(conn, after, limit)
         if not ids:
             return _Chunk(ids, {}, {})
-        loaded = await repo.load_customers(conn, ids, as_of, with_interactions=with_interactions)
+        loaded = await repo.load_customers(conn, ids, as_of, plan)
         current = await repo.current_assignments(conn, ids) if with_current else {}
     return _Chunk(ids, loaded, current)

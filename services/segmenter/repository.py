@@ -5,30 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
-from services.ingest.repository import INTERACTION_TYPES
 from services.segmenter.queue import Due
-from shared.segmentation import Assignment, CustomerFacts, OrderFact
-
-ORDER_WINDOW = timedelta(days=365)
-INTERACTION_WINDOW = timedelta(days=30)
-
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    """What evaluation needs of one customer, read in one snapshot."""
-
-    facts: CustomerFacts
-    open_cart_at: datetime | None
-    orders_365d: int
-    spend_365d: Decimal
-    interactions_30d: int
+from shared.facts import FactsPlan, read_facts
+from shared.segmentation import Assignment, CustomerFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,123 +85,11 @@ async def save_population_stats(
 
 
 async def load_customers(
-    conn: asyncpg.Connection,
-    customer_ids: Sequence[str],
-    now: datetime,
-    *,
-    with_interactions: bool = True,
-) -> dict[str, Loaded]:
-    """Facts as of `now` for each customer that has aggregates.
-
-    The times of recent interactions are only needed by definitions that count them over a
-    window; without `with_interactions` only their 30-day count is read, which matters for
-    busy customers with thousands of interactions a month.
-    """
-    ids = list(customer_ids)
-    aggregates = await conn.fetch(
-        """
-        SELECT customer_id, order_count, net_spend, first_order_at, last_order_at,
-               interaction_count, last_interaction_at, last_add_to_cart_at, {counts}
-        FROM customer_aggregates WHERE customer_id = ANY($1::text[])
-        """.format(counts=", ".join(f"{t}_count" for t in INTERACTION_TYPES)),  # noqa: S608
-        ids,
-    )
-    # One row of arrays per customer: a busy customer has thousands of orders in a year, and
-    # arrays decode in asyncpg's C code where rows would each become a Python record.
-    orders: dict[str, tuple[OrderFact, ...]] = {}
-    spends: dict[str, Decimal] = {}
-    for r in await conn.fetch(
-        """
-        SELECT customer_id,
-               array_agg(placed_at ORDER BY placed_at, order_id) AS placed,
-               array_agg(GREATEST(amount - refunded, 0) ORDER BY placed_at, order_id) AS net
-        FROM orders
-        WHERE customer_id = ANY($1::text[]) AND cancelled_at IS NULL
-          AND placed_at > $2::timestamptz - interval '365 days' AND placed_at <= $2
-        GROUP BY customer_id
-        """,
-        ids,
-        now,
-    ):
-        placed_net = zip(r["placed"], r["net"], strict=True)
-        orders[r["customer_id"]] = tuple(map(OrderFact._make, placed_net))
-        spends[r["customer_id"]] = sum(r["net"], Decimal(0))
-    interactions: dict[str, list[datetime]] = {}
-    counts_30d: dict[str, int] = {}
-    if with_interactions:
-        for r in await conn.fetch(
-            """
-            SELECT customer_id, occurred_at FROM interactions
-            WHERE customer_id = ANY($1::text[])
-              AND occurred_at > $2::timestamptz - interval '30 days' AND occurred_at <= $2
-            ORDER BY customer_id, occurred_at
-            """,
-            ids,
-            now,
-        ):
-            interactions.setdefault(r["customer_id"], []).append(r["occurred_at"])
-        counts_30d = {cid: len(times) for cid, times in interactions.items()}
-    else:
-        # Only the count, for the summary the API serves: an index-only scan, no rows
-        # shipped to Python.
-        for r in await conn.fetch(
-            """
-            SELECT customer_id, count(*) AS n FROM interactions
-            WHERE customer_id = ANY($1::text[])
-              AND occurred_at > $2::timestamptz - interval '30 days' AND occurred_at <= $2
-            GROUP BY customer_id
-            """,
-            ids,
-            now,
-        ):
-            counts_30d[r["customer_id"]] = r["n"]
-
-    return {
-        r["customer_id"]: _loaded(
-            r,
-            orders.get(r["customer_id"], ()),
-            spends.get(r["customer_id"], Decimal(0)),
-            tuple(interactions.get(r["customer_id"], ())),
-            counts_30d.get(r["customer_id"], 0),
-        )
-        for r in aggregates
-    }
-
-
-def _loaded(
-    r: Any,
-    recent: tuple[OrderFact, ...],
-    spend_365d: Decimal,
-    recent_interactions: tuple[datetime, ...],
-    interactions_30d: int,
-) -> Loaded:
-    """A customer_aggregates row and the customer's recent events as `Loaded`."""
-    cart = r["last_add_to_cart_at"]
-    open_cart = (
-        cart
-        if cart is not None and (r["last_order_at"] is None or cart > r["last_order_at"])
-        else None
-    )
-    facts = CustomerFacts(
-        customer_id=r["customer_id"],
-        order_count=r["order_count"],
-        net_spend=r["net_spend"],
-        first_order_at=r["first_order_at"],
-        last_order_at=r["last_order_at"],
-        recent_orders=recent,
-        interaction_count=r["interaction_count"],
-        interaction_counts_by_type={t: r[f"{t}_count"] for t in INTERACTION_TYPES},
-        last_interaction_at=r["last_interaction_at"],
-        recent_interactions=recent_interactions,
-        last_cart_at=open_cart,
-    )
-    return Loaded(
-        facts=facts,
-        open_cart_at=open_cart,
-        orders_365d=len(recent),
-        spend_365d=spend_365d,
-        interactions_30d=interactions_30d,
-    )
+    conn: asyncpg.Connection, customer_ids: Sequence[str], now: datetime, plan: FactsPlan
+) -> dict[str, CustomerFacts]:
+    """Facts as of `now` of each customer that has aggregates, read without folding
+    anything in (previews, the population job): the read model's values, unchanged."""
+    return (await read_facts(conn, customer_ids, now, plan)).facts
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,31 +97,17 @@ class Leased:
     """One leased customer as read for evaluation: its queue row, facts and state."""
 
     due: Due
-    loaded: Loaded | None  # None: no aggregates (erased, or queued before they committed)
+    has_facts: bool  # False: no aggregates (erased, or queued before they committed)
     state: State
 
 
 _BATCH_SQL = """
     SELECT q.customer_id, q.due_at, q.cause, q.cause_event_at, q.xmin::text AS row_version,
-           a.customer_id IS NOT NULL AS has_facts, a.order_count, a.net_spend,
-           a.first_order_at, a.last_order_at, a.interaction_count, a.last_interaction_at,
-           a.last_add_to_cart_at, {counts},
-           o.placed, o.net, i.n AS interactions_30d, {times} AS interaction_times,
+           a.customer_id IS NOT NULL AS has_facts,
            e.version, e.change_sequence, e.incarnation::text AS incarnation,
            s.dimensions, s.segments, s.sinces, s.reasons
     FROM segmentation_queue q
     LEFT JOIN customer_aggregates a ON a.customer_id = q.customer_id
-    LEFT JOIN LATERAL (
-        SELECT array_agg(placed_at ORDER BY placed_at, order_id) AS placed,
-               array_agg(GREATEST(amount - refunded, 0) ORDER BY placed_at, order_id) AS net
-        FROM orders WHERE customer_id = q.customer_id AND cancelled_at IS NULL
-          AND placed_at > $2::timestamptz - interval '365 days' AND placed_at <= $2
-    ) o ON a.customer_id IS NOT NULL
-    LEFT JOIN LATERAL (
-        SELECT count(*) AS n, {times_agg} AS times FROM interactions
-        WHERE customer_id = q.customer_id
-          AND occurred_at > $2::timestamptz - interval '30 days' AND occurred_at <= $2
-    ) i ON a.customer_id IS NOT NULL
     LEFT JOIN customer_evaluations e ON e.customer_id = q.customer_id
     LEFT JOIN LATERAL (
         SELECT array_agg(dimension) AS dimensions, array_agg(segment) AS segments,
@@ -258,41 +117,17 @@ _BATCH_SQL = """
     WHERE q.customer_id = ANY($1::text[])
     ORDER BY q.customer_id
 """
-_COUNTS = ", ".join(f"a.{t}_count" for t in INTERACTION_TYPES)
-_BATCH = {
-    with_times: _BATCH_SQL.format(
-        counts=_COUNTS,
-        times="i.times" if with_times else "NULL::timestamptz[]",
-        times_agg="array_agg(occurred_at ORDER BY occurred_at)" if with_times else "NULL",
-    )
-    for with_times in (False, True)
-}
 
 
-async def load_leased(
-    conn: asyncpg.Connection,
-    customer_ids: Sequence[str],
-    now: datetime,
-    *,
-    with_interactions: bool = True,
-) -> list[Leased]:
-    """Queue rows (with their versions), facts as of `now` and state of leased customers,
-    in customer order, in one statement and so one snapshot: a queue row version read here
-    vouches for exactly the facts read beside it (see queue.settle). Customers whose queue
-    row is gone are left out."""
+async def load_leased(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> list[Leased]:
+    """Queue rows (with their versions) and state of leased customers, in customer order.
+
+    Read before their facts (shared/facts): a queue row version read here vouches for facts
+    at least as new (see queue.settle); a row that moved meanwhile keeps its customer
+    queued. Customers whose queue row is gone are left out."""
     out = []
-    for r in await conn.fetch(_BATCH[with_interactions], list(customer_ids), now):
+    for r in await conn.fetch(_BATCH_SQL, list(customer_ids)):
         due = Due(r["customer_id"], r["due_at"], r["cause"], r["cause_event_at"], r["row_version"])
-        loaded = None
-        if r["has_facts"]:
-            placed, net = r["placed"] or [], r["net"] or []
-            loaded = _loaded(
-                r,
-                tuple(map(OrderFact._make, zip(placed, net, strict=True))),
-                sum(net, Decimal(0)),
-                tuple(r["interaction_times"] or ()),
-                r["interactions_30d"],
-            )
         state = State(0, 0, {}, {})
         if r["version"] is not None:
             state = State(r["version"], r["change_sequence"], {}, {}, r["incarnation"])
@@ -305,7 +140,7 @@ async def load_leased(
             ):
                 state.assignments[dimension] = Assignment(segment, since)
                 state.reasons[dimension] = reason
-        out.append(Leased(due, loaded, state))
+        out.append(Leased(due, bool(r["has_facts"]), state))
     return out
 
 

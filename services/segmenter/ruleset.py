@@ -6,14 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.definitions.repository import Publish
+from shared.facts import FactsPlan, plan_for
 from shared.segmentation import Definitions, PopulationStats
-
-WINDOWED_INTERACTION_METRICS = frozenset({"interactions_7d", "interactions_30d"})
-
-
-def counts_interactions(definitions: Definitions) -> bool:
-    """Whether any rule reads a rolling interaction count (and so needs their times)."""
-    return bool(WINDOWED_INTERACTION_METRICS & definitions.referenced_metrics)
 
 
 @dataclass
@@ -56,6 +50,7 @@ class Ruleset:
         )
 
     @property
-    def counts_interactions(self) -> bool:
-        """Whether these definitions need interaction times (`counts_interactions`)."""
-        return counts_interactions(self.definitions)
+    def facts_plan(self) -> FactsPlan:
+        """What to read of each customer: the definitions' event metrics, and as much of
+        each window's newest events as the resolved thresholds need."""
+        return plan_for(self.definitions, self.population)

@@ -17,7 +17,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, cast
 
 __all__ = ["Evaluator", "Ruleset", "Writes", "evaluate_loop"]
@@ -39,9 +39,10 @@ from shared.events.segment_change import (
     segment_change_event,
     segment_change_id,
 )
+from shared.facts import Fold, metric_values, read_facts, write_fold
 from shared.retry import Backoff, Retry, is_retriable
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
-from shared.segmentation import UncoveredCustomerError, evaluate
+from shared.segmentation import CustomerFacts, UncoveredCustomerError, evaluate
 
 log = structlog.get_logger("segmenter")
 
@@ -70,8 +71,10 @@ class Evaluator:
         *,
         batch_size: int = 500,
         on_changes: Any = None,
+        zone: tzinfo = UTC,
     ) -> None:
         self._engine = engine
+        self._zone = zone  # where birthdays begin (STREAMSEG_BIRTHDAY_TIME_ZONE)
         self._cache = CacheWriter(cache, metrics)
         self._clock = clock
         self._metrics = metrics
@@ -110,13 +113,16 @@ class Evaluator:
             ids = await queue.lease_due(conn, now, self._batch_size)
             if not ids:
                 return 0
-            batch = await repo.load_leased(
-                conn, ids, now, with_interactions=rules.counts_interactions
+            batch = await repo.load_leased(conn, ids)
+            read = await read_facts(
+                conn, [b.due.customer_id for b in batch if b.has_facts], now, rules.facts_plan
             )
+            writes.fold = read.fold
             # Evaluating holds no row lock: ingest can queue these customers meanwhile.
             for i, leased in enumerate(batch, 1):
-                if leased.loaded is not None:
-                    self._evaluate_one(leased.due, leased.loaded, leased.state, now, rules, writes)
+                facts = read.facts.get(leased.due.customer_id)
+                if facts is not None:
+                    self._evaluate_one(leased.due, facts, leased.state, now, rules, writes)
                 if i % YIELD_EVERY_CUSTOMERS == 0:
                     # The other evaluation loops' statements complete meanwhile; each of
                     # their round trips would otherwise wait out this whole batch.
@@ -188,6 +194,9 @@ class Evaluator:
             raise PopulationMovedError(rules.population_id, saved.population_id)
         if saved.evaluations != len(writes.evaluations):
             raise EvaluationRaceError(len(writes.evaluations) - saved.evaluations)
+        # What the facts read folded in, committed with the evaluations made from it (or
+        # rolled back with them, and read again).
+        await write_fold(conn, writes.fold)
         if writes.history:
             # Under a lock held to commit: history ids are then assigned in commit order
             # across segmenter processes, so a reader resuming "after id N" (the API's
@@ -206,7 +215,7 @@ class Evaluator:
     def _evaluate_one(
         self,
         item: queue.Due,
-        data: repo.Loaded,
+        facts: CustomerFacts,
         state: repo.State,
         now: datetime,
         rules: Ruleset,
@@ -214,7 +223,7 @@ class Evaluator:
     ) -> None:
         try:
             result = evaluate(
-                rules.definitions, data.facts, now, state.assignments, rules.population
+                rules.definitions, facts, now, state.assignments, rules.population, zone=self._zone
             )
         except UncoveredCustomerError as exc:
             # A definitions gap is permanent for this customer: count it, keep going.
@@ -290,7 +299,7 @@ class Evaluator:
         )
         if result.next_change_at is not None:
             writes.wakeups.append((cid, result.next_change_at))
-        writes.docs.append(_document(cid, version, rules, now, result, data, reasons))
+        writes.docs.append(_document(cid, version, rules, now, result, facts, reasons))
 
     def _count_change(self, dimension: str, segment: str) -> None:
         counter = self._change_counters.get((dimension, segment))
@@ -349,6 +358,7 @@ class Writes:
     docs: list[CachedCustomer] = field(default_factory=list)
     # (customer id, version) of the documents Redis could not mark stale before commit.
     unmarked: list[tuple[str, int]] = field(default_factory=list)
+    fold: Fold = field(default_factory=Fold)
 
 
 def _document(
@@ -357,7 +367,7 @@ def _document(
     rules: Ruleset,
     now: datetime,
     result: Any,
-    data: repo.Loaded,
+    facts: CustomerFacts,
     reasons: dict[str, str],
 ) -> CachedCustomer:
     """The Redis document: current segments with the reason each was entered."""
@@ -369,7 +379,6 @@ def _document(
         )
         for dimension, decision in result.assignments.items()
     }
-    facts = data.facts
     return CachedCustomer(
         customer_id=customer_id,
         version=version,
@@ -381,14 +390,16 @@ def _document(
         aggregates=CachedAggregates(
             order_count=facts.order_count,
             net_spend=facts.net_spend,
-            spend_365d=data.spend_365d,
-            orders_365d=data.orders_365d,
+            spend_365d=facts.events["spend_365d"],
+            orders_365d=facts.events["orders_365d"],
             first_order_at=facts.first_order_at,
             last_order_at=facts.last_order_at,
             interaction_count=facts.interaction_count,
-            interactions_30d=data.interactions_30d,
+            interactions_30d=facts.events["interactions_30d"],
             last_interaction_at=facts.last_interaction_at,
-            open_cart_at=data.open_cart_at,
+            open_cart_at=facts.last_cart_at,
+            metrics=metric_values(facts, rules.definitions.event_metrics),
+            counted_since=dict(facts.counted_since),
         ),
     )
 

@@ -5,12 +5,14 @@ typed custom ones under `custom`), clears others (`unset`), or, with `replace`, 
 trait it does not set. Per trait, the event with the latest `occurred_at` wins (ties: the
 larger `event_id`), whatever order events arrive in; services/ingest/traits.py merges them.
 
-The vocabulary (names and kinds) is `shared.segmentation.traits.BUILT_IN_TRAITS`;
-`CustomerTraits.stored_values` gives the stored form it describes.
+The vocabulary (names and kinds) is `shared.segmentation.traits.BUILT_IN_TRAITS`, whose
+names are the fields of `Traits` (a unit test keeps them so); `CustomerTraits.stored_values`
+gives the stored form it describes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import UTC, date, datetime
@@ -23,8 +25,6 @@ from shared.events import limits
 from shared.events.countries import COUNTRY_CODES
 from shared.events.errors import EventRejected, RejectReason
 from shared.events.fields import AwareDatetime, Id, OccurredAt, SchemaVersion
-from shared.segmentation.parser import KEYWORDS
-from shared.segmentation.traits import BUILT_IN_TRAITS, RESERVED_TRAIT_NAMES
 
 CUSTOMER_TRAITS: Final = "customer_traits"
 CUSTOMER_EVENT_TYPES: Final = frozenset({CUSTOMER_TRAITS})
@@ -95,10 +95,6 @@ TraitName = Annotated[
         description="A built-in trait's name, or a custom trait's name (bare, without custom.)",
     ),
 ]
-UnsetNames = Annotated[
-    tuple[TraitName, ...],
-    msgspec.Meta(max_length=len(BUILT_IN_TRAITS) + limits.MAX_CUSTOM_TRAITS),
-]
 
 
 class Traits(
@@ -129,8 +125,15 @@ class Traits(
     def built_in(self) -> dict[str, Any]:
         """The built-in traits set, as typed values."""
         return {
-            name: value for name in BUILT_IN_TRAITS if (value := getattr(self, name)) is not UNSET
+            name: value for name in BUILT_IN_NAMES if (value := getattr(self, name)) is not UNSET
         }
+
+
+BUILT_IN_NAMES: Final = tuple(name for name in Traits.__struct_fields__ if name != "custom")
+UnsetNames = Annotated[
+    tuple[TraitName, ...],
+    msgspec.Meta(max_length=len(BUILT_IN_NAMES) + limits.MAX_CUSTOM_TRAITS),
+]
 
 
 class CustomerTraits(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -194,7 +197,7 @@ def check_customer_event(event: CustomerEvent) -> None:
         _check_custom(name, value)
     set_names = set(traits.built_in()) | set(traits.custom)
     for index, name in enumerate(event.unset):
-        if name not in BUILT_IN_TRAITS and not is_custom_name(name):
+        if name not in BUILT_IN_NAMES and not is_custom_name(name):
             _reject(f"$.unset[{index}]", f"{name!r} is not a built-in trait nor a custom name")
         if name in set_names:
             _reject(f"$.unset[{index}]", f"{name!r} is also set in traits")
@@ -205,20 +208,27 @@ def check_customer_event(event: CustomerEvent) -> None:
 def is_custom_name(name: str) -> bool:
     """Whether `name` may name a custom trait: an identifier that no built-in trait, derived
     metric or condition keyword uses."""
-    return (
-        _CUSTOM_NAME.fullmatch(name) is not None
-        and name not in RESERVED_TRAIT_NAMES
-        and name.lower() not in KEYWORDS
-    )
+    return _CUSTOM_NAME.fullmatch(name) is not None and name.lower() not in _reserved()
+
+
+@functools.cache
+def _reserved() -> frozenset[str]:
+    """Built-in and derived trait names and the condition keywords, read when first needed:
+    the core imports shared.events (its loader knows the event types), so this module may
+    not import the core while it loads."""
+    from shared.segmentation.parser import KEYWORDS
+    from shared.segmentation.traits import RESERVED_TRAIT_NAMES
+
+    return frozenset(n.lower() for n in RESERVED_TRAIT_NAMES) | KEYWORDS
 
 
 def _check_custom(name: str, value: Any) -> None:
     if not is_custom_name(name):
         reason = (
             "is a built-in trait's name (set it outside custom)"
-            if name in BUILT_IN_TRAITS
+            if name in BUILT_IN_NAMES
             else "is reserved"
-            if name in RESERVED_TRAIT_NAMES or name.lower() in KEYWORDS
+            if name.lower() in _reserved()
             else f"must match {limits.CUSTOM_NAME_PATTERN}"
         )
         _reject("$.traits.custom", f"custom trait name {name!r} {reason}")

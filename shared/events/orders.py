@@ -9,11 +9,17 @@ from shared.events.fields import Amount, Currency, Id, OccurredAt, SchemaVersion
 
 
 class LineItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One order line. Informational: `amount` on the event is authoritative."""
+    """One order line. `amount` on the event is authoritative for the order's spend; lines
+    are what metrics filtered on `item.sku` or `item.category` sum (quantity x unit_price)."""
 
     sku: Id
     quantity: Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_ITEM_QUANTITY)]
     unit_price: Amount
+    # Optional since schema version 1 was published: producers that do not send it still
+    # validate, and their lines match no category filter.
+    category: (
+        Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_CATEGORY_LENGTH)] | None
+    ) = None
 
 
 # gc=False: events hold only scalars and tuples, so they cannot form reference cycles, and

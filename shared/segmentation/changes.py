@@ -12,9 +12,33 @@ from shared.segmentation.conditions import render
 from shared.segmentation.model import CutoffSpec, Definitions, Dimension, ScoreSpec
 
 
+def declared_inputs(definitions: Definitions, names: frozenset[str]) -> tuple[Any, ...]:
+    """What the declared metrics and custom traits among `names` (and the inputs of the
+    scores and cut-offs among them) stand for: a metric by its spec's key (kind, filter,
+    field, window; not its description), a trait by its type."""
+    wanted = set(names)
+    wanted.update(spec.metric for name, spec in definitions.scores.items() if name in names)
+    wanted.update(
+        spec.metric for name, spec in definitions.cutoffs.items() if name in names and spec.metric
+    )
+    return tuple(
+        sorted(
+            (name, _declared_key(definitions, name))
+            for name in wanted
+            if name in definitions.event_metrics or name in definitions.custom_traits
+        )
+    )
+
+
+def _declared_key(definitions: Definitions, name: str) -> str:
+    event = definitions.event_metrics.get(name)
+    return event.key if event is not None else f"trait:{definitions.custom_traits[name]}"
+
+
 def dimension_fingerprint(definitions: Definitions, dimension: Dimension) -> tuple[Any, ...]:
     """Everything that decides a customer's segment in `dimension`: its rules in order
-    (order is the tie-break), its lets, and the cut-offs and scores it reads."""
+    (order is the tie-break), its lets, the cut-offs and scores it reads, and what the
+    declared metrics and traits it reads stand for."""
     return (
         tuple((rule.name, rule.condition) for rule in dimension.rules),
         tuple(sorted((name, condition) for name, condition in dimension.lets.items())),
@@ -32,6 +56,7 @@ def dimension_fingerprint(definitions: Definitions, dimension: Dimension) -> tup
                 if name in dimension.metrics
             )
         ),
+        declared_inputs(definitions, dimension.metrics),
     )
 
 
@@ -53,9 +78,11 @@ def changed_dimensions(old: Definitions | None, new: Definitions) -> tuple[str, 
 def population_spec(definitions: Definitions) -> tuple[Any, ...]:
     """What population stats are computed from: stats for one version hold for another
     with an equal spec."""
+    percentile = {n: s for n, s in definitions.cutoffs.items() if s.is_percentile}
     return (
-        tuple(sorted((n, s) for n, s in definitions.cutoffs.items() if s.is_percentile)),
+        tuple(sorted(percentile.items())),
         tuple(sorted(definitions.scores.items())),
+        declared_inputs(definitions, frozenset(percentile) | frozenset(definitions.scores)),
     )
 
 
@@ -107,7 +134,7 @@ class DimensionDiff:
     segments: tuple[SegmentChange, ...]  # only those that differ: new order, then removed
     lets: tuple[LetChange, ...]
     order_changed: bool  # the segments both sides have are in another order (the tie-break)
-    inputs_changed: tuple[str, ...]  # cut-offs and scores it reads that are defined differently
+    inputs_changed: tuple[str, ...]  # cut-offs, scores, declared metrics, traits: redefined
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +213,7 @@ def _dimension_diff(
         for name in was.metrics | now.metrics
         if old.cutoffs.get(name) != new.cutoffs.get(name)
         or old.scores.get(name) != new.scores.get(name)
+        or declared_inputs(old, frozenset({name})) != declared_inputs(new, frozenset({name}))
     )
     differs = reevaluated or segments or was.description != now.description
     return DimensionDiff(

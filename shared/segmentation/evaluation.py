@@ -7,23 +7,25 @@ the segment holds, so the result is stable and the next change is strictly in th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import MAXYEAR, MINYEAR, UTC, date, datetime, time, timedelta, tzinfo
+from decimal import Decimal
 from typing import Any
 
 from shared.segmentation.facts import Assignment, CustomerFacts
 from shared.segmentation.metrics import (
-    METRICS,
+    AGE,
     MICROSECONDS_PER_DAY,
     MetricValue,
-    compute_fact_metrics,
     crossing_offsets,
     days_between,
 )
 from shared.segmentation.model import Definitions, Dimension, SegmentRule
 from shared.segmentation.population import PopulationStats, cutoff_value, score_of
-from shared.segmentation.timeline import Timeline
+from shared.segmentation.timeline import Timeline, lateness_exits
+from shared.segmentation.traits import birthday_in
 
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -86,14 +88,16 @@ def evaluate(
     population: PopulationStats,
     *,
     find_next_change: bool = True,
+    zone: tzinfo = UTC,
 ) -> Evaluation:
     """Assign every dimension's segment at `now` (tz-aware; never the wall clock).
 
     `previous` maps dimension -> current assignment; missing dimensions, and segments the
     definitions no longer have, count as no previous segment. Set `find_next_change=False`
-    to skip the next-change search (previews)."""
+    to skip the next-change search (previews). `zone`: where `age` moves, at midnight on
+    the birthday (the services' STREAMSEG_BIRTHDAY_TIME_ZONE)."""
     _require_aware(now)
-    timeline = Timeline(facts)
+    timeline = _timeline(definitions, facts, zone)
     env = _environment(definitions, timeline.metrics(now), population)
     decisions = {}
     for dimension in definitions.dimensions:
@@ -122,16 +126,25 @@ def matching_segments(
     now: datetime,
     previous: Mapping[str, Assignment],
     population: PopulationStats,
+    *,
+    zone: tzinfo = UTC,
 ) -> dict[str, tuple[str, ...]]:
     """Every segment whose rule matches, per dimension, without settling (for previews and
     tests: valid definitions give exactly one per dimension)."""
     _require_aware(now)
-    env = _environment(definitions, compute_fact_metrics(facts, now), population)
+    metrics = _timeline(definitions, facts, zone).metrics(now)
+    env = _environment(definitions, metrics, population)
     found = {}
     for dimension in definitions.dimensions:
         _set_previous(dimension, env, previous.get(dimension.name), now)
         found[dimension.name] = tuple(rule.name for rule in dimension.matches(env))
     return found
+
+
+def _timeline(definitions: Definitions, facts: CustomerFacts, zone: tzinfo) -> Timeline:
+    return Timeline(
+        facts, definitions.event_metrics, zone=zone, custom_traits=definitions.custom_traits
+    )
 
 
 def _require_aware(now: datetime) -> None:
@@ -248,13 +261,27 @@ def _breakpoints(
         thresholds.extend(env[cutoff] for cutoff in dependence.cutoffs)
         for score in dependence.scores:
             thresholds.extend(population.edges.get(score, ()))
-        metric = METRICS[dependence.metric]
-        if metric.anchor is not None:
+        metric = definitions.metric(dependence.metric)
+        offsets: Iterable[int]
+        if dependence.metric == AGE:
+            birth = timeline.facts.traits.get("birth_date")
+            age = env[AGE]
+            offsets = (
+                ()
+                if not isinstance(birth, date) or not isinstance(age, int)
+                else (_birthdays(birth, age, now, timeline.zone, thresholds, room))
+            )
+        elif metric.anchor is not None:
             anchor = metric.anchor(timeline.facts)
-            offsets = _crossings(anchor, now, env[dependence.metric], thresholds, room)
+            offsets = list(_crossings(anchor, now, env[dependence.metric], thresholds, room))
+            if metric.event is not None and env[dependence.metric] is not None:
+                # A windowed last turns null as its event leaves the window.
+                late = lateness_exits(metric.event, anchor, now)
+                if late is not None:
+                    offsets.append(late)
         else:
-            assert metric.window is not None
-            offsets = timeline.window_exits(metric.window, now, thresholds)
+            assert metric.leaves_window
+            offsets = timeline.window_exits(dependence.metric, now, thresholds)
         for offset in offsets:
             if offset <= room:
                 moments[offset] = moments.get(offset, 0) | dependence.dimension_mask
@@ -266,6 +293,44 @@ def _breakpoints(
             for offset in _crossings(since, now, days_between(since, now), thresholds, room):
                 moments[offset] = moments.get(offset, 0) | 1 << index
     return moments
+
+
+def _birthdays(
+    birth: date, age: int, now: datetime, zone: tzinfo, thresholds: list[Any], room: int
+) -> Iterator[int]:
+    """The birthdays at which `age` (whole years, now `age`) reaches a threshold or passes
+    it, as offsets from `now`: `age >= t` flips at age ceil(t), `age > t` at floor(t) + 1."""
+    for threshold in thresholds:
+        if not isinstance(threshold, int | float | Decimal) or not math.isfinite(threshold):
+            continue
+        for reached in {math.ceil(threshold), math.floor(threshold) + 1}:
+            year = birth.year + reached
+            if reached <= age or not MINYEAR <= year <= MAXYEAR:
+                continue
+            ahead = (_day_begins(birthday_in(birth, year), zone) - now) // _MICROSECOND
+            if 0 < ahead <= room:
+                yield ahead
+
+
+def _day_begins(day: date, zone: tzinfo) -> datetime:
+    """The first instant whose date in `zone` is `day` or later: local midnight, or the
+    first instant after it where a clock change skips midnight."""
+    guess = datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
+    if _local_date(guess, zone) >= day and _local_date(guess - _MICROSECOND, zone) < day:
+        return guess
+    # Bisect between two instants a day and a half either side: local offsets are smaller.
+    low, high = guess - timedelta(hours=36), guess + timedelta(hours=36)
+    while high - low > _MICROSECOND:
+        middle = low + (high - low) // 2
+        if _local_date(middle, zone) >= day:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _local_date(moment: datetime, zone: tzinfo) -> date:
+    return moment.astimezone(zone).date()
 
 
 def _crossings(

@@ -5,20 +5,24 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from fractions import Fraction
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from shared.segmentation.facts import CustomerFacts
+if TYPE_CHECKING:
+    from shared.segmentation.facts import CustomerFacts
+
+from shared.segmentation.events import BUILT_IN_EVENT_METRICS, EventMetric, MetricKind
+from shared.segmentation.traits import BUILT_IN_TRAITS, TraitKind
 
 DAY = timedelta(days=1)
 MICROSECONDS_PER_DAY = 86_400_000_000
 ZERO = Decimal(0)
 
-MetricValue = int | float | Decimal | bool | str | None
+MetricValue = int | float | Decimal | bool | str | tuple[str, ...] | None
 Number = int | float | Decimal
 
 
@@ -29,8 +33,12 @@ class MetricType(enum.StrEnum):
     MONEY = "money"
     DAYS = "days"
     SCORE = "score"
+    YEARS = "years"  # whole years: `age`
+    NUMBER = "number"  # a custom number trait, or a number an event property is compared with
     BOOL = "bool"
     SEGMENT = "segment"
+    STRING = "string"  # compared with = != in, with a bare name or a quoted string
+    STRINGS = "strings"  # a list of strings, tested with `contains`
 
     @property
     def is_number(self) -> bool:
@@ -47,29 +55,39 @@ class MetricType(enum.StrEnum):
         return integral if integral == value else float(value)
 
 
-_NUMBER_TYPES = frozenset({MetricType.COUNT, MetricType.MONEY, MetricType.DAYS, MetricType.SCORE})
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """A rolling window: events whose age is strictly less than `days` are inside it."""
-
-    source: Literal["orders", "interactions"]
-    days: int
-    measure: Literal["count", "spend"]
+_NUMBER_TYPES = frozenset(
+    {
+        MetricType.COUNT,
+        MetricType.MONEY,
+        MetricType.DAYS,
+        MetricType.SCORE,
+        MetricType.YEARS,
+        MetricType.NUMBER,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Metric:
     """A metric's contract. `anchor` marks a days-since metric (it grows with time from that
-    instant); `window` marks a rolling-window metric (it steps down as events leave it)."""
+    instant); `event` marks an event metric, and a windowed one steps down as events leave
+    its window."""
 
     name: str
     type: MetricType
     nullable: bool
     description: str
     anchor: Callable[[CustomerFacts], datetime | None] | None = None
-    window: Window | None = None
+    event: EventMetric | None = None
+
+    @property
+    def leaves_window(self) -> bool:
+        """A windowed count, sum or distinct count: its value steps as events leave."""
+        return (
+            self.event is not None
+            and self.event.window is not None
+            and self.event.kind not in (MetricKind.FIRST, MetricKind.LAST)
+        )
 
 
 def _metric(name: str, type_: MetricType, description: str, nullable: bool = False) -> Metric:
@@ -83,11 +101,11 @@ def _days_since(
 
 
 def _windowed(name: str, source: Literal["orders", "interactions"], days: int) -> Metric:
-    measure: Literal["count", "spend"] = "spend" if name.startswith("spend") else "count"
-    type_ = MetricType.MONEY if measure == "spend" else MetricType.COUNT
-    noun = "net spend on orders" if measure == "spend" else source
+    spend = name.startswith("spend")
+    type_ = MetricType.MONEY if spend else MetricType.COUNT
+    noun = "net spend on orders" if spend else source
     description = f"{noun} in the last {days} days"
-    return Metric(name, type_, False, description, window=Window(source, days, measure))
+    return Metric(name, type_, False, description, event=BUILT_IN_EVENT_METRICS[name])
 
 
 _ALL: tuple[Metric, ...] = (
@@ -122,12 +140,64 @@ _ALL: tuple[Metric, ...] = (
     _metric("days_in_segment", MetricType.DAYS, "time in the current segment", nullable=True),
 )
 
-METRICS: Mapping[str, Metric] = {metric.name: metric for metric in _ALL}
+
+def _signup_at(facts: CustomerFacts) -> datetime | None:
+    value = facts.traits.get("signup_at")
+    return value if isinstance(value, datetime) else None
+
+
+TRAIT_TYPES: Mapping[TraitKind, MetricType] = {
+    TraitKind.STRING: MetricType.STRING,
+    TraitKind.NUMBER: MetricType.NUMBER,
+    TraitKind.BOOLEAN: MetricType.BOOL,
+    TraitKind.STRINGS: MetricType.STRINGS,
+}
+AGE = "age"  # moves at midnight on the birthday, in the evaluation's time zone
+
+
+def trait_metric(name: str, kind: TraitKind, description: str) -> Metric:
+    """The contract of a trait used as it is (a built-in one or a custom one)."""
+    return Metric(name, TRAIT_TYPES[kind], True, description)
+
+
+# Traits as conditions read them (traits.trait_metrics): birth_date as `age`, signup_at as
+# `days_since_signup`, the others as they are; a missing trait is null.
+_TRAITS: tuple[Metric, ...] = (
+    *(
+        trait_metric(trait.name, trait.kind, trait.description)
+        for trait in BUILT_IN_TRAITS.values()
+        if trait.kind in TRAIT_TYPES
+    ),
+    Metric(AGE, MetricType.YEARS, True, "whole years since birth_date"),
+    Metric("days_since_signup", MetricType.DAYS, True, "days since signup_at", anchor=_signup_at),
+)
+TRAIT_METRICS = frozenset(metric.name for metric in _TRAITS)
+
+METRICS: Mapping[str, Metric] = {metric.name: metric for metric in (*_ALL, *_TRAITS)}
 # `previous` and `days_in_segment` depend on the dimension being evaluated, not on the facts.
 DIMENSION_METRICS = frozenset({"previous", "days_in_segment"})
 FACT_METRICS = frozenset(METRICS) - DIMENSION_METRICS
 
-_W7, _W30, _W90, _W365 = (timedelta(days=days) for days in (7, 30, 90, 365))
+
+def event_metric_contract(event: EventMetric) -> Metric:
+    """The contract of a declared event metric: counts and distinct counts are counts, a
+    sum of amount is an amount, of quantity a count; first and last are days since that
+    event, null while there is none (or, for a windowed last, once it left the window)."""
+    description = event.description or f"{event.kind} of {event.field or 'events'}"
+    if event.kind in (MetricKind.FIRST, MetricKind.LAST):
+        name = event.name
+
+        def anchor(facts: CustomerFacts) -> datetime | None:
+            value = facts.events.get(name)
+            return value if isinstance(value, datetime) else None
+
+        return Metric(name, MetricType.DAYS, True, description, anchor=anchor, event=event)
+    type_ = (
+        MetricType.MONEY
+        if event.kind is MetricKind.SUM and event.field == "amount"
+        else (MetricType.COUNT)
+    )
+    return Metric(event.name, type_, False, description, event=event)
 
 
 def days_between(earlier: datetime | None, now: datetime) -> float | None:
@@ -138,64 +208,35 @@ def days_between(earlier: datetime | None, now: datetime) -> float | None:
     return days if days > 0.0 else 0.0
 
 
-def compute_fact_metrics(facts: CustomerFacts, now: datetime) -> dict[str, MetricValue]:
-    """Every fact-derived metric of `facts` at `now` (never the wall clock)."""
-    orders_30d = orders_90d = orders_365d = 0
-    spend_30d = spend_90d = spend_365d = ZERO
-    for order in facts.recent_orders:
-        age = now - order.placed_at
-        if age < _W365:
-            orders_365d += 1
-            spend_365d += order.net_amount
-            if age < _W90:
-                orders_90d += 1
-                spend_90d += order.net_amount
-                if age < _W30:
-                    orders_30d += 1
-                    spend_30d += order.net_amount
-    interactions_7d = interactions_30d = 0
-    for at in facts.recent_interactions:
-        age = now - at
-        if age < _W30:
-            interactions_30d += 1
-            if age < _W7:
-                interactions_7d += 1
-    return fact_metrics(
-        facts,
-        now,
-        (orders_30d, orders_90d, orders_365d),
-        (spend_30d, spend_90d, spend_365d),
-        (interactions_7d, interactions_30d),
-    )
-
-
-def fact_metrics(
+def compute_fact_metrics(
     facts: CustomerFacts,
     now: datetime,
-    orders: tuple[int, int, int],
-    spend: tuple[Decimal, Decimal, Decimal],
-    interactions: tuple[int, int],
+    event_metrics: Mapping[str, EventMetric] | None = None,
+    *,
+    zone: tzinfo = UTC,
+    custom_traits: Iterable[str] = (),
 ) -> dict[str, MetricValue]:
-    """Every fact-derived metric, given the rolling windows (30/90/365-day orders and spend,
-    7/30-day interactions) however they were counted."""
+    """Every fact-derived metric of `facts` at `now` (never the wall clock), at or after
+    the facts' `as_of`. `event_metrics`: the specs of the event metrics in `facts.events`
+    (the built-in ones when None); `zone`: where `age` moves at midnight on the birthday;
+    `custom_traits`: the declared custom traits, null when the customer has none."""
+    from shared.segmentation.timeline import Timeline
+
+    return Timeline(facts, event_metrics, zone=zone, custom_traits=custom_traits).metrics(now)
+
+
+def lifetime_metrics(facts: CustomerFacts, now: datetime) -> dict[str, MetricValue]:
+    """The metrics read from the lifetime aggregates ingest keeps."""
     has_ordered = facts.order_count > 0
     return {
         "orders_total": facts.order_count,
         "net_spend_total": facts.net_spend,
-        "orders_30d": orders[0],
-        "orders_90d": orders[1],
-        "orders_365d": orders[2],
-        "spend_30d": spend[0],
-        "spend_90d": spend[1],
-        "spend_365d": spend[2],
         "aov": facts.net_spend / facts.order_count if has_ordered else None,
         "days_since_first_order": days_between(facts.first_order_at, now),
         "days_since_last_order": days_between(facts.last_order_at, now),
         "days_since_last_interaction": days_between(facts.last_interaction_at, now),
         "days_since_open_cart": days_between(facts.last_cart_at, now),
         "interactions_total": facts.interaction_count,
-        "interactions_7d": interactions[0],
-        "interactions_30d": interactions[1],
         "has_ordered": has_ordered,
         "has_interacted": facts.interaction_count > 0,
         "has_open_cart": facts.last_cart_at is not None,
@@ -213,6 +254,8 @@ def format_value(value: MetricValue, against: MetricValue = None) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(value) + "]"
     return str(value)
 
 

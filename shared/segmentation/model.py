@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from shared.segmentation.conditions import Condition, Env, Predicate, explain
-from shared.segmentation.metrics import Number
+from shared.segmentation.events import EventMetric
+from shared.segmentation.metrics import METRICS, Metric, Number
+from shared.segmentation.traits import TraitKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,17 @@ class Definitions:
     referenced_metrics: frozenset[str] = field(repr=False)
     # For the next-change search; days_in_segment is per dimension, so it is not here.
     time_dependences: tuple[TimeDependence, ...] = field(repr=False)
+    # Declared event metrics (`metrics:`), by name; the built-in ones are in METRICS.
+    event_metrics: Mapping[str, EventMetric] = field(default_factory=dict, repr=False)
+    # The contracts of the declared metrics and custom traits (`traits:`), by name.
+    declared_metrics: Mapping[str, Metric] = field(default_factory=dict, repr=False)
+    custom_traits: Mapping[str, TraitKind] = field(default_factory=dict, repr=False)
+
+    def metric(self, name: str) -> Metric:
+        """The contract of a metric these definitions can read: built-in, a trait, or
+        declared (KeyError if none)."""
+        found = METRICS.get(name)
+        return found if found is not None else self.declared_metrics[name]
 
     def dimension(self, name: str) -> Dimension:
         """The dimension called `name` (KeyError if there is none)."""

@@ -13,9 +13,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
+_DAY = timedelta(days=1)
 TraitValue = str | int | float | bool | date | datetime | tuple[str, ...] | None
 
 
@@ -129,4 +130,52 @@ def decode_traits(
                 continue
         if kind is not None and raw is not None:
             out[name] = decode_value(kind, raw)
+    return out
+
+
+def age_on(birth_date: date, day: date) -> int:
+    """Whole years from `birth_date` to `day`; a 29 February birthday counts as 1 March in
+    years without one."""
+    years = day.year - birth_date.year
+    if (day.month, day.day) < _birthday_in(birth_date, day.year):
+        years -= 1
+    return years
+
+
+def birthday_in(birth_date: date, year: int) -> date:
+    """The day `birth_date`'s birthday falls on in `year` (29 February: 1 March in years
+    without one), the day on which `age_on` counts one year more."""
+    month, day = _birthday_in(birth_date, year)
+    return date(year, month, day)
+
+
+def _birthday_in(birth_date: date, year: int) -> tuple[int, int]:
+    if birth_date.month == 2 and birth_date.day == 29 and not _is_leap(year):
+        return (3, 1)
+    return (birth_date.month, birth_date.day)
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def trait_metrics(
+    traits: Mapping[str, TraitValue], now: datetime, zone: tzinfo = UTC
+) -> dict[str, Any]:
+    """The condition values of `traits` at `now`: each trait as itself, but birth_date as
+    `age` (whole years, moving at midnight on the birthday in `zone`) and signup_at as
+    `days_since_signup`. A missing trait is null."""
+    out: dict[str, Any] = {}
+    for name in BUILT_IN_TRAITS:
+        if name not in ("birth_date", "signup_at"):
+            out[name] = traits.get(name)
+    birth = traits.get("birth_date")
+    out["age"] = age_on(birth, now.astimezone(zone).date()) if isinstance(birth, date) else None
+    signup = traits.get("signup_at")
+    # The arithmetic of metrics.days_between, so that next-change times are exact.
+    days = (now - signup) / _DAY if isinstance(signup, datetime) else None
+    out["days_since_signup"] = None if days is None else days if days > 0.0 else 0.0
+    for name, value in traits.items():
+        if name not in BUILT_IN_TRAITS:
+            out[name] = value
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -51,9 +53,21 @@ async def seed(
             for i, (at, amount) in enumerate(h.orders)
         ]
         await ingest.apply_orders(conn, orders)
-        await ingest.insert_interactions(
-            conn, [(h.customer_id, i.at, i.type) for h in histories for i in h.interactions]
-        )
+        rows = [
+            (
+                h.customer_id,
+                i.at,
+                i.type,
+                f"{order_prefix}-{uuid.uuid4()}",
+                orjson.dumps(dict(i.properties)).decode() if i.properties else None,
+            )
+            for h in histories
+            for i in h.interactions
+        ]
+        # What ingest records for the read model in the same transaction (fact_changes).
+        pending: list[Any] = [(r[0], None, r[3], r[1], r[2], r[4]) for r in rows]
+        pending.extend((o.customer_id, o.order_id, None, None, None, None) for o in orders)
+        await ingest.insert_interactions(conn, rows, pending)
         touches = []
         for h in sorted(histories, key=lambda h: h.customer_id):
             counts: dict[str, int] = {}

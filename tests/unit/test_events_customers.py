@@ -19,7 +19,7 @@ from shared.events import (
     decode_event,
     limits,
 )
-from shared.events.customers import is_custom_name
+from shared.events.customers import BUILT_IN_NAMES, is_custom_name
 from shared.segmentation.traits import BUILT_IN_TRAITS, TraitKind, decode_traits, fits, kind_of
 
 
@@ -265,3 +265,8 @@ def test_a_custom_value_fits_its_declared_kind_or_reads_as_missing(
 ) -> None:
     assert fits(kind, value) is fit
     assert ("x" in decode_traits({"x": value}, {"x": kind})) is fit
+
+
+def test_the_contract_and_the_core_name_the_same_traits() -> None:
+    assert tuple(BUILT_IN_TRAITS) == BUILT_IN_NAMES
+    assert not is_custom_name("Country")  # a built-in name in another case is reserved

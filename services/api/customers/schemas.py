@@ -41,6 +41,17 @@ class AggregatesSummary(BaseModel):
     interactions_30d: int
     last_interaction_at: datetime | None
     open_cart_at: datetime | None
+    metrics: dict[str, str | int | None] = Field(
+        default_factory=dict,
+        description="The event metrics the definitions declare, as of `as_of`: counts as "
+        "numbers, sums as decimal strings, first and last times as RFC 3339 strings (null: no "
+        "such event)",
+    )
+    counted_since: dict[str, datetime] = Field(
+        default_factory=dict,
+        description="For lifetime metrics over events ingest does not keep forever "
+        "(interactions), the time of the oldest event they could count",
+    )
 
 
 _EXAMPLE: dict[str, JsonValue] = {

@@ -22,8 +22,10 @@ from services.api.errors import ApiError, not_found
 from services.api.metrics import CUSTOMER_READS
 from services.api.pagination import decode_int_cursor, encode_cursor
 from services.api.segments.service import DefinitionsCache, VersionInForce
-from services.ingest.repository import CustomerAggregates, fetch_aggregates
+from shared.facts import FactsPlan, metric_values, plan_for, read_facts
 from shared.segment_cache import CachedAggregates, CachedCustomer
+from shared.segmentation import CustomerFacts
+from shared.segmentation.events import BUILT_IN_EVENT_METRICS
 
 HISTORY_CURSOR = "h"
 _Segment = TypeVar("_Segment")
@@ -109,10 +111,8 @@ def _answer(
     )
 
 
-def _summary(
-    agg: CachedAggregates | CustomerAggregates | None, as_of: datetime
-) -> AggregatesSummary | None:
-    """The summary from the cached document or from the database: both carry these fields."""
+def _summary(agg: CachedAggregates | None, as_of: datetime) -> AggregatesSummary | None:
+    """The summary of the cached document, or of facts read from the database."""
     if agg is None:
         return None
     return AggregatesSummary(
@@ -127,15 +127,45 @@ def _summary(
         interactions_30d=agg.interactions_30d,
         last_interaction_at=agg.last_interaction_at,
         open_cart_at=agg.open_cart_at,
+        metrics=agg.metrics,
+        counted_since=agg.counted_since,
     )
+
+
+def _aggregates(facts: CustomerFacts | None, metrics: Sequence[str]) -> CachedAggregates | None:
+    """Facts read from the database, in the cached document's shape: one summary of both."""
+    if facts is None:
+        return None
+    return CachedAggregates(
+        order_count=facts.order_count,
+        net_spend=facts.net_spend,
+        spend_365d=facts.events["spend_365d"],
+        orders_365d=facts.events["orders_365d"],
+        first_order_at=facts.first_order_at,
+        last_order_at=facts.last_order_at,
+        interaction_count=facts.interaction_count,
+        interactions_30d=facts.events["interactions_30d"],
+        last_interaction_at=facts.last_interaction_at,
+        open_cart_at=facts.last_cart_at,
+        metrics=metric_values(facts, metrics),
+        counted_since=dict(facts.counted_since),
+    )
+
+
+_BUILT_IN_PLAN = FactsPlan(BUILT_IN_EVENT_METRICS, {})
 
 
 async def from_database(
     db: Database, customer_ids: Sequence[str], now: datetime, in_force: VersionInForce | None
 ) -> dict[str, CustomerSegments]:
+    definitions = None if in_force is None else in_force.definitions
+    plan = _BUILT_IN_PLAN if definitions is None else plan_for(definitions, heads=False)
+    declared = [] if definitions is None else list(definitions.event_metrics)
     async with db.read() as conn:
         stored = await repository.evaluations(conn, customer_ids)
-        aggregates = await fetch_aggregates(conn, list(stored), now) if stored else {}
+        # The segmenter's own read model, without folding anything in: the values it would
+        # evaluate with now.
+        facts = (await read_facts(conn, list(stored), now, plan)).facts if stored else {}
     answers = {}
     for cid, e in stored.items():
         segments, scores = _in_force(e.segments, e.scores, e.definition_version, in_force)
@@ -154,7 +184,7 @@ async def from_database(
             e,
             now,
             "database",
-            _summary(aggregates.get(cid), now),
+            _summary(_aggregates(facts.get(cid), declared), now),
         )
     return answers
 

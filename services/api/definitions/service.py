@@ -35,7 +35,7 @@ from services.api.definitions.schemas import (
 )
 from services.api.errors import ApiError, not_found
 from shared.definitions import repository as store
-from shared.definitions.activation import activate_content
+from shared.definitions.activation import RetentionRows, activate_content
 from shared.definitions.repository import (
     ActivationConflictError,
     Backfill,
@@ -178,6 +178,7 @@ async def activate(
     actor: str,
     note: str,
     publish: Publish,
+    retention: RetentionRows = (),
 ) -> VersionView:
     """Put `content` in force; 422 if invalid, 409 if `replaces` is no longer in force.
 
@@ -190,7 +191,13 @@ async def activate(
             await parser.parse(current.content)
     try:
         stored = await activate_content(
-            conn, content, replaces=replaces, actor=actor, note=note, publish=publish
+            conn,
+            content,
+            replaces=replaces,
+            actor=actor,
+            note=note,
+            publish=publish,
+            retention=retention,
         )
     except DefinitionError as exc:
         raise invalid_definitions(exc) from None

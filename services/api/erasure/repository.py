@@ -21,6 +21,9 @@ ERASED_TABLES = (
     "segment_history",
     "segment_outbox",
     "cache_repairs",
+    "fact_changes",
+    "metric_contributions",
+    "customer_metrics",
 )
 
 

@@ -52,6 +52,7 @@ class VersionInForce:
     version: int
     dimensions: frozenset[str]
     scores: frozenset[str]
+    definitions: Definitions | None = None  # for reading facts: its event metrics
 
 
 class DefinitionsCache:
@@ -129,6 +130,7 @@ class DefinitionsCache:
             version,
             frozenset(dimension.name for dimension in definitions.dimensions),
             frozenset(definitions.scores),
+            definitions,
         )
 
 
