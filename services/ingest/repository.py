@@ -13,9 +13,11 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.ingest.literals import decimal_array, int_array, text_array
-from shared.events import INTERACTION_EVENT_TYPES
+from services.ingest.traits import StoredTraits, merge_events
+from shared.events import INTERACTION_EVENT_TYPES, CustomerTraits
 
 # Column order of the per-type counters in customer_aggregates.
 INTERACTION_TYPES = tuple(sorted(INTERACTION_EVENT_TYPES))
@@ -446,6 +448,64 @@ async def touch_customers(conn: asyncpg.Connection, touches: Sequence[CustomerTo
     Sums and maxima commute, so these merge exactly whatever order events arrive in.
     """
     await apply_batch(conn, touch_args(touches))
+
+
+# Traits -----------------------------------------------------------------------------------
+async def merge_traits(conn: asyncpg.Connection, events: Sequence[CustomerTraits]) -> None:
+    """Merge profile events into their customers' `customer_traits` rows, per trait the
+    latest event winning (services/ingest/traits.py).
+
+    The rows are created if missing, then locked and read in customer order, so a
+    concurrent batch or erasure waits, and each merge reads what the one before it wrote.
+    Only rows that changed are written."""
+    if not events:
+        return
+    ids = sorted({e.customer_id for e in events})
+    await conn.execute(
+        """
+        INSERT INTO customer_traits (customer_id)
+        SELECT u.customer_id FROM unnest($1::text[]) AS u(customer_id) ORDER BY 1
+        ON CONFLICT (customer_id) DO NOTHING
+        """,
+        ids,
+    )
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, traits::text AS traits, trait_times::text AS times,
+               replaced_at, replaced_event_id
+        FROM customer_traits WHERE customer_id = ANY($1::text[])
+        ORDER BY customer_id FOR UPDATE
+        """,
+        ids,
+    )
+    stored = {
+        r["customer_id"]: StoredTraits.from_row(
+            orjson.loads(r["traits"]),
+            orjson.loads(r["times"]),
+            None if r["replaced_at"] is None else (r["replaced_at"], r["replaced_event_id"]),
+        )
+        for r in rows
+    }
+    changed = merge_events(stored, events)
+    if not changed:
+        return
+    ids = sorted(changed)
+    states = [changed[cid] for cid in ids]
+    await conn.execute(
+        """
+        UPDATE customer_traits AS t SET traits = u.traits::jsonb, trait_times = u.times::jsonb,
+            replaced_at = u.replaced_at, replaced_event_id = u.replaced_event_id,
+            version = t.version + 1, updated_at = now()
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+            AS u(customer_id, traits, times, replaced_at, replaced_event_id)
+        WHERE t.customer_id = u.customer_id
+        """,
+        ids,
+        [orjson.dumps(s.values).decode() for s in states],
+        [orjson.dumps(s.times_json()).decode() for s in states],
+        [None if s.replaced is None else s.replaced[0] for s in states],
+        [None if s.replaced is None else s.replaced[1] for s in states],
+    )
 
 
 def queue_args(

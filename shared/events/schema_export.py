@@ -12,6 +12,7 @@ from typing import Any, Final
 import msgspec
 
 from shared.events import limits
+from shared.events.customers import CustomerEvent
 from shared.events.definitions_activated import (
     DEFINITIONS_ACTIVATED_DATASCHEMA,
     DefinitionsActivatedEvent,
@@ -39,6 +40,16 @@ _FAMILIES: Final[tuple[tuple[str, Any, str, str, str], ...]] = (
         "Interaction event, schema_version 1",
         "A customer interaction; the `type` field selects which. "
         f"A record is at most {limits.MAX_RECORD_BYTES} bytes. Unknown fields are ignored.",
+    ),
+    (
+        "customer_event.v1.json",
+        CustomerEvent,
+        "urn:streamseg:schema:customer_event:v1",
+        "Customer (profile) event, schema_version 1",
+        "customer_traits: sets, clears (`unset`) or replaces a customer's traits as of "
+        "`occurred_at`; per trait the latest event time wins (ties: the larger event_id). "
+        "Unknown names inside `traits` are refused; other unknown fields are ignored. "
+        f"A record is at most {limits.MAX_RECORD_BYTES} bytes.",
     ),
     (
         "segment_change.v1.json",

@@ -161,10 +161,11 @@ _HEAD_SQL = f"""
            a.interaction_count, a.last_interaction_at, a.last_add_to_cart_at,
            {", ".join(f"a.{t}_count" for t in INTERACTION_TYPES)},
            m.as_of, m.filters, m.state::text AS state, m.since::text AS since,
-           p.ids, p.order_ids, p.event_ids, p.ats, p.types, p.props
+           p.ids, p.order_ids, p.event_ids, p.ats, p.types, p.props, t.traits::text AS traits
     FROM unnest($1::text[]) AS u(customer_id)
     JOIN customer_aggregates a ON a.customer_id = u.customer_id
     LEFT JOIN customer_metrics m ON m.customer_id = u.customer_id
+    LEFT JOIN customer_traits t ON t.customer_id = u.customer_id
     LEFT JOIN LATERAL (
         SELECT array_agg(f.id ORDER BY f.id) AS ids,
                array_agg(f.order_id ORDER BY f.id) AS order_ids,
@@ -812,10 +813,7 @@ def _facts(
 
 
 def _traits_of(r: Any) -> Any:
-    try:
-        raw = r["traits"]
-    except KeyError:
-        return None
+    raw = r["traits"]
     return orjson.loads(raw) if isinstance(raw, str) else raw
 
 

@@ -219,11 +219,17 @@ class Shop:
         return dict(facts.events)
 
 
-async def apply_through_ingest(engine: AsyncEngine, events: list[Any], now: datetime) -> None:
+async def apply_through_ingest(
+    engine: AsyncEngine, events: list[Any], now: datetime, *, queue: bool = False
+) -> None:
+    """One ingest batch of `events`, with ingest's own statements (and its queue rows)."""
     changes = build_changes(events, RATES, now - timedelta(days=365 * 5))
     async with pg_connection(engine) as conn, conn.transaction():
         await ingest.insert_interactions(conn, changes.window_rows, changes.pending)
         await ingest.apply_batch(conn, changes.statements)
+        await ingest.merge_traits(conn, changes.traits)
+        if queue:
+            await ingest.mark_with_args(conn, changes.queue_args, now)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -34,6 +34,10 @@ from tests.support.checker import differences, expected_aggregates
 class Topics:
     orders: str
     interactions: str
+    customers: str = "customers"
+
+    def all(self) -> list[str]:
+        return [self.orders, self.interactions, self.customers]
 
     def for_event(self, event: Event) -> str:
         return self.orders if isinstance(event, ORDER_EVENT_CLASSES) else self.interactions
