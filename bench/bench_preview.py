@@ -5,8 +5,9 @@
 Seeds customers through ingest's own SQL (tests/support/segmenter.py, in chunks) with a
 few orders over 400 days and interactions over 60 days each, computes population stats and
 evaluates everyone once under the defaults, as the service would. Then it times, in the
-same run: (a) reading every customer's facts in the preview's chunks (`load_customers`
-over the population, nothing else: the floor a preview cannot go below); (b) a preview of
+same run: (a) reading every customer's facts in the preview's chunks (`load_customers`, the read
+model of shared/facts, over the population, nothing else: the floor a preview cannot go
+below); (b) a preview of
 a candidate whose population stats are the base's (one pass); (a) again; (c) one whose
 stats must be computed (two passes); (a) again. Each preview is set against the mean of
 the reads around it, in wall time and in this process's CPU (steadier on a shared
@@ -33,11 +34,11 @@ from bench.bench_ingest import forget_cache, stack_env
 from services.segmenter import population
 from services.segmenter import repository as repo
 from services.segmenter.preview import CHUNK, PreviewRunner
-from services.segmenter.ruleset import counts_interactions
 from shared.clock import FixedClock
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
 from shared.definitions import repository as store
+from shared.facts import FactsPlan, plan_for
 from shared.redis import make_redis
 from shared.segment_cache import SegmentCache
 from shared.segmentation import load_definitions
@@ -78,14 +79,14 @@ async def timed(work: Awaitable[Any]) -> tuple[Any, Timed]:
     return result, Timed(time.perf_counter() - wall, time.process_time() - cpu)
 
 
-async def read_all(engine: AsyncEngine, with_interactions: bool) -> int:
+async def read_all(engine: AsyncEngine, plan: FactsPlan) -> int:
     read, after = 0, ""
     while True:
         async with pg_connection(engine) as conn:
             ids = await repo.customer_ids_after(conn, after, CHUNK)
             if not ids:
                 return read
-            loaded = await repo.load_customers(conn, ids, NOW, with_interactions=with_interactions)
+            loaded = await repo.load_customers(conn, ids, NOW, plan)
         read += len(loaded)
         after = ids[-1]
 
@@ -148,8 +149,8 @@ async def main() -> None:
         )
 
         # Each preview between two reads, against their mean: the machine's speed drifts.
-        with_interactions = counts_interactions(load_definitions(candidate()))
-        n, before = await timed(read_all(engine, with_interactions))
+        plan = plan_for(load_definitions(candidate()), heads=False)
+        n, before = await timed(read_all(engine, plan))
         print(f"(a) read facts:              {fmt(before)}  ({n / before.wall_s:,.0f}/s)")
         for name, content, reused in (
             ("(b) preview, stats kept:    ", candidate(), True),
@@ -157,7 +158,7 @@ async def main() -> None:
         ):
             result, took = await timed(preview(engine, content, rules.version))
             assert result["population"]["reused"] is reused
-            _, after = await timed(read_all(engine, with_interactions))
+            _, after = await timed(read_all(engine, plan))
             wall = took.wall_s / ((before.wall_s + after.wall_s) / 2)
             cpu = took.cpu_s / ((before.cpu_s + after.cpu_s) / 2)
             print(f"{name} {fmt(took)}  {wall:4.2f}x the read ({cpu:4.2f}x its CPU)")

@@ -67,6 +67,10 @@ KEY=$(.venv/bin/python -m services.api.keys create --name "make run $(date -u +%
 DEFS_KEY=$(.venv/bin/python -m services.api.keys create --name "make run definitions $(date -u +%FT%TZ)" \
   --scope definitions:read --scope definitions:write 2>/dev/null | sed -n 's/^key: *//p')
 [ -n "$DEFS_KEY" ] || { echo "[run] ERROR: could not create an API key" >&2; exit 1; }
+# A third, for a system that writes customers' traits (a CRM, the sign-up).
+TRAITS_KEY=$(.venv/bin/python -m services.api.keys create --name "make run traits $(date -u +%FT%TZ)" \
+  --scope traits:write 2>/dev/null | sed -n 's/^key: *//p')
+[ -n "$TRAITS_KEY" ] || { echo "[run] ERROR: could not create an API key" >&2; exit 1; }
 
 # Live traffic: a history of past shoppers first, then new events every second.
 .venv/bin/python -m services.loadgen --rate "${STREAMSEG_RUN_RATE:-50}" \
@@ -85,6 +89,9 @@ StreamSeg is running with live shopper traffic. Ctrl-C stops everything.
               curl -N -H "Authorization: Bearer $KEY" http://127.0.0.1:8100/v1/changes/stream
   definitions key: $DEFS_KEY
   try:        STREAMSEG_API_KEY=$DEFS_KEY .venv/bin/python -m services.cli definitions list
+  traits key: $TRAITS_KEY
+  try:        curl -s -X PATCH -H "Authorization: Bearer $TRAITS_KEY" -H 'content-type: application/json' -d '{"traits": {"country": "DE", "interests": ["running"]}}' http://127.0.0.1:8100/v1/customers/c0000000/traits
+              curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:8100/v1/customers/c0000000/traits
   metrics:    http://127.0.0.1:8100/metrics  http://127.0.0.1:8101/metrics  http://127.0.0.1:8102/metrics
   logs:       $LOGS
 MSG

@@ -42,6 +42,10 @@ class CachedAggregates(msgspec.Struct, frozen=True, kw_only=True):
     interactions_30d: int
     last_interaction_at: datetime | None
     open_cart_at: datetime | None
+    # Declared event metrics at the evaluation (shared.facts.metric_values): counts as
+    # numbers, sums as decimal text, first and last times as RFC 3339 text.
+    metrics: dict[str, str | int | None] = {}
+    counted_since: dict[str, datetime] = {}
 
 
 class CachedCustomer(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,6 +57,8 @@ class CachedCustomer(msgspec.Struct, frozen=True, kw_only=True):
     segments: dict[str, CachedSegment]
     aggregates: CachedAggregates
     scores: dict[str, int | None] = {}  # documents written before scores existed have none
+    # The audiences the customer is in (segment `member`), apart from the dimensions.
+    audiences: dict[str, CachedSegment] = {}
 
 
 _encoder = msgspec.json.Encoder(decimal_format="string")

@@ -25,10 +25,12 @@ from services.api.resources import StreamControl, open_resources
 from services.api.segments.routes import router as segments_router
 from services.api.settings import ApiSettings
 from services.api.stats.routes import router as stats_router
+from services.api.traits.routes import router as traits_router
 from shared.settings import ConnectionSettings
 
 DESCRIPTION = """\
-Customers' current segments for storefronts, segment definitions and sizes, transition
+Customers' current segments for storefronts, their traits (written as customer events through
+Kafka), segment definitions and sizes, transition
 statistics, the change stream for tools that do not speak Kafka, and the definitions'
 lifecycle: validate, preview, activate, compare and roll back.
 
@@ -61,6 +63,7 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
     install_error_handlers(app)
     for router in (
         customers_router,
+        traits_router,
         segments_router,
         definitions_router,
         stats_router,

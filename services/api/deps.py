@@ -85,4 +85,5 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[Principal]]:
 Reader = Annotated[Principal, Depends(require("segments:read"))]
 DefinitionsReader = Annotated[Principal, Depends(require("definitions:read"))]
 DefinitionsWriter = Annotated[Principal, Depends(require("definitions:write"))]
+TraitsWriter = Annotated[Principal, Depends(require("traits:write"))]
 Admin = Annotated[Principal, Depends(require("admin"))]

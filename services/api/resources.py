@@ -22,6 +22,7 @@ from services.api.definitions.parsing import DefinitionsParser
 from services.api.redis_pipe import RedisPipe
 from services.api.segments.service import DefinitionsCache
 from services.api.settings import ApiSettings
+from services.api.traits.publisher import TraitsPublisher
 from shared.db.engine import create_engine
 from shared.db.migrate import require_current
 from shared.segment_cache import SegmentCache
@@ -53,6 +54,7 @@ class Resources:
     definitions: DefinitionsCache
     parser: DefinitionsParser
     streams: StreamControl
+    traits: TraitsPublisher
 
 
 # Requests beyond this many in flight wait for a Redis connection (within the cache time-out)
@@ -106,6 +108,14 @@ async def open_resources(
         audit = AuditWriter(db, settings.audit_flush_interval_ms / 1000, settings.audit_buffer_max)
         audit.start()
         stack.push_async_callback(audit.stop)
+        # Connects in the background: the API serves reads while Kafka is away.
+        traits = TraitsPublisher(
+            conn.kafka_bootstrap,
+            settings.customers_topic,
+            settings.traits_produce_timeout_ms / 1000,
+        )
+        stack.push_async_callback(traits.stop)
+        await traits.start()
         stack.callback(streams.stop)
         yield Resources(
             conn=conn,
@@ -120,4 +130,5 @@ async def open_resources(
             definitions=DefinitionsCache(),
             parser=DefinitionsParser(),
             streams=streams,
+            traits=traits,
         )

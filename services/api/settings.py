@@ -7,7 +7,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMSEG_API_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMSEG_API_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     host: str = "127.0.0.1"
     port: int = 8100
@@ -27,3 +29,9 @@ class ApiSettings(BaseSettings):
     preview_keep_seconds: float = Field(default=86_400, gt=0)
     fast_path: bool = True
     workers: int = Field(default=1, ge=1, le=32)
+    # The topic ingest reads customer events from, under ingest's own variable, so the two
+    # cannot disagree.
+    customers_topic: str = Field(
+        default="customers", validation_alias="STREAMSEG_INGEST_CUSTOMERS_TOPIC"
+    )
+    traits_produce_timeout_ms: int = Field(default=5000, ge=100)

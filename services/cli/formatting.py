@@ -60,6 +60,8 @@ def summary_text(summary: Mapping[str, Any]) -> str:
             f"dimension {dimension['name']}: {', '.join(dimension['segments'])}"
             f" (reads {', '.join(dimension['metrics'])})"
         )
+    for audience in summary.get("audiences") or []:
+        lines.append(f"audience {audience['name']}: {audience['condition']}")
     for cutoff in summary["cutoffs"]:
         spec = (
             f"top {_number(cutoff['top_percent'])}% of {cutoff['metric']}"
@@ -171,6 +173,16 @@ def diff_text(diff: Mapping[str, Any]) -> str:
             lines.append(
                 f"  reads changed cut-offs or scores: {', '.join(dimension['inputs_changed'])}"
             )
+    for audience in diff.get("audiences") or []:
+        if audience["status"] == "unchanged":
+            continue
+        note = " (re-evaluated)" if audience["reevaluated"] else " (nothing re-evaluated)"
+        lines.append(f"audience {audience['name']}: {audience['status']}{note}")
+        if audience["old_condition"] != audience["new_condition"]:
+            if audience["old_condition"] is not None:
+                lines.append(f"    - {audience['old_condition']}")
+            if audience["new_condition"] is not None:
+                lines.append(f"    + {audience['new_condition']}")
     for kind in ("cutoffs", "scores"):
         for change in diff[kind]:
             lines.append(
@@ -193,8 +205,9 @@ def preview_text(result: Mapping[str, Any]) -> str:
         f"{result['customers']} customers as of {result['as_of']},"
         f" against version {result['base_version']}"
     ]
-    for dimension in result["dimensions"]:
-        lines.extend(["", f"{dimension['name']} ({dimension['status']})"])
+    audiences = [("audience ", entry) for entry in result.get("audiences") or []]
+    for kind, dimension in [*(("", entry) for entry in result["dimensions"]), *audiences]:
+        lines.extend(["", f"{kind}{dimension['name']} ({dimension['status']})"])
         segments = dimension.get("segments") or []
         if segments:
             lines.append(

@@ -63,7 +63,7 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
                 timedelta(days=settings.interaction_retention_days),
                 "STREAMSEG_INGEST_INTERACTION_RETENTION_DAYS",
             )
-        topics = [settings.orders_topic, settings.interactions_topic]
+        topics = [settings.orders_topic, settings.interactions_topic, settings.customers_topic]
         await ensure_topics(
             conn.kafka_bootstrap,
             [TopicSpec(t, settings.topic_partitions) for t in topics]

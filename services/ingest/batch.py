@@ -18,7 +18,14 @@ from aiokafka.structs import ConsumerRecord
 
 from services.ingest import repository as repo
 from services.ingest.literals import text_array
-from shared.events import EventRejected, RejectReason, check_occurred_at, decode_event
+from shared.events import (
+    CustomerTraits,
+    EventRejected,
+    RejectReason,
+    check_occurred_at,
+    decode_customer_event,
+    decode_event,
+)
 from shared.events.orders import ORDER_EVENT_CLASSES
 
 AMOUNT_QUANTUM = Decimal("0.0001")
@@ -64,6 +71,9 @@ class Changes:
     pending: list[repo.PendingRecord]
     touches: list[repo.CustomerTouch]
     order_customers: list[str]
+    # Profile events, merged per trait at commit time under their rows' locks: the merge
+    # reads what is stored, so it cannot be prepared as the aggregates are.
+    traits: list[CustomerTraits]
     # The statements and their arguments, encoded here so that the commit stage only sends
     # them.
     statements: list[tuple[str, tuple[Any, ...]]]
@@ -88,13 +98,20 @@ class PreparedBatch:
 
 
 class Screen:
-    """Decodes and checks records; anything that can never be applied is a DeadLetter."""
+    """Decodes and checks records; anything that can never be applied is a DeadLetter.
 
-    def __init__(self, currency_rates: dict[str, Decimal]) -> None:
+    Each topic carries one family: records of `customers_topic` are profile events."""
+
+    def __init__(self, currency_rates: dict[str, Decimal], customers_topic: str = "") -> None:
         self._rates = currency_rates
+        self._customers_topic = customers_topic
 
-    def __call__(self, raw: bytes, now: datetime) -> Any:
-        event: Any = decode_event(raw)
+    def __call__(self, raw: bytes, now: datetime, topic: str = "") -> Any:
+        event: Any
+        if topic and topic == self._customers_topic:
+            event = decode_customer_event(raw)
+        else:
+            event = decode_event(raw)
         if type(event) in _ORDER_CLASSES and event.currency not in self._rates:
             raise EventRejected(
                 RejectReason.UNKNOWN_CURRENCY,
@@ -133,6 +150,7 @@ def build_changes(
     window_rows: list[repo.InteractionRecord] = []
     pending: list[repo.PendingRecord] = []
     order_customers: set[str] = set()
+    traits: list[CustomerTraits] = []
     for ev in events:
         cid, at = ev.customer_id, ev.occurred_at
         touch = touches.get(cid)
@@ -163,6 +181,10 @@ def build_changes(
             elif change.cancelled_at is None or at < change.cancelled_at:
                 change.cancelled_at = at
             continue
+        if type(ev) is CustomerTraits:
+            # The touch above makes the customer one (an aggregates row) and queues them.
+            traits.append(ev)
+            continue
         touch.counts[ev.type] = touch.counts.get(ev.type, 0) + 1
         if touch.last_interaction_at is None or at > touch.last_interaction_at:
             touch.last_interaction_at = at
@@ -184,6 +206,7 @@ def build_changes(
         pending=pending,
         touches=touch_list,
         order_customers=order_ids,
+        traits=sorted(traits, key=lambda ev: ev.customer_id),
         statements=repo.touch_args(touch_list, order_ids, order_changes),
         queue_args=repo.queue_args(
             [t.customer_id for t in touch_list], [t.last_event_at for t in touch_list]
@@ -231,7 +254,7 @@ async def prepare(
                 await asyncio.sleep(0)
             part.end = rec.offset + 1
             try:
-                event = screen(rec.value or b"", checked_at)
+                event = screen(rec.value or b"", checked_at, rec.topic)
             except EventRejected as exc:
                 part.dead_letters.append(DeadLetter(rec, str(exc.reason), str(exc)))
                 continue

@@ -13,9 +13,11 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.ingest.literals import decimal_array, int_array, text_array
-from shared.events import INTERACTION_EVENT_TYPES
+from services.ingest.traits import StoredTraits, merge_events
+from shared.events import INTERACTION_EVENT_TYPES, CustomerTraits
 
 # Column order of the per-type counters in customer_aggregates.
 INTERACTION_TYPES = tuple(sorted(INTERACTION_EVENT_TYPES))
@@ -448,6 +450,64 @@ async def touch_customers(conn: asyncpg.Connection, touches: Sequence[CustomerTo
     await apply_batch(conn, touch_args(touches))
 
 
+# Traits -----------------------------------------------------------------------------------
+async def merge_traits(conn: asyncpg.Connection, events: Sequence[CustomerTraits]) -> None:
+    """Merge profile events into their customers' `customer_traits` rows, per trait the
+    latest event winning (services/ingest/traits.py).
+
+    The rows are created if missing, then locked and read in customer order, so a
+    concurrent batch or erasure waits, and each merge reads what the one before it wrote.
+    Only rows that changed are written."""
+    if not events:
+        return
+    ids = sorted({e.customer_id for e in events})
+    await conn.execute(
+        """
+        INSERT INTO customer_traits (customer_id)
+        SELECT u.customer_id FROM unnest($1::text[]) AS u(customer_id) ORDER BY 1
+        ON CONFLICT (customer_id) DO NOTHING
+        """,
+        ids,
+    )
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, traits::text AS traits, trait_times::text AS times,
+               replaced_at, replaced_event_id
+        FROM customer_traits WHERE customer_id = ANY($1::text[])
+        ORDER BY customer_id FOR UPDATE
+        """,
+        ids,
+    )
+    stored = {
+        r["customer_id"]: StoredTraits.from_row(
+            orjson.loads(r["traits"]),
+            orjson.loads(r["times"]),
+            None if r["replaced_at"] is None else (r["replaced_at"], r["replaced_event_id"]),
+        )
+        for r in rows
+    }
+    changed = merge_events(stored, events)
+    if not changed:
+        return
+    ids = sorted(changed)
+    states = [changed[cid] for cid in ids]
+    await conn.execute(
+        """
+        UPDATE customer_traits AS t SET traits = u.traits::jsonb, trait_times = u.times::jsonb,
+            replaced_at = u.replaced_at, replaced_event_id = u.replaced_event_id,
+            version = t.version + 1, updated_at = now()
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+            AS u(customer_id, traits, times, replaced_at, replaced_event_id)
+        WHERE t.customer_id = u.customer_id
+        """,
+        ids,
+        [orjson.dumps(s.values).decode() for s in states],
+        [orjson.dumps(s.times_json()).decode() for s in states],
+        [None if s.replaced is None else s.replaced[0] for s in states],
+        [None if s.replaced is None else s.replaced[1] for s in states],
+    )
+
+
 def queue_args(
     customer_ids: Sequence[str], cause_event_at: Sequence[datetime | None]
 ) -> tuple[Any, ...]:
@@ -521,101 +581,6 @@ async def prune(
         "DELETE FROM interactions WHERE occurred_at < $1", interactions_before
     )
     return int(dedup.split()[-1]), int(inter.split()[-1])
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerAggregates:
-    """Aggregates of one customer as of a moment, windows included."""
-
-    customer_id: str
-    order_count: int
-    net_spend: Decimal
-    first_order_at: datetime | None
-    last_order_at: datetime | None
-    average_order_value: Decimal | None
-    orders_30d: int
-    orders_90d: int
-    orders_365d: int
-    spend_30d: Decimal
-    spend_90d: Decimal
-    spend_365d: Decimal
-    interaction_count: int
-    interaction_counts: dict[str, int]
-    last_interaction_at: datetime | None
-    interactions_7d: int
-    interactions_30d: int
-    open_cart_at: datetime | None
-
-
-async def fetch_aggregates(
-    conn: asyncpg.Connection, customer_ids: Sequence[str], as_of: datetime
-) -> dict[str, CustomerAggregates]:
-    """Read aggregates with the rolling windows computed as of `as_of`, so they are exact
-    whenever they are read, without any event to expire old orders from a window."""
-    rows = await conn.fetch(
-        """
-        SELECT a.customer_id, a.order_count, a.net_spend, a.first_order_at, a.last_order_at,
-               a.interaction_count, a.last_interaction_at,
-               CASE WHEN a.last_add_to_cart_at IS NOT NULL
-                     AND (a.last_order_at IS NULL OR a.last_add_to_cart_at > a.last_order_at)
-                    THEN a.last_add_to_cart_at END AS open_cart_at,
-               w.*, iw.*, {counts}
-        FROM customer_aggregates a
-        CROSS JOIN (SELECT $2::timestamptz AS at) p
-        LEFT JOIN LATERAL (
-            SELECT count(*) FILTER (WHERE placed_at > p.at - interval '30 days') AS orders_30d,
-                   count(*) FILTER (WHERE placed_at > p.at - interval '90 days') AS orders_90d,
-                   count(*) AS orders_365d,
-                   COALESCE(sum(GREATEST(amount - refunded, 0))
-                            FILTER (WHERE placed_at > p.at - interval '30 days'), 0) AS spend_30d,
-                   COALESCE(sum(GREATEST(amount - refunded, 0))
-                            FILTER (WHERE placed_at > p.at - interval '90 days'), 0) AS spend_90d,
-                   COALESCE(sum(GREATEST(amount - refunded, 0)), 0) AS spend_365d
-            FROM orders
-            WHERE customer_id = a.customer_id AND cancelled_at IS NULL
-              AND placed_at > p.at - interval '365 days' AND placed_at <= p.at
-        ) w ON true
-        LEFT JOIN LATERAL (
-            SELECT count(*) FILTER (WHERE occurred_at > p.at - interval '7 days')
-                       AS interactions_7d,
-                   count(*) AS interactions_30d
-            FROM interactions
-            WHERE customer_id = a.customer_id
-              AND occurred_at > p.at - interval '30 days' AND occurred_at <= p.at
-        ) iw ON true
-        WHERE a.customer_id = ANY($1::text[])
-        """.format(counts=", ".join(f"a.{c}" for c in _COUNT_COLUMNS)),  # noqa: S608
-        list(customer_ids),
-        as_of,
-    )
-    out: dict[str, CustomerAggregates] = {}
-    for r in rows:
-        count = r["order_count"]
-        out[r["customer_id"]] = CustomerAggregates(
-            customer_id=r["customer_id"],
-            order_count=count,
-            net_spend=r["net_spend"],
-            first_order_at=r["first_order_at"],
-            last_order_at=r["last_order_at"],
-            average_order_value=(r["net_spend"] / count).quantize(Decimal("0.0001"))
-            if count
-            else None,
-            orders_30d=r["orders_30d"],
-            orders_90d=r["orders_90d"],
-            orders_365d=r["orders_365d"],
-            spend_30d=r["spend_30d"],
-            spend_90d=r["spend_90d"],
-            spend_365d=r["spend_365d"],
-            interaction_count=r["interaction_count"],
-            interaction_counts={
-                t: r[c] for t, c in zip(INTERACTION_TYPES, _COUNT_COLUMNS, strict=True)
-            },
-            last_interaction_at=r["last_interaction_at"],
-            interactions_7d=r["interactions_7d"],
-            interactions_30d=r["interactions_30d"],
-            open_cart_at=r["open_cart_at"],
-        )
-    return out
 
 
 # Verification and repair ------------------------------------------------------------------

@@ -15,6 +15,8 @@ class IngestSettings(BaseSettings):
 
     orders_topic: str = "orders"
     interactions_topic: str = "interactions"
+    # Profile (traits) events; the API produces to it too, reading this same variable.
+    customers_topic: str = "customers"
     topic_partitions: int = Field(default=4, ge=1)
     group_id: str = "streamseg-ingest"
     base_currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")

@@ -1,4 +1,5 @@
-"""The ingest worker: Kafka order and interaction events in, exact aggregates in PostgreSQL out.
+"""The ingest worker: Kafka order, interaction and customer events in, exact aggregates and
+traits in PostgreSQL out.
 
 Two stages run side by side: `_fetch_loop` fetches and prepares the next batch (decoding,
 validation, folding into row changes) while `run` commits the previous one. The delivery
@@ -95,7 +96,7 @@ class IngestWorker:
         self._clock = clock
         self._metrics = metrics
         self._owner = owner
-        self._screen = Screen(settings.currency_rates)
+        self._screen = Screen(settings.currency_rates, settings.customers_topic)
         self._retention = timedelta(days=settings.interaction_retention_days)
         self._dedup_window = dedup_window
         # Per owned partition: our fencing epoch, the next offset committed to PostgreSQL,
@@ -337,6 +338,7 @@ class IngestWorker:
                 async with conn.transaction():
                     await repo.insert_interactions(conn, changes.window_rows, changes.pending)
                     await repo.apply_batch(conn, changes.statements)
+                    await repo.merge_traits(conn, changes.traits)
                     raise _TrialRolledBack
             except _TrialRolledBack:
                 return
@@ -395,9 +397,9 @@ class IngestWorker:
            crash in between re-sends it: dead letters are at-least-once, and their headers
            locate the source record for deduplication);
         2. then ONE PostgreSQL transaction: the offsets (fenced by our epoch, first, so the
-           row locks are taken early), the dedup ledger, the aggregates and the segmentation
-           queue. After a crash either all of it is there, or none of it and the batch is
-           read again from the stored offsets.
+           row locks are taken early), the dedup ledger, the aggregates, the traits and the
+           segmentation queue. After a crash either all of it is there, or none of it and
+           the batch is read again from the stored offsets.
 
         That is also why the transaction need not wait for its WAL flush: a PostgreSQL crash
         that loses an acknowledged batch loses its offsets with it, so the batch is read
@@ -466,6 +468,7 @@ class IngestWorker:
                 )
             await repo.insert_interactions(conn, changes.window_rows, changes.pending)
             await repo.apply_batch(conn, changes.statements)
+            await repo.merge_traits(conn, changes.traits)
             await repo.mark_with_args(conn, changes.queue_args, now)
         return len(fresh)
 

@@ -128,6 +128,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             ruleset,
             batch_size=settings.batch_size,
             on_changes=publisher.wake,
+            zone=settings.birthday_zone,
         )
         jobs: list[Coroutine[Any, Any, None]] = [
             *(
@@ -148,7 +149,12 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
                 live_lag_seconds=settings.backfill_live_lag_seconds,
                 on_published=publisher.wake,
             ).run(stopping),
-            PreviewRunner(engine, clock, poll_seconds=settings.preview_poll_seconds).run(stopping),
+            PreviewRunner(
+                engine,
+                clock,
+                poll_seconds=settings.preview_poll_seconds,
+                zone=settings.birthday_zone,
+            ).run(stopping),
         ]
         if isinstance(clock, EventTimeClock):
             jobs.append(event_time_loop(engine, clock, stopping))

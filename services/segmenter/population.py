@@ -9,7 +9,7 @@ When to recompute is `recompute_due` (docs/segments.md, "Population statistics")
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal
 
 import structlog
@@ -72,7 +72,9 @@ def recompute_due(
     return None
 
 
-async def recompute(engine: AsyncEngine, ruleset: Ruleset, now: datetime) -> int | None:
+async def recompute(
+    engine: AsyncEngine, ruleset: Ruleset, now: datetime, *, zone: tzinfo = UTC
+) -> int | None:
     """Recompute the stats if no other process is; returns how many customers were queued,
     or None when another process holds the job."""
     # Taken together before any await: the follow loop may switch the ruleset meanwhile, and
@@ -94,7 +96,7 @@ async def recompute(engine: AsyncEngine, ruleset: Ruleset, now: datetime) -> int
             after = ids[-1]
             loaded_chunk = await repo.load_customers(conn, ids, now, plan)
             for cid, facts in loaded_chunk.items():
-                samples[cid] = population_sample(defs, facts, now)
+                samples[cid] = population_sample(defs, facts, now, zone=zone)
         columns = {m: [s[m] for s in samples.values()] for m in defs.population_metrics}
         stats = compute_population_stats(defs, columns)
         if old is not None and old.to_dict() == stats.to_dict():
@@ -223,7 +225,7 @@ async def population_loop(
             stats_customers=stats_customers,
             customers=customers,
         )
-        await recompute(engine, ruleset, clock.now())
+        await recompute(engine, ruleset, clock.now(), zone=settings.birthday_zone)
         last_recompute = loop.time()
         if not await count_anew() and customers is not None:
             # Nothing stored (the stats came out the same): the change is accounted for.

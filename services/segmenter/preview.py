@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, TypeVar
 
 import structlog
@@ -91,8 +91,10 @@ class PreviewRunner:
         stale_seconds: float = STALE_SECONDS,
         chunk: int = CHUNK,
         worker: str | None = None,
+        zone: tzinfo = UTC,
     ) -> None:
         self._engine = engine
+        self._zone = zone  # where birthdays begin (STREAMSEG_BIRTHDAY_TIME_ZONE)
         self._clock = clock
         self._poll_seconds = poll_seconds
         self._stale_seconds = stale_seconds
@@ -184,7 +186,13 @@ class PreviewRunner:
                 current = chunk.current.get(cid, {})
                 try:
                     result = evaluate(
-                        candidate, loaded, as_of, current, population, find_next_change=False
+                        candidate,
+                        loaded,
+                        as_of,
+                        current,
+                        population,
+                        find_next_change=False,
+                        zone=self._zone,
                     )
                 except UncoveredCustomerError:
                     result = None
@@ -199,6 +207,7 @@ class PreviewRunner:
             "customers": transitions.customers,
             "population": {**population.to_dict(), "reused": reused},
             "dimensions": transitions.dimensions(),
+            "audiences": transitions.audiences(),
             "uncovered": transitions.uncovered,
         }
 
@@ -229,7 +238,9 @@ class PreviewRunner:
             for i, cid in enumerate(chunk.ids, 1):
                 loaded = chunk.loaded.get(cid)
                 if loaded is not None:
-                    for metric, value in population_sample(candidate, loaded, as_of).items():
+                    for metric, value in population_sample(
+                        candidate, loaded, as_of, zone=self._zone
+                    ).items():
                         columns[metric].append(value)
                 if i % YIELD_EVERY_CUSTOMERS == 0:
                     await asyncio.sleep(0)

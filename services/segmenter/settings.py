@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,7 +13,7 @@ from shared.clock import clock_from_setting
 
 class SegmenterSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="STREAMSEG_SEGMENTER_", extra="ignore", frozen=True
+        env_prefix="STREAMSEG_SEGMENTER_", extra="ignore", frozen=True, populate_by_name=True
     )
 
     changes_topic: str = "segment-changes"
@@ -42,9 +43,30 @@ class SegmenterSettings(BaseSettings):
     # more often than this (services/segmenter/population.py, recompute_due).
     population_min_interval_seconds: float = Field(default=2.0, gt=0)
     preview_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Where a customer's `age` moves, at midnight on the birthday (an IANA zone name). No
+    # service prefix: whatever evaluates segments must read the same one.
+    birthday_time_zone: str = Field(default="UTC", validation_alias="STREAMSEG_BIRTHDAY_TIME_ZONE")
+
+    @field_validator("birthday_time_zone")
+    @classmethod
+    def _zone_exists(cls, value: str) -> str:
+        birthday_zone(value)  # raises ValueError naming what is wrong
+        return value
+
+    @property
+    def birthday_zone(self) -> ZoneInfo:
+        return birthday_zone(self.birthday_time_zone)
 
     @field_validator("clock")
     @classmethod
     def _clock_parses(cls, value: str) -> str:
         clock_from_setting(value)  # raises ValueError naming what is wrong
         return value
+
+
+def birthday_zone(name: str) -> ZoneInfo:
+    """The zone of STREAMSEG_BIRTHDAY_TIME_ZONE, or ValueError naming the setting."""
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError, OSError) as error:  # ZoneInfoNotFoundError is a KeyError
+        raise ValueError(f"STREAMSEG_BIRTHDAY_TIME_ZONE: unknown time zone {name!r}") from error

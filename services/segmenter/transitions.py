@@ -3,7 +3,9 @@ moves from one to the other, and sample customers for each move. Pure: it is fed
 customer at a time, in customer-id order, so the first samples taken are the first by id.
 
 A cell's `from` or `to` is None where the customer has no segment: a dimension added (or a
-customer never evaluated) has no `from`, a removed one no `to`.
+customer never evaluated) has no `from`, a removed one no `to`. Audiences are reported the
+same way, apart (`audiences()`): their one segment is `member`, an entry is from None, an
+exit to None, and customers outside the audience on both sides are not counted.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shared.segmentation import Assignment, Definitions, Evaluation
+from shared.segmentation.audiences import MEMBER
 from shared.segmentation.changes import changed_dimensions
 
 Cell = tuple[str, str | None, str | None]  # dimension, from segment, to segment
 
 
-def removed_reason(dimension: str) -> str:
-    """The reason given for leaving a dimension the candidate does not have. Activation's
-    own names the version it becomes, which a preview cannot know."""
-    return f"dimension {dimension!r} is not in the candidate definitions"
+def removed_reason(dimension: str, kind: str = "dimension") -> str:
+    """The reason given for leaving a dimension (or audience) the candidate does not have.
+    Activation's own names the version it becomes, which a preview cannot know."""
+    return f"{kind} {dimension!r} is not in the candidate definitions"
 
 
 class Transitions:
@@ -29,7 +32,10 @@ class Transitions:
         self._base = base
         self._candidate = candidate
         self._samples_per_cell = samples
-        self._kept = frozenset(d.name for d in candidate.dimensions)
+        self._kept = frozenset(d.name for d in candidate.dimensions) | {
+            a.name for a in candidate.audiences
+        }
+        self._audiences = frozenset(a.name for a in (*base.audiences, *candidate.audiences))
         self._now: Counter[tuple[str, str]] = Counter()
         self._cells: Counter[Cell] = Counter()
         self._samples: dict[Cell, list[dict[str, str]]] = {}
@@ -59,12 +65,23 @@ class Transitions:
             if cell[1] != cell[2] and self._wants_sample(cell):
                 # Rendered only while samples are wanted: rendering costs more than deciding.
                 self._samples[cell].append({"customer_id": customer_id, "reason": decision.reason})
+        for name, membership in result.audiences.items():
+            prior = current.get(name)
+            cell = (name, None if prior is None else prior.segment, membership.segment)
+            if cell[1] is None and cell[2] is None:
+                continue  # outside on both sides
+            self._cells[cell] += 1
+            if cell[1] != cell[2] and self._wants_sample(cell):
+                self._samples[cell].append(
+                    {"customer_id": customer_id, "reason": membership.reason}
+                )
         for dimension in sorted(gone):
             cell = (dimension, current[dimension].segment, None)
             self._cells[cell] += 1
             if self._wants_sample(cell):
+                kind = "audience" if dimension in self._audiences else "dimension"
                 self._samples[cell].append(
-                    {"customer_id": customer_id, "reason": removed_reason(dimension)}
+                    {"customer_id": customer_id, "reason": removed_reason(dimension, kind)}
                 )
 
     def _wants_sample(self, cell: Cell) -> bool:
@@ -77,9 +94,25 @@ class Transitions:
         candidate = {d.name: d.segments for d in self._candidate.dimensions}
         base = {d.name: d.segments for d in self._base.dimensions}
         seen = {d for d, _ in self._now} | {d for d, _, _ in self._cells}
+        return self._entries(candidate, base, sorted(seen - self._audiences))
+
+    def audiences(self) -> list[dict[str, Any]]:
+        """Every audience of the candidate, then those it removes, as `dimensions()` lists
+        dimensions: the size of `member` now and under the candidate, entries and exits,
+        and the members who stay."""
+        candidate = {a.name: (MEMBER,) for a in self._candidate.audiences}
+        base = {a.name: (MEMBER,) for a in self._base.audiences}
+        return self._entries(candidate, base, [])
+
+    def _entries(
+        self,
+        candidate: Mapping[str, tuple[str, ...]],
+        base: Mapping[str, tuple[str, ...]],
+        seen: list[str],
+    ) -> list[dict[str, Any]]:
         changed = set(changed_dimensions(self._base, self._candidate))
         out = []
-        for name in _ordered(candidate, base, sorted(seen)):
+        for name in _ordered(candidate, base, seen):
             if name not in candidate:
                 status = "removed"
             elif name not in base:

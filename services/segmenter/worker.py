@@ -17,7 +17,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, cast
 
 __all__ = ["Evaluator", "Ruleset", "Writes", "evaluate_loop"]
@@ -39,10 +39,11 @@ from shared.events.segment_change import (
     segment_change_event,
     segment_change_id,
 )
-from shared.facts import Fold, read_facts, write_fold
+from shared.facts import Fold, metric_values, read_facts, write_fold
 from shared.retry import Backoff, Retry, is_retriable
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
-from shared.segmentation import CustomerFacts, UncoveredCustomerError, evaluate
+from shared.segmentation import CustomerFacts, Evaluation, UncoveredCustomerError, evaluate
+from shared.segmentation.audiences import MEMBER
 
 log = structlog.get_logger("segmenter")
 
@@ -71,8 +72,10 @@ class Evaluator:
         *,
         batch_size: int = 500,
         on_changes: Any = None,
+        zone: tzinfo = UTC,
     ) -> None:
         self._engine = engine
+        self._zone = zone  # where birthdays begin (STREAMSEG_BIRTHDAY_TIME_ZONE)
         self._cache = CacheWriter(cache, metrics)
         self._clock = clock
         self._metrics = metrics
@@ -220,7 +223,9 @@ class Evaluator:
         writes: Writes,
     ) -> None:
         try:
-            result = evaluate(rules.definitions, facts, now, state.assignments, rules.population)
+            result = evaluate(
+                rules.definitions, facts, now, state.assignments, rules.population, zone=self._zone
+            )
         except UncoveredCustomerError as exc:
             # A definitions gap is permanent for this customer: count it, keep going.
             self._metrics.uncovered.inc()
@@ -231,20 +236,28 @@ class Evaluator:
         incarnation = state.incarnation or str(uuid.uuid4())
         reasons = dict(state.reasons)
         cause_of_evaluation = cast(Cause, item.cause)
-        changes: list[tuple[str, str | None, str | None, str, Cause]] = [
-            (dimension, decision.previous, decision.segment, decision.reason, cause_of_evaluation)
+        changes: list[tuple[str, str | None, str | None, str, Cause, datetime | None]] = [
+            (
+                dimension,
+                decision.previous,
+                decision.segment,
+                decision.reason,
+                cause_of_evaluation,
+                decision.since,
+            )
             for dimension, decision in result.assignments.items()
             if decision.changed
         ]
-        # A dimension the definitions in force no longer have: its member leaves it.
-        for dimension in sorted(state.assignments.keys() - result.assignments.keys()):
-            reason = f"dimension {dimension!r} is not in definitions version {rules.version}"
-            changes.append(
-                (dimension, state.assignments[dimension].segment, None, reason, "definitions")
-            )
-            writes.removed.append((cid, dimension))
-            reasons.pop(dimension, None)
-        for dimension, before, after, why, cause in changes:
+        changes.extend(_audience_changes(state, result, cause_of_evaluation))
+        # A dimension (or audience) the definitions in force no longer have: its member
+        # leaves it.
+        defined = result.assignments.keys() | result.audiences.keys()
+        for dimension in sorted(state.assignments.keys() - defined):
+            segment = state.assignments[dimension].segment
+            kind = "audience" if segment == MEMBER else "dimension"
+            reason = f"{kind} {dimension!r} is not in definitions version {rules.version}"
+            changes.append((dimension, segment, None, reason, "definitions", None))
+        for dimension, before, after, why, cause, since in changes:
             sequence += 1
             reason = CAUSE_NOTE.get(cause, "") + why
             event = segment_change_event(
@@ -282,12 +295,14 @@ class Evaluator:
             is_published = cause != "definitions" or rules.publish == "each"
             writes.payloads.append(_event_encoder.encode(event) if is_published else None)
             if after is not None:
-                decision = result.assignments[dimension]
+                assert since is not None
                 reasons[dimension] = reason
-                writes.segments.append(
-                    (cid, dimension, after, decision.since, reason, rules.version, now)
-                )
+                writes.segments.append((cid, dimension, after, since, reason, rules.version, now))
                 self._count_change(dimension, after)
+            else:
+                # An exit: the dimension was removed, or the customer left an audience.
+                writes.removed.append((cid, dimension))
+                reasons.pop(dimension, None)
         version = state.version + 1
         scores = _scores_json(result.scores)
         writes.evaluations.append(
@@ -298,6 +313,7 @@ class Evaluator:
         writes.docs.append(_document(cid, version, rules, now, result, facts, reasons))
 
     def _count_change(self, dimension: str, segment: str) -> None:
+        # An audience counts its entries, as segment `member`.
         counter = self._change_counters.get((dimension, segment))
         if counter is None:
             counter = self._metrics.changes.labels(dimension, segment)
@@ -357,16 +373,32 @@ class Writes:
     fold: Fold = field(default_factory=Fold)
 
 
+def _audience_changes(
+    state: repo.State, result: Evaluation, cause: Cause
+) -> list[tuple[str, str | None, str | None, str, Cause, datetime | None]]:
+    """Entries (from none to `member`) and exits (from `member` to none) of audiences,
+    against what is stored: a row of another kind under an audience's name (a dimension
+    of that name removed) is left as an exit too."""
+    changes: list[tuple[str, str | None, str | None, str, Cause, datetime | None]] = []
+    for name, decision in result.audiences.items():
+        stored = state.assignments.get(name)
+        before = None if stored is None else stored.segment
+        if before != decision.segment:
+            changes.append((name, before, decision.segment, decision.reason, cause, decision.since))
+    return changes
+
+
 def _document(
     customer_id: str,
     version: int,
     rules: Ruleset,
     now: datetime,
-    result: Any,
+    result: Evaluation,
     facts: CustomerFacts,
     reasons: dict[str, str],
 ) -> CachedCustomer:
-    """The Redis document: current segments with the reason each was entered."""
+    """The Redis document: current segments and audiences with the reason each was
+    entered (audiences only while a member)."""
     cached = {
         dimension: CachedSegment(
             segment=decision.segment,
@@ -375,6 +407,13 @@ def _document(
         )
         for dimension, decision in result.assignments.items()
     }
+    audiences = {
+        name: CachedSegment(
+            segment=MEMBER, since=decision.since, reason=reasons.get(name) or decision.reason
+        )
+        for name, decision in result.audiences.items()
+        if decision.since is not None
+    }
     return CachedCustomer(
         customer_id=customer_id,
         version=version,
@@ -382,6 +421,7 @@ def _document(
         evaluated_at=now,
         next_change_at=result.next_change_at,
         segments=cached,
+        audiences=audiences,
         scores=dict(result.scores),
         aggregates=CachedAggregates(
             order_count=facts.order_count,
@@ -394,6 +434,8 @@ def _document(
             interactions_30d=facts.events["interactions_30d"],
             last_interaction_at=facts.last_interaction_at,
             open_cart_at=facts.last_cart_at,
+            metrics=metric_values(facts, rules.definitions.event_metrics),
+            counted_since=dict(facts.counted_since),
         ),
     )
 

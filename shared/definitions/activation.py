@@ -7,6 +7,7 @@ and the chaos harness through the API. The caller's transaction commits or rolls
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 from typing import Any
 
 from shared.definitions import repository as store
@@ -14,13 +15,24 @@ from shared.definitions.repository import Publish, StoredVersion
 from shared.segmentation import Definitions, load_definitions
 from shared.segmentation.changes import changed_dimensions, population_spec
 
+# What ingest keeps, as the API reads it (ingest_retention): (source, retention, setting).
+RetentionRows = tuple[tuple[str, timedelta, str], ...]
 
-@functools.lru_cache(maxsize=32)
-def parse_stored(content: str) -> Definitions:
+
+def parse_stored(content: str, retention: RetentionRows = ()) -> Definitions:
     """A content that loads once always loads the same: parsed once (an invalid one raises
     DefinitionError every time). The API parses a candidate off its event loop with this
-    before it activates it, so the activation's own parse is a lookup."""
-    return load_definitions(content)
+    before it activates it, so the activation's own parse is a lookup.
+
+    `retention`: checked for candidates (a window longer than ingest keeps the rows it
+    reads is refused); stored versions in force are parsed without it."""
+    return _parse(content, retention)  # one cache key however the caller passes it
+
+
+@functools.lru_cache(maxsize=32)
+def _parse(content: str, retention: RetentionRows) -> Definitions:
+    by_source = {source: (period, setting) for source, period, setting in retention}
+    return load_definitions(content, retention=by_source or None)
 
 
 async def activate_content(
@@ -31,6 +43,7 @@ async def activate_content(
     actor: str,
     note: str = "",
     publish: Publish = "each",
+    retention: RetentionRows = (),
 ) -> StoredVersion:
     """Put `content` in force as a new version replacing `replaces`.
 
@@ -38,7 +51,7 @@ async def activate_content(
     `replaces` is no longer the version in force. Only the dimensions whose rules changed
     are re-evaluated; when none did (a rollback to equal rules, a new description), no
     backfill runs. Population stats are kept when their inputs did not change."""
-    candidate = parse_stored(content)
+    candidate = parse_stored(content, retention)
     current = await store.in_force(conn)
     old = None if current is None else parse_stored(current.content)
     changed = changed_dimensions(old, candidate)

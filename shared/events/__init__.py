@@ -1,14 +1,23 @@
 """The event contracts: typed events, decoding with reasons, and the segment-change CloudEvent.
 
-The ingest worker calls `decode_event` once per record and dead-letters `EventRejected`;
+The ingest worker calls `decode_event` (`decode_customer_event` on the customers topic) once
+per record and dead-letters `EventRejected`;
 docs/events.md describes the contracts and schemas/ holds their JSON Schema.
 """
 
+from shared.events.customers import (
+    CUSTOMER_EVENT_TYPES,
+    CUSTOMER_TRAITS,
+    CustomerEvent,
+    CustomerTraits,
+    Traits,
+)
 from shared.events.decoding import (
     EVENT_CLASSES,
     EVENT_TYPES,
     Event,
     check_occurred_at,
+    decode_customer_event,
     decode_event,
     encode_event,
 )
@@ -46,11 +55,15 @@ from shared.events.segment_change import (
 
 __all__ = [
     "CLOUDEVENTS_CONTENT_TYPE",
+    "CUSTOMER_EVENT_TYPES",
+    "CUSTOMER_TRAITS",
     "EVENT_CLASSES",
     "EVENT_TYPES",
     "INTERACTION_EVENT_TYPES",
     "ORDER_EVENT_TYPES",
     "AddToCart",
+    "CustomerEvent",
+    "CustomerTraits",
     "EmailClick",
     "EmailOpen",
     "Event",
@@ -70,7 +83,9 @@ __all__ = [
     "SegmentChange",
     "SegmentChangeEvent",
     "SupportTicket",
+    "Traits",
     "check_occurred_at",
+    "decode_customer_event",
     "decode_event",
     "decode_segment_change",
     "encode_event",

@@ -4,11 +4,16 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVar
 
 import msgspec
 
 from shared.events import limits
+from shared.events.customers import (
+    CUSTOMER_EVENT_TYPES,
+    CustomerEvent,
+    check_customer_event,
+)
 from shared.events.errors import EventRejected, RejectReason, rejection_from_validation_error
 from shared.events.interactions import (
     INTERACTION_EVENT_CLASSES,
@@ -24,6 +29,7 @@ EVENT_CLASSES: Final[Mapping[str, type[Event]]] = {
 EVENT_TYPES: Final = ORDER_EVENT_TYPES | INTERACTION_EVENT_TYPES
 
 _decoder: Final[msgspec.json.Decoder[Event]] = msgspec.json.Decoder(Event)
+_customer_decoder: Final[msgspec.json.Decoder[CustomerEvent]] = msgspec.json.Decoder(CustomerEvent)
 _encoder: Final = msgspec.json.Encoder()
 
 # One regex over the ids joined by a character they cannot contain costs a fraction of a msgspec
@@ -34,6 +40,7 @@ _ORDER_TEXT: Final = re.compile(rf"{_ID}\n{_ID}\n{_ID}\n{_CURRENCY}")
 _INTERACTION_TEXT: Final = re.compile(rf"{_ID}\n{_ID}")
 _ONE_ID: Final = re.compile(_ID)
 _ZERO: Final = Decimal(0)
+T = TypeVar("T")
 
 
 class _Envelope(msgspec.Struct):
@@ -49,6 +56,41 @@ def decode_event(raw: bytes) -> Event:
     Deterministic: the result depends on `raw` alone. The clock-dependent bound on
     `occurred_at` is `check_occurred_at`. Unknown top-level fields are ignored.
     """
+    event = _decode(raw, _decoder, EVENT_TYPES)
+    if isinstance(event, OrderEvent):
+        _check_order(event)
+    elif _INTERACTION_TEXT.fullmatch(f"{event.event_id}\n{event.customer_id}") is None:
+        _raise_first_bad_id({"$.event_id": event.event_id, "$.customer_id": event.customer_id})
+    if event.occurred_at < limits.MIN_OCCURRED_AT:
+        raise EventRejected(
+            RejectReason.SCHEMA_VIOLATION,
+            "$.occurred_at",
+            f"must not be earlier than {limits.MIN_OCCURRED_AT.isoformat()}",
+        )
+    return event
+
+
+def decode_customer_event(raw: bytes) -> CustomerEvent:
+    """`decode_event` for the customers topic: decode and validate one profile event
+    (shared/events/customers.py), or raise `EventRejected` saying why not. The same rules
+    hold (size, UTF-8, U+0000, ids, `occurred_at`); the clock-dependent bound is still
+    `check_occurred_at`'s."""
+    event = _decode(raw, _customer_decoder, CUSTOMER_EVENT_TYPES)
+    if _INTERACTION_TEXT.fullmatch(f"{event.event_id}\n{event.customer_id}") is None:
+        _raise_first_bad_id({"$.event_id": event.event_id, "$.customer_id": event.customer_id})
+    if event.occurred_at < limits.MIN_OCCURRED_AT:
+        raise EventRejected(
+            RejectReason.SCHEMA_VIOLATION,
+            "$.occurred_at",
+            f"must not be earlier than {limits.MIN_OCCURRED_AT.isoformat()}",
+        )
+    check_customer_event(event)
+    return event
+
+
+def _decode(raw: bytes, decoder: msgspec.json.Decoder[T], known_types: frozenset[str]) -> T:
+    """The checks every record passes before its family's own: size, UTF-8, the schema,
+    and no U+0000."""
     if len(raw) > limits.MAX_RECORD_BYTES:
         raise EventRejected(
             RejectReason.OVERSIZED,
@@ -64,9 +106,9 @@ def decode_event(raw: bytes) -> Event:
                 RejectReason.UNDECODABLE, None, f"not UTF-8: {exc.reason} at byte {exc.start}"
             ) from None
     try:
-        event = _decoder.decode(raw)
+        event = decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise _classify(raw, exc) from None
+        raise _classify(raw, exc, known_types) from None
     except msgspec.DecodeError as exc:
         raise EventRejected(RejectReason.UNDECODABLE, None, str(exc)) from None
     except RecursionError:
@@ -79,16 +121,6 @@ def decode_event(raw: bytes) -> Event:
             raise EventRejected(
                 RejectReason.SCHEMA_VIOLATION, path, "must not contain the NUL character U+0000"
             )
-    if isinstance(event, OrderEvent):
-        _check_order(event)
-    elif _INTERACTION_TEXT.fullmatch(f"{event.event_id}\n{event.customer_id}") is None:
-        _raise_first_bad_id({"$.event_id": event.event_id, "$.customer_id": event.customer_id})
-    if event.occurred_at < limits.MIN_OCCURRED_AT:
-        raise EventRejected(
-            RejectReason.SCHEMA_VIOLATION,
-            "$.occurred_at",
-            f"must not be earlier than {limits.MIN_OCCURRED_AT.isoformat()}",
-        )
     return event
 
 
@@ -176,7 +208,9 @@ def _raise_first_bad_id(ids: dict[str, str]) -> None:
             )
 
 
-def _classify(raw: bytes, exc: msgspec.ValidationError) -> EventRejected:
+def _classify(
+    raw: bytes, exc: msgspec.ValidationError, known_types: frozenset[str]
+) -> EventRejected:
     """Tell an unsupported version or unknown type apart from other schema violations."""
     try:
         envelope = msgspec.json.decode(raw, type=_Envelope)
@@ -190,10 +224,15 @@ def _classify(raw: bytes, exc: msgspec.ValidationError) -> EventRejected:
             "$.schema_version",
             f"version {version} is not supported, only {limits.SCHEMA_VERSION}",
         )
-    if isinstance(envelope.type, str) and envelope.type not in EVENT_TYPES:
-        return EventRejected(
-            RejectReason.UNKNOWN_EVENT_TYPE,
-            "$.type",
-            f"unknown event type {envelope.type!r}",
+    if isinstance(envelope.type, str) and envelope.type not in known_types:
+        # An event of another family is known, but not on this topic.
+        elsewhere = (
+            "customers" if envelope.type in CUSTOMER_EVENT_TYPES else "orders or interactions"
         )
+        detail = (
+            f"{envelope.type!r} belongs on the {elsewhere} topic"
+            if envelope.type in EVENT_TYPES | CUSTOMER_EVENT_TYPES
+            else f"unknown event type {envelope.type!r}"
+        )
+        return EventRejected(RejectReason.UNKNOWN_EVENT_TYPE, "$.type", detail)
     return rejection_from_validation_error(exc)

@@ -4,7 +4,7 @@ Every limit here is enforced by `decode_event` (or, for the clock-dependent futu
 `check_occurred_at`) and listed in docs/events.md. Changing one is a contract change.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Final
 
@@ -44,3 +44,25 @@ MIN_OCCURRED_AT: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
 MAX_FUTURE_SKEW: Final = timedelta(days=1)
 """`occurred_at` later than `now` plus this is out of range (checked by the ingest worker)."""
+
+# Profile events (shared/events/customers.py): the traits of a customer.
+MAX_PLACE_LENGTH: Final = 128
+"""`region` and `city`: 1 to 128 characters."""
+MAX_POSTAL_CODE_LENGTH: Final = 32
+MAX_LABEL_LENGTH: Final = 32
+"""`gender` and `signup_channel`: 1 to 32 characters, like an order's `channel`."""
+MAX_INTERESTS: Final = 100
+MAX_INTEREST_LENGTH: Final = 64
+MIN_BIRTH_DATE: Final = date(1900, 1, 1)
+MIN_SIGNUP_AT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+"""`birth_date` and `signup_at` from these on, and not after the event's `occurred_at` plus
+`MAX_FUTURE_SKEW` (a date in the customer's time zone may be a day ahead of UTC)."""
+
+MAX_CUSTOM_TRAITS: Final = 50
+CUSTOM_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+"""A custom trait's name: an identifier, as names in conditions are."""
+MAX_CUSTOM_STRING_LENGTH: Final = 1024
+MAX_CUSTOM_LIST_ITEMS: Final = 100
+MAX_CUSTOM_LIST_ITEM_LENGTH: Final = 256
+"""Custom values: a string (1 to 1024 characters), a number (an int64 or a finite float), a
+boolean, or a list of at most 100 strings of 1 to 256 characters."""

@@ -12,6 +12,7 @@ from typing import Any, Final
 import msgspec
 
 from shared.events import limits
+from shared.events.customers import CustomerEvent
 from shared.events.definitions_activated import (
     DEFINITIONS_ACTIVATED_DATASCHEMA,
     DefinitionsActivatedEvent,
@@ -41,13 +42,26 @@ _FAMILIES: Final[tuple[tuple[str, Any, str, str, str], ...]] = (
         f"A record is at most {limits.MAX_RECORD_BYTES} bytes. Unknown fields are ignored.",
     ),
     (
+        "customer_event.v1.json",
+        CustomerEvent,
+        "urn:streamseg:schema:customer_event:v1",
+        "Customer (profile) event, schema_version 1",
+        "customer_traits: sets, clears (`unset`) or replaces a customer's traits as of "
+        "`occurred_at`; per trait the latest event time wins (ties: the larger event_id). "
+        "Unknown names inside `traits` are refused; other unknown fields are ignored. "
+        f"A record is at most {limits.MAX_RECORD_BYTES} bytes.",
+    ),
+    (
         "segment_change.v1.json",
         SegmentChangeEvent,
         SEGMENT_CHANGE_DATASCHEMA,
         "Segment change, CloudEvents 1.0 structured mode",
-        "Published by the segmenter when a customer changes segment in one dimension. "
-        "`data.cause` says why the customer was evaluated (docs/events.md, Causes); "
-        "`data.to_segment` is null when the dimension was removed. Consumers dedupe by `id`.",
+        "Published by the segmenter when a customer changes segment in one dimension, or "
+        "enters or leaves an audience (`data.dimension` is then the audience, and the "
+        "segment `member`). `data.cause` says why the customer was evaluated (docs/events.md, "
+        "Causes); `data.from_segment` is null on a first assignment or an audience entry, "
+        "`data.to_segment` null when the dimension was removed or on an audience exit. "
+        "Consumers dedupe by `id`.",
     ),
     (
         "definitions_activated.v1.json",

@@ -25,12 +25,15 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class SegmentChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The `data` of a segment-change event: one customer moved within one dimension."""
+    """The `data` of a segment-change event: one customer moved within one dimension, or
+    entered (`from_segment` None, `to_segment` "member") or left an audience."""
 
     customer_id: Id
     dimension: Name
     from_segment: Name | None
-    to_segment: Name | None  # None: the dimension was removed, and the customer left it
+    # None: the dimension was removed, and the customer left it; or the customer left an
+    # audience (`dimension` is then the audience's name).
+    to_segment: Name | None
     reason: str
     cause: Cause
     definition_version: NonNegative

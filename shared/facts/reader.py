@@ -161,10 +161,11 @@ _HEAD_SQL = f"""
            a.interaction_count, a.last_interaction_at, a.last_add_to_cart_at,
            {", ".join(f"a.{t}_count" for t in INTERACTION_TYPES)},
            m.as_of, m.filters, m.state::text AS state, m.since::text AS since,
-           p.ids, p.order_ids, p.event_ids, p.ats, p.types, p.props
+           p.ids, p.order_ids, p.event_ids, p.ats, p.types, p.props, t.traits::text AS traits
     FROM unnest($1::text[]) AS u(customer_id)
     JOIN customer_aggregates a ON a.customer_id = u.customer_id
     LEFT JOIN customer_metrics m ON m.customer_id = u.customer_id
+    LEFT JOIN customer_traits t ON t.customer_id = u.customer_id
     LEFT JOIN LATERAL (
         SELECT array_agg(f.id ORDER BY f.id) AS ids,
                array_agg(f.order_id ORDER BY f.id) AS order_ids,
@@ -666,7 +667,9 @@ def _from_stored(
         return _advance_distinct(metric, customer, now, changes, in_state, forward, entries, exits)
     zero = _measure_zero(metric)
     value: Any = (
-        Decimal(customer.state[metric.key]) if zero == ZERO else int(customer.state[metric.key])
+        Decimal(customer.state[metric.key])
+        if isinstance(zero, Decimal)
+        else int(customer.state[metric.key])
     )
     for old, new in changes:
         if old is not None and in_state(old.at):
@@ -810,10 +813,7 @@ def _facts(
 
 
 def _traits_of(r: Any) -> Any:
-    try:
-        raw = r["traits"]
-    except KeyError:
-        return None
+    raw = r["traits"]
     return orjson.loads(raw) if isinstance(raw, str) else raw
 
 
@@ -898,6 +898,21 @@ async def write_fold(conn: asyncpg.Connection, fold: Fold) -> None:
         )
 
 
+def metric_values(facts: CustomerFacts, names: Iterable[str]) -> dict[str, str | int | None]:
+    """The values of event metrics `names` as customer reads show them, from the cache or
+    from the database alike: counts as numbers, sums as decimal text, times as RFC 3339."""
+    out: dict[str, str | int | None] = {}
+    for name in names:
+        value = facts.events.get(name)
+        if value is None or isinstance(value, int):
+            out[name] = value
+        elif isinstance(value, datetime):
+            out[name] = value.isoformat()
+        else:
+            out[name] = str(value)
+    return out
+
+
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     if not rows:
         return [[] for _ in range(width)]
@@ -909,6 +924,7 @@ __all__ = [
     "FactsPlan",
     "FactsRead",
     "Fold",
+    "metric_values",
     "plan_for",
     "read_facts",
     "timedelta",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -49,6 +49,14 @@ class IsIn:
 
 
 @dataclass(frozen=True, slots=True)
+class Contains:
+    """`metric contains value`: a list of strings (a trait such as interests) holds it."""
+
+    metric: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class IsNull:
     metric: str
     negated: bool
@@ -84,19 +92,40 @@ class AnyOf:
     operands: tuple[Condition, ...]
 
 
-Atom = Compare | IsIn | IsNull | Truth
-Condition = Compare | IsIn | IsNull | Truth | LetRef | Not | All | AnyOf
+Atom = Compare | IsIn | Contains | IsNull | Truth
+Condition = Compare | IsIn | Contains | IsNull | Truth | LetRef | Not | All | AnyOf
+
+
+@dataclass(frozen=True, slots=True)
+class PropertyScope:
+    """The names of a declared metric's `where`: an event's properties. `known` are typed
+    (an order's channel, currency, item.sku, item.category); when `open`, any other name is
+    a property too, typed by the literal it is compared with (interaction properties)."""
+
+    noun: str  # "orders" or "interactions", for messages
+    known: Mapping[str, MetricType]
+    open: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """What names mean inside one dimension's conditions."""
+    """What names mean inside one dimension's conditions (or, with `properties`, inside a
+    metric's `where`)."""
 
     dimension: str
     metric_types: Mapping[str, MetricType]
     segments: tuple[str, ...]
     cutoffs: Mapping[str, MetricType | None]  # None: an absolute cut-off, fits any number
     lets: Mapping[str, Condition]
+    properties: PropertyScope | None = None
+    # Segment-typed names other than `previous` (an audience reads dimensions by name), each
+    # with its dimension's segments; `previous` has `segments`.
+    segment_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def property_scope(noun: str, known: Mapping[str, MetricType], open_: bool) -> Scope:
+    """The scope of a `where` over `noun`'s events."""
+    return Scope(noun, {}, (), {}, {}, PropertyScope(noun, known, open_))
 
 
 class ConditionProblem(ValueError):
@@ -126,15 +155,29 @@ def _describe(type_: MetricType, dimension: str) -> str:
         MetricType.MONEY: "an amount",
         MetricType.DAYS: "a number of days",
         MetricType.SCORE: "a score",
+        MetricType.YEARS: "a number of years",
+        MetricType.NUMBER: "a number",
         MetricType.BOOL: "true/false",
         MetricType.SEGMENT: f"a segment of {dimension}",
+        MetricType.STRING: "a string",
+        MetricType.STRINGS: "a list of strings",
     }[type_]
+
+
+_LITERAL_TYPES: Mapping[str, MetricType] = {
+    "number": MetricType.NUMBER,
+    "name": MetricType.STRING,
+    "string": MetricType.STRING,
+    "bool": MetricType.BOOL,
+}
+_EQUALITY_ONLY = (MetricType.BOOL, MetricType.SEGMENT, MetricType.STRING)
 
 
 class _Binder:
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
         self.problems: list[ConditionProblem] = []
+        self._property_types: dict[str, MetricType] = {}  # open properties, as first typed
 
     def bind(self, node: parser.Syntax) -> Condition:
         match node:
@@ -147,14 +190,20 @@ class _Binder:
             case parser.NameRef(name, column):
                 return self._standalone(name, column)
             case parser.NullCheck(subject, negated):
-                self._metric(subject)
+                if self.scope.properties is None or not self.scope.properties.open:
+                    self._metric(subject)
                 return IsNull(subject.name, negated)
+            case parser.Contains(subject, value):
+                return self._contains(subject, value)
             case parser.Comparison(subject, op, value):
-                type_ = self._metric(subject)
-                if type_ in (MetricType.BOOL, MetricType.SEGMENT) and op not in ("=", "!="):
+                type_ = self._metric(subject, (value,))
+                if type_ is MetricType.STRINGS:
+                    self._not_a_list_test(subject)
+                    return Compare(subject.name, op, None)
+                if type_ in _EQUALITY_ONLY and op not in ("=", "!="):
                     self._problem(
                         subject.column,
-                        f"{subject.name} is {_describe(type_, self.scope.dimension)}; "
+                        f"{subject.name} is {_describe(type_, self._owner(subject.name))}; "
                         f"use = or != instead of {op}",
                     )
                 is_cutoff = value.kind == "name" and value.text in self.scope.cutoffs
@@ -163,7 +212,10 @@ class _Binder:
                     return Compare(subject.name, op, None, value.text)
                 return Compare(subject.name, op, self._constant(subject.name, type_, value))
             case parser.Membership(subject, negated, values):
-                type_ = self._metric(subject)
+                type_ = self._metric(subject, values)
+                if type_ is MetricType.STRINGS:
+                    self._not_a_list_test(subject)
+                    return IsIn(subject.name, (), negated)
                 constants = tuple(self._constant(subject.name, type_, v) for v in values)
                 return IsIn(subject.name, constants, negated)
         raise AssertionError(node)
@@ -171,7 +223,88 @@ class _Binder:
     def _problem(self, column: int, message: str) -> None:
         self.problems.append(ConditionProblem(column, message))
 
+    def _owner(self, name: str) -> str:
+        """The dimension whose segments a segment-typed name holds."""
+        return name if name in self.scope.segment_values else self.scope.dimension
+
+    def _not_a_list_test(self, subject: parser.NameRef) -> None:
+        self._problem(
+            subject.column,
+            f"{subject.name} is a list of strings; test it with contains, "
+            f"e.g. {subject.name} contains <value>",
+        )
+
+    def _contains(self, subject: parser.NameRef, value: parser.Value) -> Condition:
+        properties = self.scope.properties
+        if properties is not None:
+            self._problem(
+                subject.column,
+                f"contains tests a list of strings; the properties of {properties.noun} "
+                f"are single values (use = or in)",
+            )
+            return Contains(subject.name, value.text)
+        type_ = self._metric(subject)
+        if type_ is not None and type_ is not MetricType.STRINGS:
+            hint = " (use = or in)" if type_ is MetricType.STRING else ""
+            self._problem(
+                subject.column,
+                f"{subject.name} is {_describe(type_, self.scope.dimension)}; contains tests "
+                f"a list of strings{hint}",
+            )
+        elif type_ is not None and value.kind not in ("name", "string"):
+            self._problem(
+                value.column,
+                f"type mismatch: {subject.name} holds strings, but {self._found(value)}",
+            )
+        return Contains(subject.name, value.text)
+
+    def _found(self, value: parser.Value) -> str:
+        if value.kind == "number":
+            return f"{value.text} is a number (quote it: '{value.text}')"
+        if value.kind == "bool":
+            return f"{value.text} is true/false"
+        return f"{value.text!r} is a string"
+
+    def _property(
+        self, subject: parser.NameRef, values: tuple[parser.Value, ...]
+    ) -> MetricType | None:
+        properties = self.scope.properties
+        assert properties is not None
+        known = properties.known.get(subject.name)
+        if known is not None:
+            return known
+        if not properties.open:
+            expected = ", ".join(sorted(properties.known))
+            self._problem(
+                subject.column,
+                f"unknown property {subject.name!r} of {properties.noun}"
+                f"{_closest(subject.name, properties.known)}; expected: {expected}",
+            )
+            return None
+        kinds = {_LITERAL_TYPES[value.kind] for value in values}
+        if len(kinds) > 1:
+            self._problem(
+                subject.column, f"the values {subject.name} is compared with are of mixed types"
+            )
+            return None
+        type_ = kinds.pop() if kinds else MetricType.BOOL
+        earlier = self._property_types.setdefault(subject.name, type_)
+        if earlier is not type_:
+            self._problem(
+                subject.column,
+                f"property {subject.name} is compared with {_describe(earlier, '')} and with "
+                f"{_describe(type_, '')}; a property has one type in a condition",
+            )
+            return None
+        return type_
+
     def _standalone(self, name: str, column: int) -> Condition:
+        if self.scope.properties is not None:
+            type_ = self._property(parser.NameRef(name, column), ())
+            if type_ not in (None, MetricType.BOOL):
+                assert type_ is not None
+                self._problem(column, f"{name} is {_describe(type_, '')}, not true/false")
+            return Truth(name)
         if name in self.scope.lets:
             return LetRef(name, self.scope.lets[name])
         type_ = self.scope.metric_types.get(name)
@@ -181,19 +314,29 @@ class _Binder:
             known = [*self.scope.metric_types, *self.scope.lets]
             self._problem(column, f"unknown metric {name!r}{_closest(name, known)}")
         else:
-            example = "previous = <segment>" if type_ is MetricType.SEGMENT else f"{name} > 0"
+            example = f"{name} = <segment>" if type_ is MetricType.SEGMENT else f"{name} > 0"
             self._problem(
                 column,
-                f"{name} is {_describe(type_, self.scope.dimension)}, not true/false; "
+                f"{name} is {_describe(type_, self._owner(name))}, not true/false; "
                 f"compare it, e.g. {example}",
             )
         return Truth(name)
 
-    def _metric(self, subject: parser.NameRef) -> MetricType | None:
+    def _metric(
+        self, subject: parser.NameRef, values: tuple[parser.Value, ...] = ()
+    ) -> MetricType | None:
+        if self.scope.properties is not None:
+            return self._property(subject, values)
         type_ = self.scope.metric_types.get(subject.name)
         if type_ is not None:
             return type_
-        if subject.name in self.scope.lets:
+        if "." in subject.name:
+            self._problem(
+                subject.column,
+                f"unknown metric {subject.name!r}: event properties are read in the where "
+                f"of a metric declared under metrics",
+            )
+        elif subject.name in self.scope.lets:
             self._problem(subject.column, f"{subject.name!r} is a let condition; use it on its own")
         else:
             known = [*self.scope.metric_types, *self.scope.lets]
@@ -215,19 +358,21 @@ class _Binder:
     def _constant(self, metric: str, type_: MetricType | None, value: parser.Value) -> MetricValue:
         if type_ is None:
             return None
-        dimension = self.scope.dimension
-        expected = _describe(type_, dimension)
+        expected = _describe(type_, self._owner(metric))
         if type_.is_number and value.kind == "number":
             return type_.coerce(value.number)
         if type_ is MetricType.BOOL and value.kind == "bool":
             return value.text == "true"
-        if type_ is MetricType.SEGMENT and value.kind == "name":
-            if value.text in self.scope.segments:
+        if type_ is MetricType.STRING and value.kind in ("name", "string"):
+            return value.text
+        if type_ is MetricType.SEGMENT and value.kind in ("name", "string"):
+            segments = self.scope.segment_values.get(metric, self.scope.segments)
+            if value.text in segments:
                 return value.text
             self._problem(
                 value.column,
-                f"{value.text!r} is not a segment of {dimension}"
-                f"{_closest(value.text, self.scope.segments)}",
+                f"{value.text!r} is not a segment of {self._owner(metric)}"
+                f"{_closest(value.text, segments)}",
             )
             return None
         if type_.is_number and value.kind == "name":
@@ -235,6 +380,8 @@ class _Binder:
             found += _closest(value.text, self.scope.cutoffs)
         elif value.kind == "name":
             found = f"{value.text!r} is a name"
+        elif value.kind == "string" or type_ is MetricType.STRING:
+            found = self._found(value)
         else:
             found = f"{value.text} is {'a number' if value.kind == 'number' else 'true/false'}"
         self._problem(value.column, f"type mismatch: {metric} is {expected}, but {found}")
@@ -256,6 +403,8 @@ def compile_condition(condition: Condition) -> Predicate:
             if negated:
                 return lambda env: (v := env[metric]) is not None and v not in members
             return lambda env: (v := env[metric]) is not None and v in members
+        case Contains(metric, member):
+            return lambda env: (v := env[metric]) is not None and member in v  # type: ignore[operator]
         case IsNull(metric, negated):
             if negated:
                 return lambda env: env[metric] is not None
@@ -349,6 +498,9 @@ def holds(condition: Condition, env: Env) -> bool:
         case IsIn(metric, values, negated):
             value = env[metric]
             return value is not None and (value in values) != negated
+        case Contains(metric, member):
+            value = env[metric]
+            return value is not None and member in value  # type: ignore[operator]
         case IsNull(metric, negated):
             return (env[metric] is None) != negated
         case Truth(metric):
@@ -390,7 +542,7 @@ def render(condition: Condition, env: Env | None = None) -> str:
 
     match condition:
         case Compare(metric, op, constant, None):
-            return f"{value_of(metric, constant)} {op} {format_value(constant)}"
+            return f"{value_of(metric, constant)} {op} {literal(constant)}"
         case Compare(metric, op, _, cutoff):
             assert cutoff is not None
             if env is None:
@@ -398,8 +550,10 @@ def render(condition: Condition, env: Env | None = None) -> str:
             limit = env[cutoff]
             return f"{value_of(metric, limit)} {op} {cutoff}={format_value(limit)}"
         case IsIn(metric, values, negated):
-            listed = ", ".join(format_value(value) for value in values)
+            listed = ", ".join(literal(value) for value in values)
             return f"{value_of(metric)} {'not in' if negated else 'in'} [{listed}]"
+        case Contains(metric, member):
+            return f"{value_of(metric)} contains {literal(member)}"
         case IsNull(metric, negated):
             return f"{value_of(metric)} is {'not null' if negated else 'null'}"
         case Truth(metric):
@@ -419,6 +573,38 @@ def render(condition: Condition, env: Env | None = None) -> str:
         case AnyOf(operands):
             return " or ".join(render(operand, env) for operand in operands)
     raise AssertionError(condition)
+
+
+def literal(value: MetricValue) -> str:
+    """A constant as the condition language writes it: a string bare when it reads as a
+    name, else quoted."""
+    if isinstance(value, str):
+        if parser.NAME.match(value) and value not in parser.KEYWORDS:
+            return value
+        return f'"{value}"' if "'" in value else f"'{value}'"
+    return format_value(value)
+
+
+def property_types(condition: Condition) -> dict[str, MetricType]:
+    """The type each property of a bound `where` is tested as (for values of another type
+    to read as null): strings, numbers or booleans, by the constants compared with."""
+    found: dict[str, MetricType] = {}
+    for atom in atoms(condition):
+        constants: tuple[MetricValue, ...] = ()
+        if isinstance(atom, Compare):
+            constants = (atom.constant,)
+        elif isinstance(atom, IsIn):
+            constants = atom.values
+        elif isinstance(atom, Truth):
+            found[atom.metric] = MetricType.BOOL
+        for constant in constants:
+            if isinstance(constant, bool):
+                found[atom.metric] = MetricType.BOOL
+            elif isinstance(constant, str):
+                found[atom.metric] = MetricType.STRING
+            elif constant is not None:
+                found[atom.metric] = MetricType.NUMBER
+    return found
 
 
 def depth(condition: Condition) -> int:

@@ -3,27 +3,36 @@
 State machines settle at the evaluation instant: after a dimension changes segment, its
 rules are evaluated again with `previous` set to the new segment (days_in_segment=0) until
 the segment holds, so the result is stable and the next change is strictly in the future.
+Audiences are decided after every dimension has settled (audiences.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import MAXYEAR, MINYEAR, UTC, date, datetime, time, timedelta, tzinfo
+from decimal import Decimal
 from typing import Any
 
+from shared.segmentation.audiences import (
+    MEMBER,
+    AudienceDecision,
+    decide_audiences,
+    memberships,
+)
 from shared.segmentation.facts import Assignment, CustomerFacts
 from shared.segmentation.metrics import (
-    METRICS,
+    AGE,
     MICROSECONDS_PER_DAY,
     MetricValue,
-    compute_fact_metrics,
     crossing_offsets,
     days_between,
 )
 from shared.segmentation.model import Definitions, Dimension, SegmentRule
 from shared.segmentation.population import PopulationStats, cutoff_value, score_of
-from shared.segmentation.timeline import Timeline
+from shared.segmentation.timeline import Timeline, lateness_exits
+from shared.segmentation.traits import birthday_in
 
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -52,19 +61,25 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """Exactly one decision per dimension, and the earliest time after the evaluation at
-    which some segment changes if no new event arrives (None: never, or only after the last
-    instant a datetime can hold)."""
+    """Exactly one decision per dimension, one per audience, and the earliest time after
+    the evaluation at which some segment or membership changes if no new event arrives
+    (None: never, or only after the last instant a datetime can hold)."""
 
     assignments: dict[str, Decision]
     next_change_at: datetime | None
     # Each score's value at the evaluation (null for a null input), for the customer read.
     scores: Mapping[str, int | None] = field(default_factory=dict)
+    audiences: dict[str, AudienceDecision] = field(default_factory=dict)
 
     @property
     def current(self) -> dict[str, Assignment]:
-        """The assignments to pass as `previous` to the next evaluation."""
-        return {name: Assignment(d.segment, d.since) for name, d in self.assignments.items()}
+        """The assignments to pass as `previous` to the next evaluation: every dimension's
+        segment, and `MEMBER` for each audience the customer is in."""
+        current = {name: Assignment(d.segment, d.since) for name, d in self.assignments.items()}
+        for name, audience in self.audiences.items():
+            if audience.since is not None:
+                current[name] = Assignment(MEMBER, audience.since)
+        return current
 
 
 class UncoveredCustomerError(ValueError):
@@ -86,14 +101,17 @@ def evaluate(
     population: PopulationStats,
     *,
     find_next_change: bool = True,
+    zone: tzinfo = UTC,
 ) -> Evaluation:
     """Assign every dimension's segment at `now` (tz-aware; never the wall clock).
 
-    `previous` maps dimension -> current assignment; missing dimensions, and segments the
-    definitions no longer have, count as no previous segment. Set `find_next_change=False`
-    to skip the next-change search (previews)."""
+    `previous` maps dimension -> current assignment, and audience -> `Assignment(MEMBER,
+    since)` for a member; missing dimensions, and segments the definitions no longer have,
+    count as no previous segment, and a missing audience as not a member. Set
+    `find_next_change=False` to skip the next-change search (previews). `zone`: where `age`
+    moves, at midnight on the birthday (the services' STREAMSEG_BIRTHDAY_TIME_ZONE)."""
     _require_aware(now)
-    timeline = Timeline(facts, definitions.event_metrics)
+    timeline = _timeline(definitions, facts, zone)
     env = _environment(definitions, timeline.metrics(now), population)
     decisions = {}
     for dimension in definitions.dimensions:
@@ -108,12 +126,20 @@ def evaluate(
             values=values,
             rule=rule,
         )
+    audiences = {}
+    if definitions.audiences:
+        for name, decision in decisions.items():
+            env[name] = decision.segment
+        audiences = decide_audiences(definitions.audiences, env, previous, now)
     next_change_at = None
     if find_next_change:
         current = {name: Assignment(d.segment, d.since) for name, d in decisions.items()}
-        next_change_at = _next_change_at(definitions, timeline, now, current, population, env)
+        members = {name: audience.member for name, audience in audiences.items()}
+        next_change_at = _next_change_at(
+            definitions, timeline, now, current, members, population, env
+        )
     scores = {name: env[name] for name in definitions.scores}
-    return Evaluation(decisions, next_change_at, scores)  # type: ignore[arg-type]
+    return Evaluation(decisions, next_change_at, scores, audiences)  # type: ignore[arg-type]
 
 
 def matching_segments(
@@ -122,17 +148,25 @@ def matching_segments(
     now: datetime,
     previous: Mapping[str, Assignment],
     population: PopulationStats,
+    *,
+    zone: tzinfo = UTC,
 ) -> dict[str, tuple[str, ...]]:
     """Every segment whose rule matches, per dimension, without settling (for previews and
     tests: valid definitions give exactly one per dimension)."""
     _require_aware(now)
-    metrics = compute_fact_metrics(facts, now, definitions.event_metrics)
+    metrics = _timeline(definitions, facts, zone).metrics(now)
     env = _environment(definitions, metrics, population)
     found = {}
     for dimension in definitions.dimensions:
         _set_previous(dimension, env, previous.get(dimension.name), now)
         found[dimension.name] = tuple(rule.name for rule in dimension.matches(env))
     return found
+
+
+def _timeline(definitions: Definitions, facts: CustomerFacts, zone: tzinfo) -> Timeline:
+    return Timeline(
+        facts, definitions.event_metrics, zone=zone, custom_traits=definitions.custom_traits
+    )
 
 
 def _require_aware(now: datetime) -> None:
@@ -207,6 +241,7 @@ def _next_change_at(
     timeline: Timeline,
     now: datetime,
     current: Mapping[str, Assignment],
+    members: Mapping[str, bool],
     population: PopulationStats,
     env: Mapping[str, MetricValue],
 ) -> datetime | None:
@@ -215,11 +250,17 @@ def _next_change_at(
     instants are collected and evaluated in order; the first that changes a segment wins.
 
     Instants are microsecond offsets from `now`, each with the bitmask of the dimensions
-    whose metrics flip there: only those can change at that instant. There are at most two
-    per threshold and days-since metric and one per event leaving a window, however far
-    ahead they lie."""
+    and audiences whose metrics flip there: only those can change at that instant. There
+    are at most two per threshold and days-since metric and one per event leaving a window,
+    however far ahead they lie.
+
+    An audience changes only where one of its own metrics flips, or where a dimension or
+    audience it reads changes. A dimension's change is itself the answer, so at an instant
+    where no dimension changes the audiences are decided with the current segments (all of
+    them, in order: one that reads another follows it at the same instant)."""
     moments = _breakpoints(definitions, timeline, now, current, population, env)
     customer_id = timeline.facts.customer_id
+    audience_bits = len(definitions.dimensions)
     for offset in sorted(moments):
         mask = moments[offset]
         moment = now + timedelta(microseconds=offset)
@@ -230,6 +271,11 @@ def _next_change_at(
                 rule, _ = _settle(dimension, moment_env, prior, moment, customer_id, False)
                 if rule.name != prior.segment:
                     return moment
+        if mask >> audience_bits:
+            for dimension in definitions.dimensions:
+                moment_env[dimension.name] = current[dimension.name].segment
+            if memberships(definitions.audiences, moment_env) != members:
+                return moment
     return None
 
 
@@ -249,10 +295,24 @@ def _breakpoints(
         thresholds.extend(env[cutoff] for cutoff in dependence.cutoffs)
         for score in dependence.scores:
             thresholds.extend(population.edges.get(score, ()))
-        metric = METRICS[dependence.metric]
-        if metric.anchor is not None:
+        metric = definitions.metric(dependence.metric)
+        offsets: Iterable[int]
+        if dependence.metric == AGE:
+            birth = timeline.facts.traits.get("birth_date")
+            age = env[AGE]
+            offsets = (
+                ()
+                if not isinstance(birth, date) or not isinstance(age, int)
+                else (_birthdays(birth, age, now, timeline.zone, thresholds, room))
+            )
+        elif metric.anchor is not None:
             anchor = metric.anchor(timeline.facts)
-            offsets = _crossings(anchor, now, env[dependence.metric], thresholds, room)
+            offsets = list(_crossings(anchor, now, env[dependence.metric], thresholds, room))
+            if metric.event is not None and env[dependence.metric] is not None:
+                # A windowed last turns null as its event leaves the window.
+                late = lateness_exits(metric.event, anchor, now)
+                if late is not None:
+                    offsets.append(late)
         else:
             assert metric.leaves_window
             offsets = timeline.window_exits(dependence.metric, now, thresholds)
@@ -267,6 +327,44 @@ def _breakpoints(
             for offset in _crossings(since, now, days_between(since, now), thresholds, room):
                 moments[offset] = moments.get(offset, 0) | 1 << index
     return moments
+
+
+def _birthdays(
+    birth: date, age: int, now: datetime, zone: tzinfo, thresholds: list[Any], room: int
+) -> Iterator[int]:
+    """The birthdays at which `age` (whole years, now `age`) reaches a threshold or passes
+    it, as offsets from `now`: `age >= t` flips at age ceil(t), `age > t` at floor(t) + 1."""
+    for threshold in thresholds:
+        if not isinstance(threshold, int | float | Decimal) or not math.isfinite(threshold):
+            continue
+        for reached in {math.ceil(threshold), math.floor(threshold) + 1}:
+            year = birth.year + reached
+            if reached <= age or not MINYEAR <= year <= MAXYEAR:
+                continue
+            ahead = (_day_begins(birthday_in(birth, year), zone) - now) // _MICROSECOND
+            if 0 < ahead <= room:
+                yield ahead
+
+
+def _day_begins(day: date, zone: tzinfo) -> datetime:
+    """The first instant whose date in `zone` is `day` or later: local midnight, or the
+    first instant after it where a clock change skips midnight."""
+    guess = datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
+    if _local_date(guess, zone) >= day and _local_date(guess - _MICROSECOND, zone) < day:
+        return guess
+    # Bisect between two instants a day and a half either side: local offsets are smaller.
+    low, high = guess - timedelta(hours=36), guess + timedelta(hours=36)
+    while high - low > _MICROSECOND:
+        middle = low + (high - low) // 2
+        if _local_date(middle, zone) >= day:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _local_date(moment: datetime, zone: tzinfo) -> date:
+    return moment.astimezone(zone).date()
 
 
 def _crossings(

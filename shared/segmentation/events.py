@@ -53,21 +53,38 @@ SUM_FIELDS = frozenset({"amount", "quantity"})
 
 
 class _Props(Mapping[str, Any]):
-    """An event's properties for a compiled `where`: a missing property reads as null."""
+    """An event's properties for a compiled `where`: a missing property reads as null, and
+    so does a value of another type than the one the condition tests it as (a string
+    where it compares a number), as a comparison with null is false."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_types")
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any], types: Mapping[str, str]) -> None:
         self._data = data
+        self._types = types
 
     def __getitem__(self, key: str) -> Any:
-        return self._data.get(key)
+        value = self._data.get(key)
+        wanted = self._types.get(key)
+        if value is None or wanted is None or _kind_of(value) == wanted:
+            return value
+        return None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int | float | Decimal):
+        return "number"
+    return "other"
 
 
 def _short_hash(*parts: str) -> str:
@@ -88,19 +105,23 @@ class EventFilter:
     _predicate: Callable[[Mapping[str, Any]], bool] | None = dataclasses.field(
         init=False, repr=False, compare=False
     )
+    _types: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         key = _short_hash(self.source, ",".join(sorted(self.types)), self.where_source)
         object.__setattr__(self, "key", key)
         predicate = None
+        types: dict[str, str] = {}
         if self.where is not None:
-            from shared.segmentation.conditions import compile_condition
+            from shared.segmentation.conditions import compile_condition, property_types
 
             predicate = compile_condition(self.where)
+            types = {name: str(type_) for name, type_ in property_types(self.where).items()}
         object.__setattr__(self, "_predicate", predicate)
+        object.__setattr__(self, "_types", types)
 
     def matches(self, properties: Mapping[str, Any]) -> bool:
-        return self._predicate is None or self._predicate(_Props(properties))
+        return self._predicate is None or self._predicate(_Props(properties, self._types))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from typing import Any
@@ -18,8 +18,20 @@ from typing import Any
 import yaml
 
 from shared.segmentation import conditions, parser
+from shared.segmentation.audiences import Audience, dependency_order
 from shared.segmentation.coverage import check_dimension
-from shared.segmentation.metrics import METRICS, MetricType, Number
+from shared.segmentation.declarations import Retention, read_metrics, read_traits
+from shared.segmentation.events import EventMetric
+from shared.segmentation.metrics import (
+    AGE,
+    DIMENSION_METRICS,
+    METRICS,
+    Metric,
+    MetricType,
+    Number,
+    event_metric_contract,
+    trait_metric,
+)
 from shared.segmentation.model import (
     CutoffSpec,
     DefinitionError,
@@ -30,27 +42,36 @@ from shared.segmentation.model import (
     SegmentRule,
     TimeDependence,
 )
+from shared.segmentation.traits import TraitKind
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_TOP_LEVEL_KEYS = frozenset({"description", "cutoffs", "scores", "dimensions"})
+_TOP_LEVEL_KEYS = frozenset(
+    {"description", "traits", "metrics", "cutoffs", "scores", "dimensions", "audiences"}
+)
 _DIMENSION_KEYS = frozenset({"description", "let", "segments"})
 _SEGMENT_KEYS = frozenset({"when", "description"})
 _MAX_DEPTH = 100  # of a bound condition; recursion in evaluation stays far from the limit
 
 
-def load_definitions(text: str) -> Definitions:
-    """Parse and validate a definitions YAML document; raises `DefinitionError`."""
+def load_definitions(text: str, *, retention: Retention | None = None) -> Definitions:
+    """Parse and validate a definitions YAML document; raises `DefinitionError`.
+
+    `retention` maps a source ("interactions") to how long ingest keeps its rows and the
+    setting that says so: a declared metric's window longer than that is refused. Stored
+    versions are loaded without it, so a later, shorter retention never unloads them."""
     data, problems = _read_yaml(text)
     if problems:
         raise DefinitionError(problems)
-    builder = _Builder()
+    builder = _Builder(retention)
     definitions = builder.build(data, text)
     if builder.problems or definitions is None:
         raise DefinitionError(builder.problems)
     coverage = [
         problem
         for dimension in definitions.dimensions
-        for problem in check_dimension(dimension, definitions.cutoffs, definitions.scores)
+        for problem in check_dimension(
+            dimension, definitions.cutoffs, definitions.scores, definitions.declared_metrics
+        )
     ]
     if coverage:
         raise DefinitionError(coverage)
@@ -97,6 +118,9 @@ def _find_duplicate_keys(node: yaml.Node, path: tuple[str, ...], problems: list[
                 problems.append(Problem(path[1], key, f"duplicate segment name {key!r} ({lines})"))
             elif path == ("dimensions",):
                 problems.append(Problem(key, None, f"duplicate dimension name {key!r} ({lines})"))
+            elif path == ("audiences",):
+                problem = Problem(None, f"audience {key}", f"duplicate audience name ({lines})")
+                problems.append(problem)
             else:
                 where = ".".join((*path, key))
                 problems.append(Problem(None, None, f"duplicate key {where!r} ({lines})"))
@@ -122,8 +146,10 @@ def _number(value: object) -> Decimal | None:
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, retention: Retention | None = None) -> None:
         self.problems: list[Problem] = []
+        self.retention = retention
+        self.metrics: Mapping[str, Metric] = METRICS  # built-in, traits and declared
 
     def _problem(self, dimension: str | None, rule: str | None, message: str) -> None:
         self.problems.append(Problem(dimension, rule, message))
@@ -165,11 +191,24 @@ class _Builder:
     def build(self, data: Any, source: str) -> Definitions | None:
         top = self._mapping(data, "the document")
         self._check_keys(top, _TOP_LEVEL_KEYS, "the document")
+        custom_traits = read_traits(self._mapping(top.get("traits"), "traits"), self.problems)
+        event_metrics = read_metrics(
+            self._mapping(top.get("metrics"), "metrics"), self.retention, self.problems
+        )
+        declared = self._declared(custom_traits, event_metrics)
+        self.metrics = {**METRICS, **declared}
         scores = self._scores(self._mapping(top.get("scores"), "scores"))
         cutoffs = self._cutoffs(self._mapping(top.get("cutoffs"), "cutoffs"), scores)
-        metric_types = {name: metric.type for name, metric in METRICS.items()}
+        metric_types = {name: metric.type for name, metric in self.metrics.items()}
         metric_types.update({name: MetricType.SCORE for name in scores})
         raw_dimensions = self._mapping(top.get("dimensions"), "dimensions")
+        for name in raw_dimensions:
+            if name in declared:
+                self._problem(
+                    name,
+                    None,
+                    f"dimension {name!r} has the name of a declared {_noun(name, custom_traits)}",
+                )
         if top.get("dimensions") in (None, {}):
             self._problem(None, None, "at least one dimension is required under 'dimensions'")
         dimensions = []
@@ -178,9 +217,13 @@ class _Builder:
                 dimension = self._dimension(name, raw, metric_types, cutoffs)
                 if dimension is not None:
                     dimensions.append(dimension)
+        audiences = self._audiences(
+            self._mapping(top.get("audiences"), "audiences"), dimensions, metric_types, cutoffs
+        )
         if self.problems:
             return None
         referenced = frozenset().union(*(d.metrics for d in dimensions))
+        referenced |= frozenset().union(*(a.metrics for a in audiences))
         return Definitions(
             description=str(top.get("description", "")),
             dimensions=tuple(dimensions),
@@ -189,8 +232,33 @@ class _Builder:
             content_hash=_content_hash(data),
             source=source,
             referenced_metrics=referenced,
-            time_dependences=_time_dependences(dimensions, scores, referenced),
+            time_dependences=_time_dependences(
+                (*dimensions, *audiences), scores, referenced, self.metrics
+            ),
+            event_metrics=event_metrics,
+            declared_metrics=declared,
+            custom_traits=custom_traits,
+            audiences=tuple(audiences),
         )
+
+    def _declared(
+        self, traits: Mapping[str, TraitKind], event_metrics: Mapping[str, EventMetric]
+    ) -> dict[str, Metric]:
+        """The contracts of custom traits and declared metrics; names must be new."""
+        declared: dict[str, Metric] = {}
+        for name, kind in traits.items():
+            if name in METRICS:
+                self._problem(None, None, f"trait {name!r} has the name of a built-in metric")
+            else:
+                declared[name] = trait_metric(name, kind, f"custom trait ({kind})")
+        for name, event in event_metrics.items():
+            if name in METRICS:
+                self._problem(None, None, f"metric {name!r} has the name of a built-in metric")
+            elif name in declared:
+                self._problem(None, None, f"metric {name!r} has the name of a declared trait")
+            else:
+                declared[name] = event_metric_contract(event)
+        return declared
 
     def _scores(self, raw: dict[str, Any]) -> dict[str, ScoreSpec]:
         scores = {}
@@ -200,12 +268,12 @@ class _Builder:
                 self._problem(None, None, f"{where} must be a mapping with metric, buckets, better")
                 continue
             self._check_keys(spec, frozenset({"metric", "buckets", "better"}), where)
-            if name in METRICS:
-                self._problem(None, None, f"{where} has the name of a built-in metric")
+            if name in self.metrics:
+                self._problem(None, None, f"{where} has the name of a metric")
             metric = str(spec.get("metric"))
             buckets = spec.get("buckets", 5)
             better = spec.get("better", "higher")
-            if metric not in METRICS or not METRICS[metric].type.is_number:
+            if metric not in self.metrics or not self.metrics[metric].type.is_number:
                 self._problem(
                     None, None, f"{where}: metric must be a numeric metric, got {metric!r}"
                 )
@@ -229,10 +297,11 @@ class _Builder:
                 self._problem(None, None, f"{where} must be a mapping")
                 continue
             self._check_keys(spec, frozenset({"metric", "top_percent", "value"}), where)
-            if name in METRICS or name in scores:
+            if name in self.metrics or name in scores:
                 self._problem(None, None, f"{where} has the name of a metric")
             metric = spec.get("metric")
-            if metric is not None and (metric not in METRICS or not METRICS[metric].type.is_number):
+            known = self.metrics
+            if metric is not None and (metric not in known or not known[metric].type.is_number):
                 self._problem(
                     None, None, f"{where}: metric must be a numeric metric, got {metric!r}"
                 )
@@ -244,7 +313,7 @@ class _Builder:
                 if value is None:
                     self._problem(None, None, f"{where}: value must be a number")
                 else:
-                    typed = METRICS[metric].type.coerce(value) if metric else value
+                    typed = self.metrics[metric].type.coerce(value) if metric else value
                     cutoffs[name] = CutoffSpec(name, metric, value=typed)
             elif metric is None:
                 self._problem(None, None, f"{where}: a top_percent cut-off needs a metric")
@@ -274,7 +343,7 @@ class _Builder:
             metric_types=metric_types,
             segments=segment_names,
             cutoffs={
-                c.name: METRICS[c.metric].type if c.metric else None for c in cutoffs.values()
+                c.name: self.metrics[c.metric].type if c.metric else None for c in cutoffs.values()
             },
             lets={},
         )
@@ -311,6 +380,73 @@ class _Builder:
         description = body.get("description", "")
         return _dimension(name, str(description), tuple(rules), lets)
 
+    def _audiences(
+        self,
+        raw: dict[str, Any],
+        dimensions: list[Dimension],
+        metric_types: Mapping[str, MetricType],
+        cutoffs: Mapping[str, CutoffSpec],
+    ) -> list[Audience]:
+        """Audiences, each after those it references; a cycle is a problem naming it."""
+        if not raw:
+            return []
+        segments = {dimension.name: dimension.segments for dimension in dimensions}
+        for dimension in segments:
+            # Audiences read a dimension by its name, so it must not stand for a metric too.
+            if dimension in metric_types or dimension in cutoffs:
+                self._problem(
+                    dimension,
+                    None,
+                    f"{dimension!r} is the name of a metric or cut-off; audiences read "
+                    "dimensions by name",
+                )
+        names = []
+        for name in raw:
+            rule = f"audience {name}"
+            if not self._check_name(name, "audience"):
+                continue
+            if name in segments:
+                self._problem(None, rule, f"{name!r} is already the name of a dimension")
+            elif name in metric_types or name in cutoffs:
+                self._problem(None, rule, f"{name!r} is already the name of a metric or cut-off")
+            else:
+                names.append(str(name))
+        types = {n: t for n, t in metric_types.items() if n not in DIMENSION_METRICS}
+        types.update({dimension: MetricType.SEGMENT for dimension in segments})
+        types.update({name: MetricType.BOOL for name in names})
+        built = []
+        for name in names:
+            rule = f"audience {name}"
+            scope = conditions.Scope(
+                dimension=rule,
+                metric_types=types,
+                segments=(),
+                cutoffs={
+                    c.name: self.metrics[c.metric].type if c.metric else None
+                    for c in cutoffs.values()
+                },
+                lets={},
+                segment_values=segments,
+            )
+            text, description = self._audience_spec(name, raw[name])
+            condition = self._condition(None, rule, text, scope)
+            if condition is not None:
+                built.append(_audience(name, description, str(text), condition, segments, names))
+        ordered, cycles = dependency_order(built)
+        for cycle in cycles:
+            if len(cycle) == 2:
+                message = f"audience {cycle[0]!r} references itself"
+            else:
+                message = "audiences reference each other in a cycle: " + " -> ".join(cycle)
+            self._problem(None, f"audience {cycle[0]}", message)
+        return ordered
+
+    def _audience_spec(self, name: str, spec: Any) -> tuple[Any, str]:
+        if isinstance(spec, dict):
+            self._check_keys(spec, _SEGMENT_KEYS, f"audience {name!r}", None, f"audience {name}")
+            return spec.get("when"), str(spec.get("description", ""))
+        return spec, ""
+
     def _segment_spec(self, dimension: str, segment: str, spec: Any) -> tuple[Any, str]:
         if isinstance(spec, dict):
             self._check_keys(spec, _SEGMENT_KEYS, f"segment {segment!r}", dimension, segment)
@@ -318,7 +454,7 @@ class _Builder:
         return spec, ""
 
     def _condition(
-        self, dimension: str, rule: str, text: Any, scope: conditions.Scope
+        self, dimension: str | None, rule: str, text: Any, scope: conditions.Scope
     ) -> conditions.Condition | None:
         if not isinstance(text, str):
             self._problem(dimension, rule, f"the condition must be a string, got {text!r}")
@@ -355,6 +491,37 @@ def _with_lets(
     )
 
 
+def _audience(
+    name: str,
+    description: str,
+    text: str,
+    condition: conditions.Condition,
+    segments: Mapping[str, tuple[str, ...]],
+    audiences: list[str],
+) -> Audience:
+    read = conditions.names(condition)
+    dimensions = read & segments.keys()
+    referenced = read & frozenset(audiences)
+    cutoff_refs: dict[str, set[str]] = {}
+    for atom in conditions.atoms(condition):
+        if isinstance(atom, conditions.Compare) and atom.cutoff is not None:
+            cutoff_refs.setdefault(atom.metric, set()).add(atom.cutoff)
+    return Audience(
+        name=name,
+        description=description,
+        source=" ".join(text.split()),
+        condition=condition,
+        metrics=read - dimensions - referenced,
+        dimensions=frozenset(dimensions),
+        audiences=referenced,
+        thresholds={
+            metric: frozenset(values) for metric, values in conditions.thresholds(condition).items()
+        },
+        cutoff_refs={metric: frozenset(names) for metric, names in cutoff_refs.items()},
+        predicate=conditions.compile_condition(condition),
+    )
+
+
 def _dimension(
     name: str,
     description: str,
@@ -382,19 +549,32 @@ def _dimension(
     )
 
 
+def _noun(name: str, traits: Mapping[str, TraitKind]) -> str:
+    return "trait" if name in traits else "metric"
+
+
 def _time_dependences(
-    dimensions: list[Dimension], scores: Mapping[str, ScoreSpec], referenced: frozenset[str]
+    dimensions: Sequence[Dimension | Audience],
+    scores: Mapping[str, ScoreSpec],
+    referenced: frozenset[str],
+    metrics: Mapping[str, Metric],
 ) -> tuple[TimeDependence, ...]:
+    """`dimensions`: the dimensions, then the audiences in evaluation order; bit i of a
+    mask is the i-th of them."""
     dependences = []
-    for name, metric in METRICS.items():
-        if metric.anchor is None and not metric.leaves_window:
+    for name, metric in metrics.items():
+        # A windowed `last` also turns null when its event leaves the window: `is null`
+        # flips then, with no constant to cross.
+        becomes_null = metric.event is not None and metric.event.window is not None
+        if metric.anchor is None and not metric.leaves_window and name != AGE:
             continue
         constants = sorted(set().union(*(d.thresholds.get(name, ()) for d in dimensions)))
         cutoffs = sorted(set().union(*(d.cutoff_refs.get(name, ()) for d in dimensions)))
         used_scores = sorted(
             s for s, spec in scores.items() if spec.metric == name and s in referenced
         )
-        if constants or cutoffs or used_scores:
+        read = becomes_null and metric.anchor is not None and name in referenced
+        if constants or cutoffs or used_scores or read:
             mask = 0
             for index, dimension in enumerate(dimensions):
                 if dimension.metrics & {name, *used_scores}:

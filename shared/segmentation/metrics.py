@@ -5,9 +5,9 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, Literal
@@ -16,12 +16,13 @@ if TYPE_CHECKING:
     from shared.segmentation.facts import CustomerFacts
 
 from shared.segmentation.events import BUILT_IN_EVENT_METRICS, EventMetric, MetricKind
+from shared.segmentation.traits import BUILT_IN_TRAITS, TraitKind
 
 DAY = timedelta(days=1)
 MICROSECONDS_PER_DAY = 86_400_000_000
 ZERO = Decimal(0)
 
-MetricValue = int | float | Decimal | bool | str | None
+MetricValue = int | float | Decimal | bool | str | tuple[str, ...] | None
 Number = int | float | Decimal
 
 
@@ -32,8 +33,12 @@ class MetricType(enum.StrEnum):
     MONEY = "money"
     DAYS = "days"
     SCORE = "score"
+    YEARS = "years"  # whole years: `age`
+    NUMBER = "number"  # a custom number trait, or a number an event property is compared with
     BOOL = "bool"
     SEGMENT = "segment"
+    STRING = "string"  # compared with = != in, with a bare name or a quoted string
+    STRINGS = "strings"  # a list of strings, tested with `contains`
 
     @property
     def is_number(self) -> bool:
@@ -50,7 +55,16 @@ class MetricType(enum.StrEnum):
         return integral if integral == value else float(value)
 
 
-_NUMBER_TYPES = frozenset({MetricType.COUNT, MetricType.MONEY, MetricType.DAYS, MetricType.SCORE})
+_NUMBER_TYPES = frozenset(
+    {
+        MetricType.COUNT,
+        MetricType.MONEY,
+        MetricType.DAYS,
+        MetricType.SCORE,
+        MetricType.YEARS,
+        MetricType.NUMBER,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +140,64 @@ _ALL: tuple[Metric, ...] = (
     _metric("days_in_segment", MetricType.DAYS, "time in the current segment", nullable=True),
 )
 
-METRICS: Mapping[str, Metric] = {metric.name: metric for metric in _ALL}
+
+def _signup_at(facts: CustomerFacts) -> datetime | None:
+    value = facts.traits.get("signup_at")
+    return value if isinstance(value, datetime) else None
+
+
+TRAIT_TYPES: Mapping[TraitKind, MetricType] = {
+    TraitKind.STRING: MetricType.STRING,
+    TraitKind.NUMBER: MetricType.NUMBER,
+    TraitKind.BOOLEAN: MetricType.BOOL,
+    TraitKind.STRINGS: MetricType.STRINGS,
+}
+AGE = "age"  # moves at midnight on the birthday, in the evaluation's time zone
+
+
+def trait_metric(name: str, kind: TraitKind, description: str) -> Metric:
+    """The contract of a trait used as it is (a built-in one or a custom one)."""
+    return Metric(name, TRAIT_TYPES[kind], True, description)
+
+
+# Traits as conditions read them (traits.trait_metrics): birth_date as `age`, signup_at as
+# `days_since_signup`, the others as they are; a missing trait is null.
+_TRAITS: tuple[Metric, ...] = (
+    *(
+        trait_metric(trait.name, trait.kind, trait.description)
+        for trait in BUILT_IN_TRAITS.values()
+        if trait.kind in TRAIT_TYPES
+    ),
+    Metric(AGE, MetricType.YEARS, True, "whole years since birth_date"),
+    Metric("days_since_signup", MetricType.DAYS, True, "days since signup_at", anchor=_signup_at),
+)
+TRAIT_METRICS = frozenset(metric.name for metric in _TRAITS)
+
+METRICS: Mapping[str, Metric] = {metric.name: metric for metric in (*_ALL, *_TRAITS)}
 # `previous` and `days_in_segment` depend on the dimension being evaluated, not on the facts.
 DIMENSION_METRICS = frozenset({"previous", "days_in_segment"})
 FACT_METRICS = frozenset(METRICS) - DIMENSION_METRICS
+
+
+def event_metric_contract(event: EventMetric) -> Metric:
+    """The contract of a declared event metric: counts and distinct counts are counts, a
+    sum of amount is an amount, of quantity a count; first and last are days since that
+    event, null while there is none (or, for a windowed last, once it left the window)."""
+    description = event.description or f"{event.kind} of {event.field or 'events'}"
+    if event.kind in (MetricKind.FIRST, MetricKind.LAST):
+        name = event.name
+
+        def anchor(facts: CustomerFacts) -> datetime | None:
+            value = facts.events.get(name)
+            return value if isinstance(value, datetime) else None
+
+        return Metric(name, MetricType.DAYS, True, description, anchor=anchor, event=event)
+    type_ = (
+        MetricType.MONEY
+        if event.kind is MetricKind.SUM and event.field == "amount"
+        else (MetricType.COUNT)
+    )
+    return Metric(event.name, type_, False, description, event=event)
 
 
 def days_between(earlier: datetime | None, now: datetime) -> float | None:
@@ -144,13 +212,17 @@ def compute_fact_metrics(
     facts: CustomerFacts,
     now: datetime,
     event_metrics: Mapping[str, EventMetric] | None = None,
+    *,
+    zone: tzinfo = UTC,
+    custom_traits: Iterable[str] = (),
 ) -> dict[str, MetricValue]:
     """Every fact-derived metric of `facts` at `now` (never the wall clock), at or after
     the facts' `as_of`. `event_metrics`: the specs of the event metrics in `facts.events`
-    (the built-in ones when None)."""
+    (the built-in ones when None); `zone`: where `age` moves at midnight on the birthday;
+    `custom_traits`: the declared custom traits, null when the customer has none."""
     from shared.segmentation.timeline import Timeline
 
-    return Timeline(facts, event_metrics).metrics(now)
+    return Timeline(facts, event_metrics, zone=zone, custom_traits=custom_traits).metrics(now)
 
 
 def lifetime_metrics(facts: CustomerFacts, now: datetime) -> dict[str, MetricValue]:
@@ -182,6 +254,8 @@ def format_value(value: MetricValue, against: MetricValue = None) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(value) + "]"
     return str(value)
 
 

@@ -6,9 +6,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from shared.segmentation.audiences import Audience
 from shared.segmentation.conditions import Condition, Env, Predicate, explain
 from shared.segmentation.events import EventMetric
-from shared.segmentation.metrics import Number
+from shared.segmentation.metrics import METRICS, Metric, Number
+from shared.segmentation.traits import TraitKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,9 @@ class TimeDependence:
     constants: tuple[Number, ...]
     cutoffs: tuple[str, ...]
     scores: tuple[str, ...]
-    dimension_mask: int  # bit i: dimension i reads the metric, or a score of it
+    # Bit i: dimension i reads the metric, or a score of it; bit len(dimensions) + j: the
+    # j-th audience (in evaluation order) does.
+    dimension_mask: int
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -135,12 +139,30 @@ class Definitions:
     time_dependences: tuple[TimeDependence, ...] = field(repr=False)
     # Declared event metrics (`metrics:`), by name; the built-in ones are in METRICS.
     event_metrics: Mapping[str, EventMetric] = field(default_factory=dict, repr=False)
+    # In evaluation order: each after the audiences it references, file order otherwise.
+    audiences: tuple[Audience, ...] = ()
+    # The contracts of the declared metrics and custom traits (`traits:`), by name.
+    declared_metrics: Mapping[str, Metric] = field(default_factory=dict, repr=False)
+    custom_traits: Mapping[str, TraitKind] = field(default_factory=dict, repr=False)
+
+    def metric(self, name: str) -> Metric:
+        """The contract of a metric these definitions can read: built-in, a trait, or
+        declared (KeyError if none)."""
+        found = METRICS.get(name)
+        return found if found is not None else self.declared_metrics[name]
 
     def dimension(self, name: str) -> Dimension:
         """The dimension called `name` (KeyError if there is none)."""
         for dimension in self.dimensions:
             if dimension.name == name:
                 return dimension
+        raise KeyError(name)
+
+    def audience(self, name: str) -> Audience:
+        """The audience called `name` (KeyError if there is none)."""
+        for audience in self.audiences:
+            if audience.name == name:
+                return audience
         raise KeyError(name)
 
     @property

@@ -11,9 +11,14 @@ Grammar (keywords are lower case)::
                 | NAME ("<" | "<=" | ">" | ">=" | "=" | "!=") value
                 | NAME ["not"] "in" "[" value ("," value)* "]"
                 | NAME "is" ["not"] "null"
-    value      := NUMBER | NAME | "true" | "false"     NAME: a segment or a cut-off
+                | NAME "contains" value                 a list of strings holds the value
+    value      := NUMBER | STRING | NAME | "true" | "false"
+    NAME       := identifier ("." identifier)*          dotted: an event property (item.sku)
+    STRING     := '...' | "..."                        no escapes; the other quote may appear
 
-The parser only builds a syntax tree; names are resolved and type-checked in `conditions`.
+A value NAME is a segment, a cut-off or a string, as the subject's type says. `contains` is
+a keyword only after a subject, so it stays usable as a name. The parser only builds a
+syntax tree; names are resolved and type-checked in `conditions`.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ KEYWORDS = frozenset({"and", "or", "not", "in", "is", "null", "true", "false"})
 MAX_NESTING = 32
 COMPARISON_OPERATORS = ("<=", ">=", "!=", "<", ">", "=")
 
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _TOKEN = re.compile(
     r"""(?P<space>\s+)
       | (?P<number>-?\d+(?:\.\d+)?(?![A-Za-z_\d.]))
-      | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+      | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+      | (?P<string>'[^']*'|"[^"]*")
       | (?P<op><=|>=|!=|==|<|>|=)
       | (?P<punct>[()\[\],])""",
     re.VERBOSE,
@@ -49,7 +56,7 @@ class ConditionSyntaxError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Token:
-    kind: str  # "number", "name", "keyword", "op", "punct" or "end"
+    kind: str  # "number", "name", "string", "keyword", "op", "punct" or "end"
     text: str
     column: int
 
@@ -59,9 +66,10 @@ class Token:
 
 @dataclass(frozen=True, slots=True)
 class Value:
-    """A literal on the right-hand side: a number, a name (segment or cut-off) or a boolean."""
+    """A literal on the right-hand side: a number, a name (segment, cut-off or string), a
+    quoted string (`text` without its quotes) or a boolean."""
 
-    kind: str  # "number", "name" or "bool"
+    kind: str  # "number", "name", "string" or "bool"
     text: str
     column: int
 
@@ -91,6 +99,14 @@ class Membership:
 
 
 @dataclass(frozen=True, slots=True)
+class Contains:
+    """`subject contains value`: a list of strings holds `value`."""
+
+    subject: NameRef
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
 class NullCheck:
     subject: NameRef
     negated: bool
@@ -111,7 +127,9 @@ class Disjunction:
     operands: tuple[Syntax, ...]
 
 
-Syntax = NameRef | Comparison | Membership | NullCheck | Negation | Conjunction | Disjunction
+Syntax = (
+    NameRef | Comparison | Membership | Contains | NullCheck | Negation | Conjunction | Disjunction
+)
 
 
 def tokenize(text: str) -> list[Token]:
@@ -121,6 +139,10 @@ def tokenize(text: str) -> list[Token]:
     while position < len(text):
         match = _TOKEN.match(text, position)
         if match is None:
+            if text[position] in "'\"":
+                raise ConditionSyntaxError(
+                    position + 1, f"unterminated string: no closing {text[position]} after it"
+                )
             raise ConditionSyntaxError(position + 1, f"unexpected character {text[position]!r}")
         kind = match.lastgroup
         assert kind is not None
@@ -130,6 +152,8 @@ def tokenize(text: str) -> list[Token]:
                 kind = "keyword"
             if word == "==":
                 word = "="
+            if kind == "string":
+                word = word[1:-1]
             tokens.append(Token(kind, word, position + 1))
         position = match.end()
     tokens.append(Token("end", "", len(text) + 1))
@@ -236,11 +260,14 @@ class _Parser:
             if negated:
                 self._expect("keyword", "in", "after 'not'")
             return Membership(subject, negated, self._list())
+        if following.kind == "name" and following.text == "contains":
+            self._advance()
+            return Contains(subject, self._value("contains"))
         return subject
 
     def _value(self, after: str) -> Value:
         token = self._advance()
-        if token.kind in ("number", "name"):
+        if token.kind in ("number", "name", "string"):
             return Value(token.kind, token.text, token.column)
         if token.kind == "keyword" and token.text in ("true", "false"):
             return Value("bool", token.text, token.column)

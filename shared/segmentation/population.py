@@ -11,13 +11,13 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 from shared.segmentation.facts import CustomerFacts
-from shared.segmentation.metrics import METRICS, MetricValue, Number, compute_fact_metrics
+from shared.segmentation.metrics import Metric, MetricValue, Number, compute_fact_metrics
 from shared.segmentation.model import CutoffSpec, Definitions, ScoreSpec
 
 UNRESOLVED_CUTOFF = Decimal("Infinity")
@@ -47,13 +47,14 @@ class PopulationStats:
         """Read `to_dict` output back, typed by the metrics of `definitions`; entries the
         definitions no longer have are dropped."""
         cutoffs = {
-            name: _metric_of(definitions.cutoffs[name]).type.coerce(Decimal(value))
+            name: _metric_of(definitions, definitions.cutoffs[name]).type.coerce(Decimal(value))
             for name, value in data.get("cutoffs", {}).items()
             if name in definitions.cutoffs
         }
         edges = {
             name: tuple(
-                METRICS[definitions.scores[name].metric].type.coerce(Decimal(v)) for v in values
+                definitions.metric(definitions.scores[name].metric).type.coerce(Decimal(v))
+                for v in values
             )
             for name, values in data.get("edges", {}).items()
             if name in definitions.scores
@@ -61,17 +62,23 @@ class PopulationStats:
         return cls(cutoffs, edges)
 
 
-def _metric_of(spec: CutoffSpec) -> Any:
+def _metric_of(definitions: Definitions, spec: CutoffSpec) -> Metric:
     assert spec.metric is not None
-    return METRICS[spec.metric]
+    return definitions.metric(spec.metric)
 
 
 def population_sample(
-    definitions: Definitions, facts: CustomerFacts, now: datetime
+    definitions: Definitions, facts: CustomerFacts, now: datetime, *, zone: tzinfo = UTC
 ) -> dict[str, MetricValue]:
     """One customer's values of `definitions.population_metrics`, for the service to collect
-    into the columns `compute_population_stats` takes."""
-    metrics = compute_fact_metrics(facts, now, definitions.event_metrics)
+    into the columns `compute_population_stats` takes (`zone`: where birthdays begin)."""
+    metrics = compute_fact_metrics(
+        facts,
+        now,
+        definitions.event_metrics,
+        zone=zone,
+        custom_traits=tuple(definitions.custom_traits),
+    )
     return {name: metrics[name] for name in definitions.population_metrics}
 
 
@@ -92,7 +99,7 @@ def compute_population_stats(
 
     def column(metric: str) -> list[Number]:
         if metric not in columns:
-            type_ = METRICS[metric].type
+            type_ = definitions.metric(metric).type
             columns[metric] = sorted(
                 type_.coerce(value)
                 for value in samples[metric]

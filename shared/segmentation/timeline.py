@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import accumulate
 from typing import Any
 
@@ -58,12 +58,19 @@ class _Window:
 class Timeline:
     """`facts`' metrics at any instant from `facts.as_of` on, with `window_exits`."""
 
-    __slots__ = ("_windows", "event_metrics", "facts")
+    __slots__ = ("_windows", "custom_traits", "event_metrics", "facts", "zone")
 
     def __init__(
-        self, facts: CustomerFacts, event_metrics: Mapping[str, EventMetric] | None = None
+        self,
+        facts: CustomerFacts,
+        event_metrics: Mapping[str, EventMetric] | None = None,
+        *,
+        zone: tzinfo = UTC,
+        custom_traits: Iterable[str] = (),
     ) -> None:
         self.facts = facts
+        self.zone = zone  # where `age` moves at midnight on the birthday
+        self.custom_traits = tuple(custom_traits)
         self.event_metrics = BUILT_IN_EVENT_METRICS if event_metrics is None else event_metrics
         self._windows: dict[str, _Window] = {}
         for name, window in facts.windows.items():
@@ -91,7 +98,9 @@ class Timeline:
                 env[name] = days_between(value, now) if inside else None
             else:
                 env[name] = value
-        env.update(trait_metrics(facts.traits, now))
+        for name in self.custom_traits:
+            env[name] = None
+        env.update(trait_metrics(facts.traits, now, self.zone))
         return env
 
     def window_exits(self, name: str, now: datetime, thresholds: Sequence[Any]) -> Iterator[int]:

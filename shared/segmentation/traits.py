@@ -13,9 +13,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
+_DAY = timedelta(days=1)
 TraitValue = str | int | float | bool | date | datetime | tuple[str, ...] | None
 
 
@@ -54,6 +55,46 @@ BUILT_IN_TRAITS: Mapping[str, Trait] = {
 }
 
 
+DERIVED_TRAIT_METRICS: frozenset[str] = frozenset({"age", "days_since_signup"})
+"""Names conditions derive from a built-in trait: `age` from birth_date, `days_since_signup`
+from signup_at."""
+RESERVED_TRAIT_NAMES: frozenset[str] = frozenset(BUILT_IN_TRAITS) | DERIVED_TRAIT_METRICS
+"""Names a custom trait may not take (the event contract refuses them)."""
+
+
+def kind_of(raw: Any) -> TraitKind | None:
+    """The kind a stored custom value has by its JSON type, None for anything else. A
+    string is STRING: a custom trait declared as a date or a time is text that parses as
+    one (see `fits`)."""
+    if isinstance(raw, bool):
+        return TraitKind.BOOLEAN
+    if isinstance(raw, int | float):
+        return TraitKind.NUMBER
+    if isinstance(raw, str):
+        return TraitKind.STRING
+    if isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
+        return TraitKind.STRINGS
+    return None
+
+
+def fits(kind: TraitKind, raw: Any) -> bool:
+    """Whether a stored value can be read as `kind`: a custom trait is typed by the
+    definitions that declare it, while events may have sent it with another type."""
+    found = kind_of(raw)
+    if kind in (TraitKind.DATE, TraitKind.TIME):
+        if found is not TraitKind.STRING:
+            return False
+        try:
+            if kind is TraitKind.DATE:
+                date.fromisoformat(raw)
+                return True
+            # A time must say where it is, as every time in the core does.
+            return datetime.fromisoformat(raw).tzinfo is not None
+        except ValueError:
+            return False
+    return found is kind
+
+
 def decode_value(kind: TraitKind, raw: Any) -> TraitValue:
     """A stored JSON value as the core compares it; None for a missing or cleared trait."""
     if raw is None:
@@ -73,13 +114,20 @@ def decode_traits(
     stored: Mapping[str, Any] | None, custom: Mapping[str, TraitKind] | None = None
 ) -> dict[str, TraitValue]:
     """`customer_traits.traits` as typed values: built-in traits and the custom traits the
-    definitions declare (`custom`: name -> kind). Traits nobody declared are left out."""
+    definitions declare (`custom`: name -> kind). Traits nobody declared are left out, and
+    so is a custom value that does not fit its declared kind (a number declared, a string
+    sent): it reads as missing, as an unset trait does."""
     if not stored:
         return {}
     out: dict[str, TraitValue] = {}
     for name, raw in stored.items():
         trait = BUILT_IN_TRAITS.get(name)
-        kind = trait.kind if trait is not None else (custom or {}).get(name)
+        if trait is not None:
+            kind: TraitKind | None = trait.kind
+        else:
+            kind = (custom or {}).get(name)
+            if kind is not None and not fits(kind, raw):
+                continue
         if kind is not None and raw is not None:
             out[name] = decode_value(kind, raw)
     return out
@@ -92,6 +140,13 @@ def age_on(birth_date: date, day: date) -> int:
     if (day.month, day.day) < _birthday_in(birth_date, day.year):
         years -= 1
     return years
+
+
+def birthday_in(birth_date: date, year: int) -> date:
+    """The day `birth_date`'s birthday falls on in `year` (29 February: 1 March in years
+    without one), the day on which `age_on` counts one year more."""
+    month, day = _birthday_in(birth_date, year)
+    return date(year, month, day)
 
 
 def _birthday_in(birth_date: date, year: int) -> tuple[int, int]:
@@ -117,9 +172,9 @@ def trait_metrics(
     birth = traits.get("birth_date")
     out["age"] = age_on(birth, now.astimezone(zone).date()) if isinstance(birth, date) else None
     signup = traits.get("signup_at")
-    out["days_since_signup"] = (
-        max((now - signup).total_seconds() / 86_400, 0.0) if isinstance(signup, datetime) else None
-    )
+    # The arithmetic of metrics.days_between, so that next-change times are exact.
+    days = (now - signup) / _DAY if isinstance(signup, datetime) else None
+    out["days_since_signup"] = None if days is None else days if days > 0.0 else 0.0
     for name, value in traits.items():
         if name not in BUILT_IN_TRAITS:
             out[name] = value

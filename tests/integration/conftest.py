@@ -20,10 +20,15 @@ async def harness(
     engine: AsyncEngine,
     tmp_path: Path,
 ) -> AsyncIterator[Harness]:
-    topics = Topics(await make_topic("orders", 4), await make_topic("interactions", 4))
+    topics = Topics(
+        await make_topic("orders", 4),
+        await make_topic("interactions", 4),
+        await make_topic("customers", 4),
+    )
     env = service_env | {
         "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
         "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
+        "STREAMSEG_INGEST_CUSTOMERS_TOPIC": topics.customers,
         "STREAMSEG_INGEST_GROUP_ID": unique("g"),
         "STREAMSEG_INGEST_OPS_PORT": "0",
         "STREAMSEG_INGEST_MAX_BATCH_RECORDS": "2000",
@@ -36,4 +41,4 @@ async def harness(
         for w in h.workers:
             w.ensure_dead()
         # The worker creates the dead-letter topics; they go with the test's own topics.
-        await delete_topics(h.bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)])
+        await delete_topics(h.bootstrap, [dlq_topic(t) for t in topics.all()])

@@ -172,6 +172,44 @@ async def test_validate_reports_every_problem_with_its_dimension_and_rule(
     assert "days_since_last_interaction=" in problem["message"]
 
 
+async def test_windows_longer_than_ingest_keeps_are_refused_naming_the_setting(
+    engine: AsyncEngine, client: httpx.AsyncClient
+) -> None:
+    # The table ingest records its retention in (migration 0008), in that shape.
+    async with unit_of_work(engine) as conn:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS ingest_retention"
+            " (source text PRIMARY KEY, retention interval NOT NULL, setting text NOT NULL)"
+        )
+        await conn.execute(
+            "INSERT INTO ingest_retention VALUES ('interactions', interval '31 days', $1)"
+            " ON CONFLICT (source) DO UPDATE SET retention = EXCLUDED.retention",
+            "STREAMSEG_INGEST_INTERACTION_RETENTION_DAYS",
+        )
+    await seed_definitions(engine)
+
+    def document(within: str) -> str:
+        declared = f"metrics:\n  clicks: {{count: email_click, within: {within}}}\ndimensions:"
+        return DEFAULT.replace("dimensions:", declared, 1)
+
+    too_long = document("40d")
+    for call in (
+        client.post("/v1/definitions/validate", content=too_long, headers=YAML),
+        client.post("/v1/definitions/previews", json={"content": too_long}),
+        activate(client, too_long, 1),
+    ):
+        r = await call
+        assert r.status_code == 422, r.text
+        (problem,) = r.json()["problems"]
+        assert problem["message"] == (
+            "metric 'clicks': within 40d is longer than the 31 days interaction rows are kept "
+            "(STREAMSEG_INGEST_INTERACTION_RETENTION_DAYS); shorten the window or raise the "
+            "setting"
+        )
+    r = await client.post("/v1/definitions/validate", content=document("30d"), headers=YAML)
+    assert r.status_code == 200, r.text
+
+
 async def test_validate_refuses_bodies_it_cannot_read(
     settings: ConnectionSettings, keys: Keys
 ) -> None:

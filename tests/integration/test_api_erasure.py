@@ -55,6 +55,11 @@ async def seed_everywhere(engine: AsyncEngine, redis: Redis, prefix: str, cid: s
             "INSERT INTO segment_outbox (customer_id, change_id, payload)"
             " VALUES (:c, gen_random_uuid(), '{}')",
             "INSERT INTO cache_repairs (customer_id, version) VALUES (:c, 1)",
+            'INSERT INTO customer_traits (customer_id, traits) VALUES (:c, \'{"city": "Graz"}\')',
+            "INSERT INTO fact_changes (customer_id, order_id) VALUES (:c, :c || '-o1')",
+            "INSERT INTO metric_contributions (customer_id, filter_key, ref, at)"
+            " VALUES (:c, 'f', 'o:' || :c || '-o1', :now)",
+            "INSERT INTO customer_metrics (customer_id, as_of) VALUES (:c, :now)",
         ):
             await conn.execute(text(sql), {"c": cid, "now": NOW})
 

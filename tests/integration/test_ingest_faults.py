@@ -96,7 +96,9 @@ async def private_pg_harness(
         engine = create_engine(pg.env["STREAMSEG_DATABASE_URL"], schema)
         workers: list[IngestProcess] = []
         topics = Topics(
-            await make_topic("orders", partitions), await make_topic("interactions", partitions)
+            await make_topic("orders", partitions),
+            await make_topic("interactions", partitions),
+            await make_topic("customers", partitions),
         )
         try:
             await upgrade(engine, schema)
@@ -107,6 +109,7 @@ async def private_pg_harness(
                 "STREAMSEG_DATABASE_SCHEMA": schema,
                 "STREAMSEG_INGEST_ORDERS_TOPIC": topics.orders,
                 "STREAMSEG_INGEST_INTERACTIONS_TOPIC": topics.interactions,
+                "STREAMSEG_INGEST_CUSTOMERS_TOPIC": topics.customers,
                 "STREAMSEG_INGEST_GROUP_ID": unique("g"),
                 "STREAMSEG_INGEST_OPS_PORT": "0",
                 "STREAMSEG_LOG_JSON": "false",
@@ -116,9 +119,7 @@ async def private_pg_harness(
         finally:
             for w in workers:
                 w.ensure_dead()
-            await delete_topics(
-                bootstrap, [dlq_topic(topics.orders), dlq_topic(topics.interactions)]
-            )
+            await delete_topics(bootstrap, [dlq_topic(t) for t in topics.all()])
             await engine.dispose()
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import repository as repo
 from shared.db.engine import pg_connection
+from tests.support.ingest import CustomerAggregates, fetch_aggregates
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +70,8 @@ async def test_windows_expire_as_time_passes_without_events(conn: Any) -> None:
             [repo.CustomerTouch("c1", {"page_view": 1}, viewed, last_event_at=viewed)],
         )
 
-    async def at(t: datetime) -> repo.CustomerAggregates:
-        return (await repo.fetch_aggregates(conn, ["c1"], t))["c1"]
+    async def at(t: datetime) -> CustomerAggregates:
+        return (await fetch_aggregates(conn, ["c1"], t))["c1"]
 
     day = timedelta(days=1)
     first = await at(placed + 29 * day)
@@ -106,7 +107,7 @@ async def test_cancellation_before_placement_still_cancels(conn: Any) -> None:
         )
         await repo.apply_orders(conn, [repo.OrderChange("c1", "o2", refunded=Decimal("25"))])
         await repo.touch_customers(conn, [repo.CustomerTouch("c1", last_event_at=t)])
-    agg = (await repo.fetch_aggregates(conn, ["c1"], t + timedelta(days=1)))["c1"]
+    agg = (await fetch_aggregates(conn, ["c1"], t + timedelta(days=1)))["c1"]
     assert agg.order_count == 1  # o1 was cancelled, whatever the arrival order
     assert agg.net_spend == Decimal(0)  # o2 refunded beyond its amount counts as zero, not less
     assert agg.last_order_at == t

@@ -42,7 +42,7 @@ async def test_ingest_requeues_a_customer_mid_evaluation_without_waiting(
     await seed(engine, browsers(3), NOW)
     async with pg_connection(engine) as segmenter, pg_connection(engine) as ingester:
         leased = await queue.lease_due(segmenter, NOW, 10)
-        due = [b.due for b in await repo.load_leased(segmenter, leased, NOW)]
+        due = [b.due for b in await repo.load_leased(segmenter, leased)]
         assert sorted(leased) == [d.customer_id for d in due] == ["c0", "c1", "c2"]
 
         async def requeue() -> None:
@@ -69,7 +69,7 @@ async def test_settling_leaves_a_settled_customer_due_at_its_wake_up(
     wake = NOW + 7 * DAY
     async with pg_connection(engine) as segmenter, pg_connection(engine) as ingester:
         leased = await queue.lease_due(segmenter, NOW, 10)
-        due = [b.due for b in await repo.load_leased(segmenter, leased, NOW)]
+        due = [b.due for b in await repo.load_leased(segmenter, leased)]
         async with ingester.transaction():
             await ingest.mark_for_segmentation(ingester, ["c1"], NOW, [NOW])
         async with segmenter.transaction():
@@ -92,7 +92,7 @@ async def test_a_row_locked_by_ingest_is_skipped_not_waited_for(engine: AsyncEng
     await seed(engine, browsers(2), NOW)
     async with pg_connection(engine) as segmenter, pg_connection(engine) as ingester:
         leased = await queue.lease_due(segmenter, NOW, 10)
-        due = [b.due for b in await repo.load_leased(segmenter, leased, NOW)]
+        due = [b.due for b in await repo.load_leased(segmenter, leased)]
         async with ingester.transaction():
             await ingest.mark_for_segmentation(ingester, ["c1"], NOW, [NOW])
             async with segmenter.transaction():
@@ -155,19 +155,19 @@ async def test_facts_that_arrive_mid_batch_are_evaluated_next(
     assert await scalar(engine, versions, c="c1") == 1
 
 
-@pytest.mark.parametrize("with_interactions", [False, True])
-async def test_a_leased_batch_reads_the_facts_load_customers_reads(
-    engine: AsyncEngine, with_interactions: bool
-) -> None:
+async def test_a_leased_batch_reads_who_has_facts(engine: AsyncEngine) -> None:
     histories = random_histories(60, 5, NOW)
     await seed(engine, histories, NOW)
     ids = [h.customer_id for h in histories]
     async with pg_connection(engine) as conn:
-        batch = await repo.load_leased(conn, ids, NOW, with_interactions=with_interactions)
-        expected = await repo.load_customers(conn, ids, NOW, with_interactions=with_interactions)
+        await ingest.mark_for_segmentation(conn, ["nobody"], NOW, [NOW])
+        batch = await repo.load_leased(conn, [*ids, "nobody"])
 
-    assert [b.due.customer_id for b in batch] == sorted(ids)
-    assert {b.due.customer_id: b.loaded for b in batch} == expected
+    assert [b.due.customer_id for b in batch] == sorted([*ids, "nobody"])
+    assert {b.due.customer_id: b.has_facts for b in batch} == {
+        **dict.fromkeys(ids, True),
+        "nobody": False,
+    }
     assert all(b.state == repo.State(0, 0, {}, {}) for b in batch)
 
 

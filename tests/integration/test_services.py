@@ -48,6 +48,7 @@ def service_extra(name: str, port: int) -> dict[str, str]:
         extra |= {
             "STREAMSEG_INGEST_ORDERS_TOPIC": unique("orders"),
             "STREAMSEG_INGEST_INTERACTIONS_TOPIC": unique("interactions"),
+            "STREAMSEG_INGEST_CUSTOMERS_TOPIC": unique("customers"),
             "STREAMSEG_INGEST_GROUP_ID": unique("g"),
             "STREAMSEG_INGEST_TOPIC_PARTITIONS": "1",
         }

@@ -11,18 +11,21 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.ingest.repository import CustomerAggregates, fetch_aggregates
 from services.ingest.settings import IngestSettings
 from shared.db.engine import driver_connection
 from shared.events import Event, encode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
+from shared.facts import FactsPlan, read_facts
 from shared.kafka import make_producer
+from shared.segmentation.events import BUILT_IN_EVENT_METRICS
 from tests.conftest import ROOT, eventually
 from tests.support.checker import differences, expected_aggregates
 
@@ -31,6 +34,10 @@ from tests.support.checker import differences, expected_aggregates
 class Topics:
     orders: str
     interactions: str
+    customers: str = "customers"
+
+    def all(self) -> list[str]:
+        return [self.orders, self.interactions, self.customers]
 
     def for_event(self, event: Event) -> str:
         return self.orders if isinstance(event, ORDER_EVENT_CLASSES) else self.interactions
@@ -98,6 +105,65 @@ async def stored_offsets(engine: AsyncEngine) -> dict[tuple[str, int], int]:
 async def caught_up(engine: AsyncEngine, produced: Produced) -> bool:
     stored = await stored_offsets(engine)
     return all(stored.get(k, 0) >= end for k, end in produced.ends.items())
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerAggregates:
+    """Aggregates of one customer as of a moment, windows included, as the read model gives
+    them (shared/facts), for comparing with an independent checker."""
+
+    customer_id: str
+    order_count: int
+    net_spend: Decimal
+    first_order_at: datetime | None
+    last_order_at: datetime | None
+    average_order_value: Decimal | None
+    orders_30d: int
+    orders_90d: int
+    orders_365d: int
+    spend_30d: Decimal
+    spend_90d: Decimal
+    spend_365d: Decimal
+    interaction_count: int
+    interaction_counts: dict[str, int]
+    last_interaction_at: datetime | None
+    interactions_7d: int
+    interactions_30d: int
+    open_cart_at: datetime | None
+
+
+async def fetch_aggregates(
+    conn: Any, customer_ids: Sequence[str], as_of: datetime
+) -> dict[str, CustomerAggregates]:
+    """Every customer's aggregates at `as_of`, read without folding anything in."""
+    read = await read_facts(conn, list(customer_ids), as_of, FactsPlan(BUILT_IN_EVENT_METRICS, {}))
+    out = {}
+    for cid, f in read.facts.items():
+        e = f.events
+        count = f.order_count
+        out[cid] = CustomerAggregates(
+            customer_id=cid,
+            order_count=count,
+            net_spend=f.net_spend,
+            first_order_at=f.first_order_at,
+            last_order_at=f.last_order_at,
+            average_order_value=(f.net_spend / count).quantize(Decimal("0.0001"))
+            if count
+            else None,
+            orders_30d=e["orders_30d"],
+            orders_90d=e["orders_90d"],
+            orders_365d=e["orders_365d"],
+            spend_30d=e["spend_30d"],
+            spend_90d=e["spend_90d"],
+            spend_365d=e["spend_365d"],
+            interaction_count=f.interaction_count,
+            interaction_counts=dict(f.interaction_counts_by_type),
+            last_interaction_at=f.last_interaction_at,
+            interactions_7d=e["interactions_7d"],
+            interactions_30d=e["interactions_30d"],
+            open_cart_at=f.last_cart_at,
+        )
+    return out
 
 
 async def read_aggregates(engine: AsyncEngine, as_of: datetime) -> dict[str, CustomerAggregates]:

@@ -3,6 +3,7 @@ document. No PostgreSQL, Redis or Kafka is touched: the app is built but never s
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,10 +15,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from services.api.app import create_app
 from services.api.auth.keys import hash_key, key_id_of, new_key
-from services.api.customers.service import FallbackGate
+from services.api.customers.repository import StoredSegment
+from services.api.customers.service import FallbackGate, _split
 from services.api.errors import ApiError
 from services.api.middleware import BodyLimitMiddleware
 from services.api.pagination import decode_cursor, decode_int_cursor, encode_cursor
+from services.api.segments.service import VersionInForce
 from services.api.settings import ApiSettings
 from shared.settings import ConnectionSettings
 
@@ -186,3 +189,19 @@ async def test_fallback_gate_refuses_at_once_when_full() -> None:
     assert (refused.value.status, refused.value.error) == (503, "overloaded")
     async with gate.slot():
         pass
+
+
+def test_stored_rows_split_into_dimensions_and_audiences() -> None:
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    rows = {
+        "lifecycle": StoredSegment("active", at, "r", 2),
+        "vip_at_risk": StoredSegment("member", at, "r", 2),
+        # A dimension in force may have a segment called `member`: it stays a dimension.
+        "club": StoredSegment("member", at, "r", 2),
+    }
+    in_force = VersionInForce(2, frozenset({"lifecycle", "club"}), frozenset())
+    dimensions, audiences = _split(rows, in_force)
+    assert (set(dimensions), set(audiences)) == ({"lifecycle", "club"}, {"vip_at_risk"})
+    # Not knowing the version in force yet, a `member` row reads as an audience.
+    dimensions, audiences = _split(rows, None)
+    assert (set(dimensions), set(audiences)) == ({"lifecycle"}, {"vip_at_risk", "club"})

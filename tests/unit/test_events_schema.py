@@ -8,7 +8,13 @@ from typing import Any, get_args
 
 import pytest
 
-from shared.events import decode_event, decode_segment_change, limits
+from shared.events import (
+    CUSTOMER_EVENT_TYPES,
+    decode_customer_event,
+    decode_event,
+    decode_segment_change,
+    limits,
+)
 from shared.events.definitions_activated import (
     DEFINITIONS_ACTIVATED_TYPE,
     decode_definitions_activated,
@@ -48,6 +54,21 @@ def test_schema_carries_the_constraints_msgspec_does_not_enforce() -> None:
     assert {branch["type"] for branch in order_placed["amount"]["anyOf"]} == {"number", "string"}
 
 
+def test_customer_schema_lists_the_countries_and_the_custom_value_types() -> None:
+    defs = SCHEMAS["customer_event.v1.json"]["$defs"]["Traits"]["properties"]
+
+    assert "DE" in defs["country"]["enum"]
+    assert "UK" not in defs["country"]["enum"]
+    custom = defs["custom"]["additionalProperties"]["anyOf"]
+    assert {branch["type"] for branch in custom} == {
+        "string",
+        "integer",
+        "number",
+        "boolean",
+        "array",
+    }
+
+
 def test_schema_version_literal_matches_the_constant() -> None:
     assert get_args(SchemaVersion) == (limits.SCHEMA_VERSION,)
 
@@ -60,12 +81,15 @@ def _docs_examples() -> list[Any]:
 def test_docs_have_an_example_of_each_family() -> None:
     kinds = {example.get("specversion", example["type"]) for example in _docs_examples()}
 
-    assert {"order_placed", "product_view", "1.0"} <= kinds
+    assert {"order_placed", "product_view", "customer_traits", "1.0"} <= kinds
 
 
 @pytest.mark.parametrize("example", _docs_examples())
 def test_docs_example_decodes(example: dict[str, Any]) -> None:
     raw = json.dumps(example).encode()
+    if example.get("type") in CUSTOMER_EVENT_TYPES:
+        assert decode_customer_event(raw).type == example["type"]
+        return
     if "specversion" not in example:
         assert decode_event(raw).type == example["type"]
         return

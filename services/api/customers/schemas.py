@@ -26,6 +26,12 @@ class SegmentAssignment(BaseModel):
     definition_version: int
 
 
+class AudienceMembership(BaseModel):
+    since: datetime = Field(description="When the customer entered this audience")
+    reason: str = Field(description="The audience's condition with the customer's values")
+    definition_version: int
+
+
 class AggregatesSummary(BaseModel):
     as_of: datetime = Field(
         description="Moment the windowed figures are computed for: the evaluation time when "
@@ -41,6 +47,17 @@ class AggregatesSummary(BaseModel):
     interactions_30d: int
     last_interaction_at: datetime | None
     open_cart_at: datetime | None
+    metrics: dict[str, str | int | None] = Field(
+        default_factory=dict,
+        description="The event metrics the definitions declare, as of `as_of`: counts as "
+        "numbers, sums as decimal strings, first and last times as RFC 3339 strings (null: no "
+        "such event)",
+    )
+    counted_since: dict[str, datetime] = Field(
+        default_factory=dict,
+        description="For lifetime metrics over events ingest does not keep forever "
+        "(interactions), the time of the oldest event they could count",
+    )
 
 
 _EXAMPLE: dict[str, JsonValue] = {
@@ -58,6 +75,13 @@ _EXAMPLE: dict[str, JsonValue] = {
             "reason": "spend_365d=1830.5 >= high_spend=1200 and spend_365d < vip_spend=4000",
             "definition_version": 1,
         },
+    },
+    "audiences": {
+        "big_spenders": {
+            "since": "2026-02-01T09:30:00Z",
+            "reason": "value_tier=high in [vip, high]",
+            "definition_version": 1,
+        }
     },
     "scores": {"f_score": 4, "m_score": 5, "r_score": 4},
     "definition_version": 1,
@@ -86,6 +110,11 @@ class CustomerSegments(BaseModel):
 
     customer_id: str
     segments: dict[str, SegmentAssignment] = Field(description="One segment per dimension")
+    audiences: dict[str, AudienceMembership] = Field(
+        default_factory=dict,
+        description="The audiences the customer is in, by name (any number; those the "
+        "customer is not in are absent)",
+    )
     scores: dict[str, int | None] = Field(
         description="The evaluation's score of every score the definitions define (by name, "
         "1 is the worst bucket; null when its input is null); empty for an evaluation made "

@@ -12,6 +12,7 @@ from services.api.customers import repository
 from services.api.customers.cache import CacheReader
 from services.api.customers.schemas import (
     AggregatesSummary,
+    AudienceMembership,
     CustomerSegments,
     HistoryEntry,
     HistoryPage,
@@ -22,8 +23,11 @@ from services.api.errors import ApiError, not_found
 from services.api.metrics import CUSTOMER_READS
 from services.api.pagination import decode_int_cursor, encode_cursor
 from services.api.segments.service import DefinitionsCache, VersionInForce
-from services.ingest.repository import CustomerAggregates, fetch_aggregates
+from shared.facts import FactsPlan, metric_values, plan_for, read_facts
 from shared.segment_cache import CachedAggregates, CachedCustomer
+from shared.segmentation import CustomerFacts
+from shared.segmentation.audiences import MEMBER
+from shared.segmentation.events import BUILT_IN_EVENT_METRICS
 
 HISTORY_CURSOR = "h"
 _Segment = TypeVar("_Segment")
@@ -37,6 +41,7 @@ def from_cache(
     doc: CachedCustomer, now: datetime, in_force: VersionInForce | None
 ) -> CustomerSegments:
     segments, scores = _in_force(doc.segments, doc.scores, doc.definition_version, in_force)
+    audiences = _audiences_in_force(doc.audiences, doc.definition_version, in_force)
     return _answer(
         doc.customer_id,
         {
@@ -47,6 +52,12 @@ def from_cache(
                 definition_version=doc.definition_version,
             )
             for dim, s in segments.items()
+        },
+        {
+            name: AudienceMembership(
+                since=a.since, reason=a.reason, definition_version=doc.definition_version
+            )
+            for name, a in audiences.items()
         },
         scores,
         doc,
@@ -76,6 +87,32 @@ def _in_force(
     )
 
 
+def _audiences_in_force(
+    audiences: dict[str, _Segment], definition_version: int, in_force: VersionInForce | None
+) -> dict[str, _Segment]:
+    """As `_in_force`, of audiences: an evaluation under an older version can hold an
+    audience the version in force removed."""
+    if in_force is None or definition_version >= in_force.version:
+        return audiences
+    return {name: a for name, a in audiences.items() if name in in_force.audiences}
+
+
+def _split(
+    stored: dict[str, repository.StoredSegment], in_force: VersionInForce | None
+) -> tuple[dict[str, repository.StoredSegment], dict[str, repository.StoredSegment]]:
+    """A customer's stored rows as (dimensions, audiences). An audience's row is stored like
+    a dimension's, with segment `member`; a name the version in force has as a dimension
+    stays one (a dimension may have a segment called `member`)."""
+    dimensions, audiences = {}, {}
+    known = frozenset() if in_force is None else in_force.dimensions
+    for name, row in stored.items():
+        if row.segment == MEMBER and name not in known:
+            audiences[name] = row
+        else:
+            dimensions[name] = row
+    return dimensions, audiences
+
+
 class _Evaluated(Protocol):
     @property
     def definition_version(self) -> int: ...
@@ -88,6 +125,7 @@ class _Evaluated(Protocol):
 def _answer(
     customer_id: str,
     segments: dict[str, SegmentAssignment],
+    audiences: dict[str, AudienceMembership],
     scores: dict[str, int | None],
     evaluation: _Evaluated,
     now: datetime,
@@ -98,6 +136,7 @@ def _answer(
     return CustomerSegments(
         customer_id=customer_id,
         segments=segments,
+        audiences=dict(sorted(audiences.items())),
         # By name from both sources: jsonb keeps its keys in an order of its own.
         scores=dict(sorted(scores.items())),
         definition_version=evaluation.definition_version,
@@ -109,10 +148,8 @@ def _answer(
     )
 
 
-def _summary(
-    agg: CachedAggregates | CustomerAggregates | None, as_of: datetime
-) -> AggregatesSummary | None:
-    """The summary from the cached document or from the database: both carry these fields."""
+def _summary(agg: CachedAggregates | None, as_of: datetime) -> AggregatesSummary | None:
+    """The summary of the cached document, or of facts read from the database."""
     if agg is None:
         return None
     return AggregatesSummary(
@@ -127,18 +164,50 @@ def _summary(
         interactions_30d=agg.interactions_30d,
         last_interaction_at=agg.last_interaction_at,
         open_cart_at=agg.open_cart_at,
+        metrics=agg.metrics,
+        counted_since=agg.counted_since,
     )
+
+
+def _aggregates(facts: CustomerFacts | None, metrics: Sequence[str]) -> CachedAggregates | None:
+    """Facts read from the database, in the cached document's shape: one summary of both."""
+    if facts is None:
+        return None
+    return CachedAggregates(
+        order_count=facts.order_count,
+        net_spend=facts.net_spend,
+        spend_365d=facts.events["spend_365d"],
+        orders_365d=facts.events["orders_365d"],
+        first_order_at=facts.first_order_at,
+        last_order_at=facts.last_order_at,
+        interaction_count=facts.interaction_count,
+        interactions_30d=facts.events["interactions_30d"],
+        last_interaction_at=facts.last_interaction_at,
+        open_cart_at=facts.last_cart_at,
+        metrics=metric_values(facts, metrics),
+        counted_since=dict(facts.counted_since),
+    )
+
+
+_BUILT_IN_PLAN = FactsPlan(BUILT_IN_EVENT_METRICS, {})
 
 
 async def from_database(
     db: Database, customer_ids: Sequence[str], now: datetime, in_force: VersionInForce | None
 ) -> dict[str, CustomerSegments]:
+    definitions = None if in_force is None else in_force.definitions
+    plan = _BUILT_IN_PLAN if definitions is None else plan_for(definitions, heads=False)
+    declared = [] if definitions is None else list(definitions.event_metrics)
     async with db.read() as conn:
         stored = await repository.evaluations(conn, customer_ids)
-        aggregates = await fetch_aggregates(conn, list(stored), now) if stored else {}
+        # The segmenter's own read model, without folding anything in: the values it would
+        # evaluate with now.
+        facts = (await read_facts(conn, list(stored), now, plan)).facts if stored else {}
     answers = {}
     for cid, e in stored.items():
-        segments, scores = _in_force(e.segments, e.scores, e.definition_version, in_force)
+        rows, members = _split(e.segments, in_force)
+        segments, scores = _in_force(rows, e.scores, e.definition_version, in_force)
+        audiences = _audiences_in_force(members, e.definition_version, in_force)
         answers[cid] = _answer(
             cid,
             {
@@ -150,11 +219,17 @@ async def from_database(
                 )
                 for dim, s in segments.items()
             },
+            {
+                name: AudienceMembership(
+                    since=a.since, reason=a.reason, definition_version=a.definition_version
+                )
+                for name, a in audiences.items()
+            },
             scores,
             e,
             now,
             "database",
-            _summary(aggregates.get(cid), now),
+            _summary(_aggregates(facts.get(cid), declared), now),
         )
     return answers
 

@@ -10,6 +10,7 @@ import yaml
 
 from services.api.definitions.parsing import DefinitionsParser
 from services.api.errors import ApiError
+from shared.definitions.activation import RetentionRows
 from shared.segmentation import DefinitionError, Definitions, Problem
 
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/plain"})
@@ -96,9 +97,10 @@ def invalid_definitions(error: DefinitionError) -> ApiError:
     )
 
 
-async def load(parser: DefinitionsParser, text: str) -> Definitions:
-    """Parsed and validated, or 422 with every problem the loader found."""
+async def load(parser: DefinitionsParser, text: str, retention: RetentionRows = ()) -> Definitions:
+    """Parsed and validated (against `retention` for a candidate), or 422 with every
+    problem the loader found."""
     try:
-        return await parser.parse(text)
+        return await parser.parse(text, retention)
     except DefinitionError as exc:
         raise invalid_definitions(exc) from None

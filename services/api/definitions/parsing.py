@@ -6,7 +6,7 @@ import asyncio
 
 from starlette.concurrency import run_in_threadpool
 
-from shared.definitions.activation import parse_stored
+from shared.definitions.activation import RetentionRows, parse_stored
 from shared.segmentation import Definitions
 
 
@@ -21,7 +21,8 @@ class DefinitionsParser:
     def __init__(self) -> None:
         self._one_at_a_time = asyncio.Semaphore(1)
 
-    async def parse(self, content: str) -> Definitions:
-        """The definitions, or DefinitionError with every problem."""
+    async def parse(self, content: str, retention: RetentionRows = ()) -> Definitions:
+        """The definitions, or DefinitionError with every problem; `retention` for a
+        candidate (what ingest keeps, `repository.ingest_retention`)."""
         async with self._one_at_a_time:
-            return await run_in_threadpool(parse_stored, content)
+            return await run_in_threadpool(parse_stored, content, retention)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from shared.definitions.activation import RetentionRows
 from shared.definitions.repository import Backfill
 
 
@@ -18,3 +19,14 @@ async def backfills_of(conn: asyncpg.Connection, versions: Sequence[int]) -> dic
         "SELECT * FROM definition_backfills WHERE version = ANY($1::int[])", list(versions)
     )
     return {row["version"]: Backfill(**dict(row)) for row in rows}
+
+
+async def ingest_retention(conn: asyncpg.Connection) -> RetentionRows:
+    """How long ingest keeps each source's rows, and the setting that says so, as ingest
+    records it (`ingest_retention`); nothing before that table exists or ingest wrote it."""
+    if await conn.fetchval("SELECT to_regclass('ingest_retention')") is None:
+        return ()
+    rows = await conn.fetch(
+        "SELECT source, retention, setting FROM ingest_retention ORDER BY source"
+    )
+    return tuple((row["source"], row["retention"], row["setting"]) for row in rows)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from services.api.auth import repository as audit
 from services.api.auth.keys import Principal
 from services.api.auth.repository import AuditEntry
-from services.api.definitions import documents, service
+from services.api.definitions import documents, repository, service
 from services.api.definitions.schemas import (
     VERSION_MAX,
     ActivationRequest,
@@ -32,6 +32,7 @@ from services.api.errors import ApiError, error_responses
 from services.api.pagination import decode_int_cursor, encode_cursor
 from services.api.resources import Resources
 from shared.definitions import repository as store
+from shared.definitions.activation import RetentionRows
 
 router = APIRouter(prefix="/v1/definitions", tags=["definitions"])
 
@@ -59,6 +60,12 @@ def _entry(who: Principal, action: str, detail: dict[str, Any]) -> AuditEntry:
     return AuditEntry(datetime.now(UTC), who.actor, who.key_id, action, detail=detail)
 
 
+async def _retention(resources: Resources) -> RetentionRows:
+    """What ingest keeps, for a candidate's windows to be checked against."""
+    async with resources.db.read() as conn:
+        return await repository.ingest_retention(conn)
+
+
 def _activation_timeout(resources: Resources) -> float:
     return resources.settings.activation_timeout_ms / 1000
 
@@ -74,7 +81,7 @@ async def validate(
 ) -> DefinitionsSummary:
     """Check a definitions document (YAML or JSON) and summarise it; nothing is stored."""
     text = documents.read_document(request.headers.get("content-type"), await request.body())
-    definitions = await documents.load(resources.parser, text)
+    definitions = await documents.load(resources.parser, text, await _retention(resources))
     async with resources.db.read() as conn:
         return await service.summary(conn, resources.parser, definitions)
 
@@ -89,7 +96,7 @@ async def create_preview(
     body: PreviewRequest, response: Response, resources: ResourcesDep, who: DefinitionsWriter
 ) -> PreviewView:
     """Start a preview of candidate definitions against the version in force; poll Location."""
-    definitions = await documents.load(resources.parser, body.content)
+    definitions = await documents.load(resources.parser, body.content, await _retention(resources))
     async with resources.db.transaction() as conn:
         preview = await service.create_preview(
             conn,
@@ -175,7 +182,8 @@ async def activate(
     body: ActivationRequest, response: Response, resources: ResourcesDep, who: DefinitionsWriter
 ) -> VersionView:
     """Put definitions in force as a new version; 409 if `replaces` is no longer in force."""
-    await documents.load(resources.parser, body.content)  # 422 before any lock is taken
+    retention = await _retention(resources)
+    await documents.load(resources.parser, body.content, retention)  # 422 before any lock
     async with resources.db.transaction(_activation_timeout(resources)) as conn:
         view = await service.activate(
             conn,
@@ -185,6 +193,7 @@ async def activate(
             actor=who.actor,
             note=body.note,
             publish=body.publish,
+            retention=retention,
         )
         await audit.insert_audit(conn, [_entry(who, "definitions.activate", _activated(view))])
     response.headers["Location"] = f"{router.prefix}/{view.version}"
@@ -244,7 +253,9 @@ async def rollback(
     """Put an earlier version's content back in force, as a new version."""
     async with resources.db.read() as conn:
         target = await service.stored_version(conn, version)
-    await documents.load(resources.parser, target.content)  # parsed before any lock is taken
+        # A rollback is an activation: the windows must fit what ingest keeps today.
+        retention = await repository.ingest_retention(conn)
+    await documents.load(resources.parser, target.content, retention)  # before any lock
     async with resources.db.transaction(_activation_timeout(resources)) as conn:
         view = await service.activate(
             conn,
@@ -254,6 +265,7 @@ async def rollback(
             actor=who.actor,
             note=body.note or f"rollback to version {version}",
             publish=body.publish,
+            retention=retention,
         )
         detail = _activated(view) | {"rollback_to": version}
         await audit.insert_audit(conn, [_entry(who, "definitions.rollback", detail)])

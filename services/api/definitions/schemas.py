@@ -50,6 +50,15 @@ class DimensionSummary(BaseModel):
     metrics: list[str] = Field(description="Metrics, scores and cut-offs its rules read")
 
 
+class AudienceSummary(BaseModel):
+    name: str
+    description: str
+    condition: str
+    dimensions: list[str] = Field(description="Dimensions whose segment it reads")
+    audiences: list[str] = Field(description="Audiences it reads")
+    metrics: list[str] = Field(description="Metrics, scores and cut-offs it reads")
+
+
 class CutoffView(BaseModel):
     name: str
     metric: str | None
@@ -105,12 +114,16 @@ class DefinitionsSummary(BaseModel):
     content_hash: str = Field(description="Of the parsed content: formatting does not count")
     description: str
     dimensions: list[DimensionSummary]
+    audiences: list[AudienceSummary] = Field(
+        default_factory=list, description="In evaluation order: each after those it reads"
+    )
     cutoffs: list[CutoffView]
     scores: list[ScoreView]
     in_force_version: int | None = Field(description="What `changed_dimensions` is against")
     changed_dimensions: list[str] = Field(
-        description="Dimensions an activation would re-evaluate: added, removed, or whose rules"
-        " (or the cut-offs and scores they read) differ from the version in force"
+        description="Dimensions and audiences an activation would re-evaluate: added, removed,"
+        " or whose rules (or the cut-offs and scores they read, or for an audience the"
+        " dimensions and audiences it reads) differ from the version in force"
     )
 
 
@@ -302,6 +315,19 @@ class DimensionDiffView(BaseModel):
     inputs_changed: list[str] = Field(description="Cut-offs and scores it reads that differ")
 
 
+class AudienceDiffView(BaseModel):
+    name: str
+    status: Literal["added", "removed", "changed", "unchanged"]
+    reevaluated: bool = Field(
+        description="Whether activating `b` over `a` re-evaluates it: its condition, or a "
+        "cut-off, score, dimension or audience it reads, differs"
+    )
+    old_condition: str | None
+    new_condition: str | None
+    old_description: str | None
+    new_description: str | None
+
+
 class CutoffChangeView(BaseModel):
     name: str
     status: Change
@@ -365,6 +391,9 @@ class DiffView(BaseModel):
     identical: bool = Field(description="No difference but formatting and comments")
     description: TextChange
     dimensions: list[DimensionDiffView] = Field(description="b's order, then those b removed")
+    audiences: list[AudienceDiffView] = Field(
+        default_factory=list, description="b's order, then those b removed"
+    )
     cutoffs: list[CutoffChangeView] = Field(description="Only those that differ")
     scores: list[ScoreChangeView] = Field(description="Only those that differ")
     text: str = Field(description="A unified diff of the two documents, comments included")

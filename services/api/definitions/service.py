@@ -16,6 +16,8 @@ from services.api.definitions import repository
 from services.api.definitions.documents import invalid_definitions
 from services.api.definitions.parsing import DefinitionsParser
 from services.api.definitions.schemas import (
+    AudienceDiffView,
+    AudienceSummary,
     BackfillView,
     CutoffChangeView,
     CutoffView,
@@ -35,7 +37,7 @@ from services.api.definitions.schemas import (
 )
 from services.api.errors import ApiError, not_found
 from shared.definitions import repository as store
-from shared.definitions.activation import activate_content
+from shared.definitions.activation import RetentionRows, activate_content
 from shared.definitions.repository import (
     ActivationConflictError,
     Backfill,
@@ -69,6 +71,17 @@ async def summary(
                 metrics=sorted(d.metrics),
             )
             for d in definitions.dimensions
+        ],
+        audiences=[
+            AudienceSummary(
+                name=a.name,
+                description=a.description,
+                condition=a.source,
+                dimensions=sorted(a.dimensions),
+                audiences=sorted(a.audiences),
+                metrics=sorted(a.metrics),
+            )
+            for a in definitions.audiences
         ],
         cutoffs=[_cutoff(spec) for spec in definitions.cutoffs.values()],
         scores=[_score(spec) for spec in definitions.scores.values()],
@@ -178,6 +191,7 @@ async def activate(
     actor: str,
     note: str,
     publish: Publish,
+    retention: RetentionRows = (),
 ) -> VersionView:
     """Put `content` in force; 422 if invalid, 409 if `replaces` is no longer in force.
 
@@ -190,7 +204,13 @@ async def activate(
             await parser.parse(current.content)
     try:
         stored = await activate_content(
-            conn, content, replaces=replaces, actor=actor, note=note, publish=publish
+            conn,
+            content,
+            replaces=replaces,
+            actor=actor,
+            note=note,
+            publish=publish,
+            retention=retention,
         )
     except DefinitionError as exc:
         raise invalid_definitions(exc) from None
@@ -243,6 +263,18 @@ async def diff_view(parser: DefinitionsParser, old: StoredVersion, new: StoredVe
                 inputs_changed=list(d.inputs_changed),
             )
             for d in result.dimensions
+        ],
+        audiences=[
+            AudienceDiffView(
+                name=a.name,
+                status=a.status,
+                reevaluated=a.reevaluated,
+                old_condition=a.old_condition,
+                new_condition=a.new_condition,
+                old_description=a.old_description,
+                new_description=a.new_description,
+            )
+            for a in result.audiences
         ],
         cutoffs=[
             CutoffChangeView(

@@ -7,11 +7,14 @@ import asyncpg
 from shared.db.leases import customer_lease_key
 
 # Every table with a customer's personal data. The audit log is not among them: it records
-# who read or erased whose data, which is what an audit trail is kept for.
+# who read or erased whose data, which is what an audit trail is kept for. In the order an
+# ingest batch locks them (aggregates, traits, queue), so the two never wait on each other
+# in a cycle.
 ERASED_TABLES = (
     "orders",
     "interactions",
     "customer_aggregates",
+    "customer_traits",
     "segmentation_queue",
     "customer_evaluations",
     "customer_segments",

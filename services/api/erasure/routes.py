@@ -30,8 +30,8 @@ CACHE_HOLD_SECONDS = 600
 async def erase_customer(
     customer_id: CustomerIdPath, resources: ResourcesDep, who: Admin
 ) -> ErasureResult:
-    """Erase everything stored about a customer (orders, interactions, aggregates, segments,
-    history, unpublished changes) and its cached document; the erasure itself is audited.
+    """Erase everything stored about a customer (orders, interactions, aggregates, traits,
+    segments, history, unpublished changes) and its cached document; the erasure is audited.
     Idempotent: erasing again finds nothing. Events that arrive later start a new record."""
     now = datetime.now(UTC)
     async with resources.db.transaction() as conn:

@@ -22,7 +22,7 @@ Name = Annotated[str, Path(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 
 @router.get("", response_model=DefinitionsView, responses=error_responses(401, 403, 404, 503))
 async def list_segments(resources: ResourcesDep, who: Reader) -> DefinitionsView:
-    """The definitions in force: cut-offs and score edges resolved, each segment's rule and size."""
+    """The definitions in force: cut-offs resolved, each segment's and audience's rule and size."""
     return await service.definitions_view(resources.db, resources.definitions)
 
 
@@ -39,7 +39,7 @@ async def list_members(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> MembersPage:
-    """Customers currently in a segment, in customer_id order, a page at a time."""
+    """Customers in a segment (an audience: segment `member`), in customer_id order, by page."""
     current = await service.definitions_in_force(resources.db, resources.definitions)
     service.check_segment(current.definitions, dimension, segment)
     after = "" if cursor is None else decode_cursor(MEMBERS_CURSOR, cursor)

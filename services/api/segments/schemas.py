@@ -26,6 +26,21 @@ class DimensionView(BaseModel):
     segments: list[SegmentView] = Field(description="In rule order")
 
 
+class AudienceView(BaseModel):
+    name: str
+    description: str
+    condition: str = Field(description="The condition, in the definitions language")
+    resolved_condition: str = Field(
+        description="The condition with each cut-off replaced by its value, as for a segment"
+    )
+    dimensions: list[str] = Field(description="The dimensions whose segment it reads")
+    audiences: list[str] = Field(description="The audiences it reads (evaluated before it)")
+    size: int = Field(
+        description="Customers currently in it; its members are "
+        "`/v1/segments/{name}/member/members`"
+    )
+
+
 class CutoffView(BaseModel):
     name: str
     metric: str | None
@@ -100,6 +115,17 @@ class DefinitionsView(BaseModel):
                             ],
                         }
                     ],
+                    "audiences": [
+                        {
+                            "name": "vip_at_risk",
+                            "description": "VIPs about to lapse.",
+                            "condition": "value_tier = vip and lifecycle = at_risk",
+                            "resolved_condition": "value_tier = vip and lifecycle = at_risk",
+                            "dimensions": ["lifecycle", "value_tier"],
+                            "audiences": [],
+                            "size": 38,
+                        }
+                    ],
                 }
             ]
         }
@@ -122,6 +148,9 @@ class DefinitionsView(BaseModel):
     cutoffs: list[CutoffView] = Field(description="In definitions order")
     scores: list[ScoreView] = Field(description="In definitions order")
     dimensions: list[DimensionView]
+    audiences: list[AudienceView] = Field(
+        default_factory=list, description="In evaluation order: each after those it reads"
+    )
 
 
 class Member(BaseModel):

@@ -12,6 +12,7 @@ from services.api.database import Database
 from services.api.errors import ApiError, not_found
 from services.api.segments import repository
 from services.api.segments.schemas import (
+    AudienceView,
     CutoffView,
     DefinitionsView,
     DimensionView,
@@ -20,6 +21,7 @@ from services.api.segments.schemas import (
 )
 from shared.definitions import repository as store
 from shared.segmentation import Definitions, PopulationStats, load_definitions
+from shared.segmentation.audiences import MEMBER
 from shared.segmentation.metrics import Number
 from shared.segmentation.resolution import (
     cutoff_values,
@@ -52,6 +54,8 @@ class VersionInForce:
     version: int
     dimensions: frozenset[str]
     scores: frozenset[str]
+    definitions: Definitions | None = None  # for reading facts: its event metrics
+    audiences: frozenset[str] = frozenset()
 
 
 class DefinitionsCache:
@@ -129,6 +133,8 @@ class DefinitionsCache:
             version,
             frozenset(dimension.name for dimension in definitions.dimensions),
             frozenset(definitions.scores),
+            definitions,
+            audiences=frozenset(audience.name for audience in definitions.audiences),
         )
 
 
@@ -206,6 +212,18 @@ async def definitions_view(db: Database, cache: DefinitionsCache) -> Definitions
             )
             for dim in defs.dimensions
         ],
+        audiences=[
+            AudienceView(
+                name=audience.name,
+                description=audience.description,
+                condition=audience.source,
+                resolved_condition=resolve_condition(audience.source, audience.condition, values),
+                dimensions=sorted(audience.dimensions),
+                audiences=sorted(audience.audiences),
+                size=sizes.get((audience.name, MEMBER), 0),
+            )
+            for audience in defs.audiences
+        ],
     )
 
 
@@ -220,10 +238,17 @@ def _edges(stats: PopulationStats | None, score: str) -> list[Decimal] | None:
 
 
 def check_segment(definitions: Definitions, dimension: str, segment: str) -> None:
-    """404 unless the definitions in force have this dimension and segment."""
+    """404 unless the definitions in force have this dimension and segment, or this
+    audience and `segment` is `member` (an audience's members are its one segment's)."""
     try:
         segments = definitions.dimension(dimension).segments
     except KeyError:
-        raise not_found("dimension_not_found", f"no dimension {dimension!r}") from None
+        try:
+            definitions.audience(dimension)
+        except KeyError:
+            raise not_found(
+                "dimension_not_found", f"no dimension or audience {dimension!r}"
+            ) from None
+        segments = (MEMBER,)
     if segment not in segments:
         raise not_found("segment_not_found", f"dimension {dimension!r} has no segment {segment!r}")

@@ -39,7 +39,8 @@ async def transitions(
         str | None, Query(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)
     ] = None,
 ) -> TransitionsView:
-    """How many customers moved from each segment to each other one, per dimension in force."""
+    """How many customers moved from each segment to each other one, per dimension (and
+    audience) in force."""
     end = until if until is not None else datetime.now(UTC)
     if not (_EARLIEST <= since <= _LATEST and _EARLIEST <= end <= _LATEST):
         raise ApiError(422, "invalid_period", "`since` and `until` must be within 1970..3000")
@@ -47,7 +48,7 @@ async def transitions(
         raise ApiError(422, "invalid_period", "`until` must be later than `since`")
     # A removed dimension's moves, its exits among them, are history, not what is in force.
     in_force = await resources.definitions.version_in_force(resources.db)
-    dimensions = None if in_force is None else sorted(in_force.dimensions)
+    dimensions = None if in_force is None else sorted(in_force.dimensions | in_force.audiences)
     async with resources.db.read() as conn:
         rows = await repository.transition_counts(conn, since, end, dimension, dimensions)
     items = [Transition(**dict(r)) for r in rows]

@@ -8,13 +8,13 @@
 - ingest_retention: how long ingest keeps the rows of each source, for validation.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
