@@ -302,11 +302,13 @@ async def measure(
     }
 
 
-def ratios(rows: list[dict[str, Any]], side: str) -> dict[str, float]:
-    out = {}
+def ratios(rows: list[dict[str, Any]], side: str) -> dict[str, float | None]:
+    """Largest over smallest per figure; None where the smallest is 0 (a backend's CPU
+    below one clock tick over the whole run)."""
+    out: dict[str, float | None] = {}
     for figure in ("wall_ms", "cpu_ms", "pg_cpu_ms"):
         values = [r[side][figure] for r in rows]
-        out[figure] = round(max(values) / max(min(values), 1e-6), 2)
+        out[figure] = round(max(values) / min(values), 2) if min(values) > 0 else None
     return out
 
 
