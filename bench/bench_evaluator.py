@@ -9,10 +9,11 @@ second, steady-state one (nothing changed). Prints customers/s, and the time per
 call and per Redis call (the stale mark before commit, the documents after).
 
 Each set of definitions runs on a schema of its own, seeded alike, one after the other,
-`--rounds` times: `defaults` (the shipped definitions) and `declared` (the same with the
-20 event metrics of DECLARED on top, built as `EventMetric` values: the loader on main has
-no `metrics:` section, no trait conditions and no audiences yet; each windowed count or
-sum is read as far as a constant needs, as a condition comparing them would make it).
+`--rounds` times: `defaults` (the shipped definitions), `declared` (the same with the 20
+event metrics of DECLARED on top, built as `EventMetric` values and read by no condition;
+each windowed count or sum is read as far as a constant needs, as a condition comparing
+them would make it) and `full` (the same metrics declared in YAML through the loader, with
+10 audiences that read them, the dimensions and traits: FULL_SECTIONS).
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ times.
 Per event it prints the wall time, this process's CPU (`time.process_time`) and the CPU of
 the PostgreSQL backend serving each side (from /proc, the stack runs on this machine), and
 for each metric set the largest over the smallest across the history sizes. The declared
-metrics are built as `EventMetric` values (the loader on main has no `metrics:` section yet)
-and each windowed count or sum is given a threshold, as a condition comparing it with a
-constant would, so that its window's newest events are read for the next-change search.
+metrics are built as `EventMetric` values, so that each kind is measured with the defaults
+alone beside it, and each windowed count or sum is given a threshold, as a condition
+comparing it with a constant would, so that its window's newest events are read for the
+next-change search.
 
 Needs the stack (`bash deploy/stack.sh up`); uses its own schema, then drops it.
 """
@@ -169,8 +170,8 @@ def with_metrics(base: Definitions, metrics: list[tuple[EventMetric, Any]]) -> D
 @dataclass
 class ThresholdedRuleset(Ruleset):
     """A ruleset whose facts plan also reads the newest events of each declared windowed
-    count or sum as far as its constant needs, as a condition comparing them would (the
-    core on main searches the next change of built-in metrics only)."""
+    count or sum as far as its constant needs, as a condition comparing them would (no
+    condition here reads them)."""
 
     tops: dict[str, Any] = dataclasses.field(default_factory=dict)
 
