@@ -50,11 +50,11 @@ from sqlalchemy import text
 from bench.bench_ingest import cpu_seconds, forget_cache, stack_env
 from services.ingest import repository as ingest
 from services.ingest.batch import build_changes
-from services.ingest.literals import text_array
 from services.segmenter.ruleset import Ruleset
 from services.segmenter.worker import Evaluator
 from shared.clock import SystemClock
 from shared.db.engine import create_engine, pg_connection
+from shared.db.literals import text_array
 from shared.db.migrate import upgrade
 from shared.events.interactions import EmailClick, PageView
 from shared.events.orders import LineItem, OrderPlaced

@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from services.ingest import repository as repo
-from services.ingest.literals import text_array
+from shared.db.literals import text_array
 from shared.events import (
     CustomerTraits,
     EventRejected,

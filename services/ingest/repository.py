@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.ingest.literals import decimal_array, int_array, text_array
 from services.ingest.traits import StoredTraits, merge_events
+from shared.db.literals import decimal_array, int_array, text_array
 from shared.events import INTERACTION_EVENT_TYPES, CustomerTraits
 
 # Column order of the per-type counters in customer_aggregates.

@@ -83,7 +83,9 @@ async def recompute(
     old = ruleset.population if ruleset.population_id is not None else None
     if not defs.population_metrics:
         return 0
-    plan = plan_for(defs, heads=False)
+    # Only what the stats need: reading every event metric of every customer would cost
+    # several times more, and it runs beside the evaluation loops.
+    plan = plan_for(defs, heads=False, only=defs.population_metrics)
     async with pg_connection(engine) as conn, conn.transaction():
         if not await repo.try_lock(conn, "population"):
             return None

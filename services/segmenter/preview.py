@@ -234,7 +234,8 @@ class PreviewRunner:
             return PopulationStats(), False
         # Columns, not a sample per customer as recompute keeps: a fraction of the memory.
         columns: dict[str, list[MetricValue]] = {m: [] for m in candidate.population_metrics}
-        async for chunk in self._walk(as_of, plan_for(candidate, heads=False), False, stopping):
+        plan = plan_for(candidate, heads=False, only=candidate.population_metrics)
+        async for chunk in self._walk(as_of, plan, False, stopping):
             for i, cid in enumerate(chunk.ids, 1):
                 loaded = chunk.loaded.get(cid)
                 if loaded is not None:

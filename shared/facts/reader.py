@@ -29,11 +29,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
 
+from shared.db.literals import text_array
 from shared.events import INTERACTION_EVENT_TYPES
 from shared.segmentation.events import (
     BUILT_IN_EVENT_METRICS,
@@ -83,11 +84,19 @@ class FactsPlan:
 
 
 def plan_for(
-    definitions: Definitions, population: PopulationStats | None = None, *, heads: bool = True
+    definitions: Definitions,
+    population: PopulationStats | None = None,
+    *,
+    heads: bool = True,
+    only: Iterable[str] | None = None,
 ) -> FactsPlan:
     """The plan for evaluating `definitions` with `population`'s cut-offs and score edges;
-    without `heads`, for values only (no next-change search: previews, population stats)."""
+    without `heads`, for values only (no next-change search: previews, population stats);
+    with `only`, for just those metrics (the population job reads what its stats need)."""
     metrics = {**BUILT_IN_EVENT_METRICS, **definitions.event_metrics}
+    if only is not None:
+        wanted = set(only)
+        metrics = {name: m for name, m in metrics.items() if name in wanted}
     tops: dict[str, Any] = {}
     for dependence in definitions.time_dependences if heads else ():
         metric = metrics.get(dependence.metric)
@@ -205,8 +214,9 @@ _CONTRIBUTIONS_SQL = """
 # exactly the rows asked for.
 _SLICES_SQL = """
     SELECT r.i, c.ref, c.at, c.amount, c.quantity, c.vals::text AS vals
-    FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::int[],
-                $6::bool[]) WITH ORDINALITY AS r(customer_id, filter_key, lo, hi, k, newest, i)
+    FROM unnest($1::text::text[], $2::text::text[], $3::text::timestamptz[],
+                $4::text::timestamptz[], $5::text::int[], $6::text::bool[])
+         WITH ORDINALITY AS r(customer_id, filter_key, lo, hi, k, newest, i)
     CROSS JOIN LATERAL (
         SELECT * FROM (
             SELECT ref, at, amount, quantity, vals FROM metric_contributions c
@@ -271,8 +281,10 @@ class _Customer:
     fresh: dict[str, dict[str, Contribution]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class _Slice:
+class _Slice(NamedTuple):
+    """(lo, hi] of one customer's contributions under one filter, newest first or oldest
+    first, at most `limit` (None: all). A tuple: thousands are hashed per batch."""
+
     customer_id: str
     filter_key: str
     lo: datetime
@@ -517,14 +529,17 @@ async def _fetch_slices(
     out: list[list[tuple[str, Contribution]]] = [[] for _ in slices]
     if not slices:
         return out
+    # As array literals, one text parameter each (shared/db/literals.py): asyncpg's own
+    # array encoding checks every element against abstract base classes, which cost more
+    # than the whole query for a batch's thousands of slices.
     for r in await conn.fetch(
         _SLICES_SQL,
-        [s.customer_id for s in slices],
-        [s.filter_key for s in slices],
-        [s.lo for s in slices],
-        [s.hi for s in slices],
-        [s.limit for s in slices],
-        [s.newest for s in slices],
+        text_array([s.customer_id for s in slices]),
+        text_array([s.filter_key for s in slices]),
+        text_array([s.lo.isoformat() for s in slices]),
+        text_array([s.hi.isoformat() for s in slices]),
+        "{" + ",".join("NULL" if s.limit is None else str(s.limit) for s in slices) + "}",
+        "{" + ",".join("t" if s.newest else "f" for s in slices) + "}",
     ):
         out[r["i"] - 1].append((r["ref"], _contribution(r)))
     return out
@@ -534,7 +549,9 @@ def _merged(
     customer: _Customer, key: str, stored: Sequence[tuple[str, Contribution]], s: _Slice
 ) -> list[Contribution]:
     """A slice of the contributions as they are once the pending changes are folded."""
-    changes = customer.changes.get(key, {})
+    changes = customer.changes.get(key)
+    if not changes:
+        return [c for _, c in stored]  # in the slice's order already
     kept = [c for ref, c in stored if ref not in changes]
     kept.extend(new for _, new in changes.values() if new is not None and s.lo < new.at <= s.hi)
     kept.sort(key=lambda c: c.at, reverse=s.newest)
@@ -553,6 +570,9 @@ def _values(
     rows: Sequence[Sequence[tuple[str, Contribution]]],
 ) -> _Values:
     out: _Values = {}
+    # Metrics of one filter share slices (the entries since the last read, above all):
+    # each is merged once.
+    done: dict[int, tuple[list[Contribution], bool]] = {}
     for cid, customer in customers.items():
         events: dict[str, Any] = {}
         windows: dict[str, WindowFacts] = {}
@@ -571,10 +591,12 @@ def _values(
                     customer: _Customer = customer,
                 ) -> Any:
                     index = uses[purpose]
-                    found = _merged(customer, key, rows[index], slices[index])
-                    limit = slices[index].limit
-                    # Fewer stored rows than asked for: the slice holds all there are.
-                    return found, limit is None or len(rows[index]) < limit
+                    if index not in done:
+                        found = _merged(customer, key, rows[index], slices[index])
+                        limit = slices[index].limit
+                        # Fewer stored rows than asked for: the slice holds all there are.
+                        done[index] = (found, limit is None or len(rows[index]) < limit)
+                    return done[index]
 
                 value, window, kept = _from_stored(metric, customer, now, merged, uses)
             events[name] = value

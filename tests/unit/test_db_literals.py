@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from services.ingest.literals import decimal_array, int_array, text_array
+from shared.db.literals import decimal_array, int_array, text_array
 
 
 def test_text_elements_are_quoted_and_escaped() -> None:
