@@ -115,8 +115,13 @@ def make_consumer(
     group_id: str | None,
     client_id: str = "streamseg",
     max_poll_records: int = 5000,
+    fetch_min_bytes: int = 1,
+    fetch_max_wait_ms: int = 500,
 ) -> AIOKafkaConsumer:
-    """A consumer whose offsets are never auto-committed: the services keep them elsewhere."""
+    """A consumer whose offsets are never auto-committed: the services keep them elsewhere.
+
+    `fetch_min_bytes` and `fetch_max_wait_ms`: a broker answers a fetch once it has that
+    many bytes or that time has passed (Kafka's defaults: 1 byte, 500 ms)."""
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
@@ -126,6 +131,8 @@ def make_consumer(
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=max_poll_records,
+        fetch_min_bytes=fetch_min_bytes,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         fetch_max_bytes=16 * 1024 * 1024,
         max_partition_fetch_bytes=4 * 1024 * 1024,
         session_timeout_ms=10_000,

@@ -78,6 +78,8 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
             group_id=settings.group_id,
             client_id=f"ingest-{owner}",
             max_poll_records=settings.max_batch_records,
+            fetch_min_bytes=settings.fetch_min_bytes,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
         worker = IngestWorker(
             settings,

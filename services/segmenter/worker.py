@@ -110,10 +110,12 @@ class Evaluator:
             return 0
         started = time.perf_counter()
         writes = Writes()
+        ids = await queue.lease_due(conn, now, self._batch_size)
+        if not ids:
+            # No lease was taken (a lease is taken only with its row), so none to release:
+            # an idle loop costs one statement per poll.
+            return 0
         try:
-            ids = await queue.lease_due(conn, now, self._batch_size)
-            if not ids:
-                return 0
             batch = await repo.load_leased(conn, ids)
             read = await read_facts(
                 conn, [b.due.customer_id for b in batch if b.has_facts], now, rules.facts_plan
