@@ -55,7 +55,7 @@ from shared.segmentation.traits import TraitKind, decode_traits
 
 INTERACTION_TYPES = tuple(sorted(INTERACTION_EVENT_TYPES))
 ZERO = Decimal(0)
-HEAD_ROWS = 32  # newest contributions read per windowed metric; more only when needed
+HEAD_ROWS = 8  # newest contributions read for a windowed sum at first; more when needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +291,8 @@ class _Slice(NamedTuple):
     hi: datetime
     limit: int | None
     newest: bool
+    # False: the markers prove no stored contribution lies in it (only pending ones can).
+    fetch: bool = True
 
 
 async def read_facts(
@@ -354,7 +356,10 @@ async def _read(
     pending: dict[str, list[int]] = {}
     slices, wanted = _slices_wanted(customers, plan, now)
     rows = await _fetch_slices(conn, slices)
-    values = _values(customers, plan, now, slices, wanted, rows)
+    stale: list[tuple[str, str]] = []
+    values = _values(customers, plan, now, slices, wanted, rows, stale)
+    if stale:
+        await _recount(conn, customers, plan, now, values, stale)
     # Heads that ran out before passing their top: read further, rarely more than once.
     values = await _complete_heads(conn, customers, plan, now, values)
     for cid, customer in customers.items():
@@ -487,6 +492,7 @@ def _slices_wanted(
             slices[s] = len(slices)
         return slices[s]
 
+    heads = _heads_wanted(customers, plan)
     for cid, customer in customers.items():
         for name, metric in plan.metrics.items():
             key = metric.filter.key
@@ -504,31 +510,80 @@ def _slices_wanted(
                 as_of = customer.as_of
                 has_state = metric.key in customer.state and as_of is not None
                 if has_state and as_of is not None:
+                    forward = now >= as_of
+                    # Stored contributions after as_of: only if one was dated ahead of it.
+                    newest = _marker(customer.state, _NEWEST + key)
+                    fetch = not forward or (
+                        newest is not _EMPTY and (newest is None or newest > as_of)
+                    )
                     lo, hi = sorted((as_of, now))
-                    uses["entries"] = want(_Slice(cid, key, lo, hi, None, True))
+                    uses["entries"] = want(_Slice(cid, key, lo, hi, None, True, fetch))
                     if width is not None:
+                        # Exits: only once the oldest event inside the window leaves it.
+                        exit_at = _marker(customer.state, _EXIT + metric.key)
+                        due = not forward or (
+                            exit_at is not _EMPTY and (exit_at is None or now >= exit_at)
+                        )
                         lo, hi = sorted((as_of - width, now - width))
-                        uses["exits"] = want(_Slice(cid, key, lo, hi, None, True))
+                        uses["exits"] = want(_Slice(cid, key, lo, hi, None, True, due))
+                        if due:
+                            # The oldest left inside, for the next read's marker.
+                            uses["oldest"] = want(
+                                _Slice(cid, key, now - width, now, 1 + extra, False)
+                            )
                 else:
                     uses["all"] = want(_Slice(cid, key, low, now, None, True))
-                top = plan.tops.get(name)
-                if (
-                    width is not None
-                    and metric.kind is not MetricKind.DISTINCT
-                    and (top is not None)
-                ):
-                    limit = None if top == math.inf else HEAD_ROWS + extra
-                    uses["head"] = want(_Slice(cid, key, low, now, limit, True))
+                if _needs_head(metric, plan.tops.get(name)):
+                    width_of_all, limit = heads[(cid, key)]
+                    uses["head"] = want(_Slice(cid, key, now - width_of_all, now, limit, True))
             wanted[(cid, name)] = uses
     return list(slices), wanted
+
+
+def _needs_head(metric: EventMetric, top: Any) -> bool:
+    return metric.window is not None and metric.kind not in _NO_HEAD and top is not None
+
+
+_NO_HEAD = frozenset({MetricKind.DISTINCT, MetricKind.FIRST, MetricKind.LAST})
+
+
+def _heads_wanted(
+    customers: Mapping[str, _Customer], plan: FactsPlan
+) -> dict[tuple[str, str], tuple[timedelta, int | None]]:
+    """One head per customer and filter, for all its windowed metrics: the widest window,
+    as many rows as the hungriest needs (a count passes its top with top + 1 events; a sum
+    starts with HEAD_ROWS, and reads on in the rare case that is not enough)."""
+    heads: dict[tuple[str, str], tuple[timedelta, int | None]] = {}
+    for cid, customer in customers.items():
+        for name, metric in plan.metrics.items():
+            key, top = metric.filter.key, plan.tops.get(name)
+            if key not in customer.initialised or not _needs_head(metric, top):
+                continue
+            assert metric.window is not None
+            extra = len(customer.changes.get(key, ()))
+            limit: int | None
+            assert top is not None
+            if top == math.inf:
+                limit = None
+            elif metric.kind is MetricKind.COUNT:
+                limit = max(math.floor(top), 0) + 1 + extra
+            else:
+                limit = HEAD_ROWS + extra
+            width, most = heads.get((cid, key), (metric.window, limit))
+            joined = None if most is None or limit is None else max(most, limit)
+            heads[(cid, key)] = (max(width, metric.window), joined)
+    return heads
 
 
 async def _fetch_slices(
     conn: asyncpg.Connection, slices: Sequence[_Slice]
 ) -> list[list[tuple[str, Contribution]]]:
     out: list[list[tuple[str, Contribution]]] = [[] for _ in slices]
-    if not slices:
+    fetched = [i for i, s in enumerate(slices) if s.fetch]
+    if not fetched:
         return out
+    index = {n + 1: i for n, i in enumerate(fetched)}
+    slices = [slices[i] for i in fetched]
     # As array literals, one text parameter each (shared/db/literals.py): asyncpg's own
     # array encoding checks every element against abstract base classes, which cost more
     # than the whole query for a batch's thousands of slices.
@@ -541,8 +596,25 @@ async def _fetch_slices(
         "{" + ",".join("NULL" if s.limit is None else str(s.limit) for s in slices) + "}",
         "{" + ",".join("t" if s.newest else "f" for s in slices) + "}",
     ):
-        out[r["i"] - 1].append((r["ref"], _contribution(r)))
+        out[index[r["i"]]].append((r["ref"], _contribution(r)))
     return out
+
+
+# Markers kept in customer_metrics.state beside the running values, each a bound that lets
+# a read skip a slice it can prove empty: "@n:<filter>" no stored contribution of the filter
+# is later (an upper bound), "@x:<metric>" none leaves the metric's window before (a lower
+# bound: the oldest inside's time plus the window). "" marks an empty window.
+_NEWEST = "@n:"
+_EXIT = "@x:"
+_EMPTY: Any = object()
+
+
+def _marker(state: Mapping[str, Any], key: str) -> Any:
+    """A marker as a datetime, _EMPTY, or None when unknown (read the slice)."""
+    raw = state.get(key)
+    if raw is None:
+        return None
+    return _EMPTY if raw == "" else datetime.fromisoformat(raw)
 
 
 def _merged(
@@ -568,6 +640,7 @@ def _values(
     slices: Sequence[_Slice],
     wanted: Mapping[tuple[str, str], Mapping[str, int]],
     rows: Sequence[Sequence[tuple[str, Contribution]]],
+    stale: list[tuple[str, str]],
 ) -> _Values:
     out: _Values = {}
     # Metrics of one filter share slices (the entries since the last read, above all):
@@ -579,6 +652,8 @@ def _values(
         state: dict[str, Any] = {}
         for name, metric in plan.metrics.items():
             key = metric.filter.key
+            merged: Any = None
+            uses: Mapping[str, int] = {}
             if key in customer.fresh:
                 value, window, kept = _from_all(metric, list(customer.fresh[key].values()), now)
             else:
@@ -598,7 +673,11 @@ def _values(
                         done[index] = (found, limit is None or len(rows[index]) < limit)
                     return done[index]
 
-                value, window, kept = _from_stored(metric, customer, now, merged, uses)
+                try:
+                    value, window, kept = _from_stored(metric, customer, now, merged, uses)
+                except _StaleError:
+                    stale.append((cid, name))
+                    continue
             events[name] = value
             if window is not None:
                 if metric.kind is not MetricKind.DISTINCT:
@@ -606,8 +685,64 @@ def _values(
                 windows[name] = window
             if kept is not None:
                 state[metric.key] = kept
+                if metric.window is not None:
+                    state[_EXIT + metric.key] = _exit_marker(metric, customer, now, merged, uses)
+        for key in {m.filter.key for m in plan.metrics.values()}:
+            marker = _newest_marker(customer, key)
+            if marker is not None:
+                state[_NEWEST + key] = marker
         out[cid] = (events, windows, state)
     return out
+
+
+def _iso(at: datetime | None) -> str:
+    return "" if at is None else at.isoformat()
+
+
+def _newest_marker(customer: _Customer, key: str) -> str | None:
+    """An upper bound of the filter's stored contribution times once this read's fold is
+    written (None: unknown)."""
+    if key in customer.fresh:
+        return _iso(max((c.at for c in customer.fresh[key].values()), default=None))
+    old = _marker(customer.state, _NEWEST + key)
+    if old is None:
+        return None
+    added = [new.at for _, new in customer.changes.get(key, {}).values() if new is not None]
+    if old is not _EMPTY:
+        added.append(old)
+    return _iso(max(added, default=None))
+
+
+def _exit_marker(
+    metric: EventMetric,
+    customer: _Customer,
+    now: datetime,
+    merged: Any,
+    uses: Mapping[str, int],
+) -> str:
+    """A lower bound of the time the first contribution inside the metric's window at
+    `now` leaves it ("" for an empty window)."""
+    assert metric.window is not None
+    width, low = metric.window, now - metric.window
+    key = metric.filter.key
+    if merged is None or "all" in uses:  # every contribution inside is at hand
+        every = customer.fresh[key].values() if merged is None else merged("all")[0]
+        inside = [c.at for c in every if low < c.at <= now]
+        return _iso(min(inside) + width if inside else None)
+    if "oldest" not in uses:
+        # No exit was due: the oldest inside is still inside, unless a pending change or a
+        # stored event dated ahead moved in before it.
+        old = _marker(customer.state, _EXIT + metric.key)
+        if old is None:
+            old = now  # unknown: read the exits next time
+        candidates = [] if old is _EMPTY else [old]
+        changes = customer.changes.get(key, {}).values()
+        candidates.extend(n.at + width for _, n in changes if n is not None and low < n.at <= now)
+        if "entries" in uses:
+            candidates.extend(c.at + width for c in merged("entries")[0] if low < c.at <= now)
+        return _iso(min(candidates, default=None))
+    oldest = merged("oldest")[0]
+    return _iso(oldest[0].at + width if oldest else None)
 
 
 def _measure_zero(metric: EventMetric) -> Measure:
@@ -704,8 +839,13 @@ def _from_stored(
     value = value + moved if forward else value - moved
     window = None
     if "head" in uses:
-        head_rows, complete = merged("head")
-        window = WindowFacts(value, tuple((c.at, c.measure(metric)) for c in head_rows), complete)
+        assert width is not None
+        shared, complete = merged("head")  # the filter's, for its widest window
+        low = now - width
+        rows = [c for c in shared if c.at > low]
+        # Complete for this window too once the shared head reaches past its start.
+        complete = complete or len(rows) < len(shared)
+        window = WindowFacts(value, tuple((c.at, c.measure(metric)) for c in rows), complete)
     return value, window, str(value)
 
 
@@ -734,6 +874,10 @@ def _advance_distinct(
                 entry[1] = max(entry[1], c.at)
             if entry[0] <= 0:
                 del counts[value]
+            elif sign < 0 and entry[1] == c.at:
+                # The value's latest event went (a cancellation, say), and others of it
+                # stay: when they leave is not known here.
+                raise _StaleError(metric.name)
 
     for old, new in changes:
         if old is not None and in_state(old.at):
@@ -747,6 +891,10 @@ def _advance_distinct(
     return _distinct_result(metric, counts)
 
 
+class _StaleError(Exception):
+    """A distinct count's stored state cannot be moved on: read all it counts instead."""
+
+
 def _enough(window: WindowFacts, top: Any) -> WindowFacts:
     """Trim a head to the newest events whose total passes `top` (the rest never matter)."""
     if top is None or top == math.inf or not window.head:
@@ -757,6 +905,35 @@ def _enough(window: WindowFacts, top: Any) -> WindowFacts:
         if total > top:
             return WindowFacts(window.value, window.head[: index + 1], False)
     return window
+
+
+async def _recount(
+    conn: asyncpg.Connection,
+    customers: Mapping[str, _Customer],
+    plan: FactsPlan,
+    now: datetime,
+    values: _Values,
+    stale: Sequence[tuple[str, str]],
+) -> None:
+    """Distinct counts whose state a removed event left stale, from all they count."""
+    wanted = []
+    for cid, name in stale:
+        metric = plan.metrics[name]
+        low = _LOWEST if metric.window is None else now - metric.window
+        wanted.append(_Slice(cid, metric.filter.key, low, now, None, True))
+    rows = await _fetch_slices(conn, wanted)
+    for (cid, name), s, stored in zip(stale, wanted, rows, strict=True):
+        metric, customer = plan.metrics[name], customers[cid]
+        every = _merged(customer, metric.filter.key, stored, s)
+        value, window, kept = _from_all(metric, every, now)
+        events, windows, state = values[cid]
+        events[name] = value
+        if window is not None:
+            windows[name] = window
+        state[metric.key] = kept
+        if metric.window is not None:
+            inside = [c.at for c in every]
+            state[_EXIT + metric.key] = _iso(min(inside) + metric.window if inside else None)
 
 
 async def _complete_heads(
