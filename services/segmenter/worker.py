@@ -49,6 +49,7 @@ log = structlog.get_logger("segmenter")
 
 _event_encoder = msgspec.json.Encoder()
 YIELD_EVERY_CUSTOMERS = 16
+SMALL_BATCH = 16  # customers; a loop that leased fewer waits a poll before leasing again
 EVALUATE_BACKOFF = Backoff(0.1, 5.0)
 CAUSE_NOTE = {
     "population": "cut-offs recomputed from the population; ",
@@ -464,7 +465,11 @@ async def evaluate_loop(
                 while not stopping.is_set():
                     claimed = await evaluator.evaluate_due(conn)
                     retry.succeeded()
-                    if claimed == 0:
+                    # After a small batch too: at a low rate, leasing again at once would
+                    # evaluate each customer in a batch of its own, a dozen round trips
+                    # apiece; waiting one poll lets the next batch gather. A full batch
+                    # (a backlog) goes on at once.
+                    if claimed < SMALL_BATCH:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stopping.wait(), timeout=idle_seconds)
         except Exception as exc:
