@@ -66,21 +66,29 @@ class FactsPlan:
     metrics: Mapping[str, EventMetric]
     tops: Mapping[str, Any]
     custom_traits: Mapping[str, TraitKind] = field(default_factory=dict)
+    filters: Mapping[str, EventFilter] = field(init=False)
+    # Per filter, the fields its distinct counts read: asked for each customer and filter.
+    _distinct: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
-    @property
-    def filters(self) -> dict[str, EventFilter]:
-        return {m.filter.key: m.filter for m in self.metrics.values()}
+    def __post_init__(self) -> None:
+        filters = {m.filter.key: m.filter for m in self.metrics.values()}
+        object.__setattr__(self, "filters", filters)
+        distinct = {
+            key: tuple(
+                sorted(
+                    {
+                        m.field
+                        for m in self.metrics.values()
+                        if m.filter.key == key and m.kind is MetricKind.DISTINCT and m.field
+                    }
+                )
+            )
+            for key in filters
+        }
+        object.__setattr__(self, "_distinct", distinct)
 
     def distinct_fields(self, filter_key: str) -> tuple[str, ...]:
-        return tuple(
-            sorted(
-                {
-                    m.field
-                    for m in self.metrics.values()
-                    if m.filter.key == filter_key and m.kind is MetricKind.DISTINCT and m.field
-                }
-            )
-        )
+        return self._distinct.get(filter_key, ())
 
 
 def plan_for(
