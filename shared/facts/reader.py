@@ -148,29 +148,11 @@ class Fold:
     states: list[tuple[str, datetime, list[str], str, str]] = field(default_factory=list)
     folded_changes: list[int] = field(default_factory=list)
 
-    def only(self, customer_ids: Iterable[str]) -> Fold:
-        keep = set(customer_ids)
-        return Fold(
-            [u for u in self.upserts if u[0] in keep],
-            [d for d in self.deletes if d[0] in keep],
-            [s for s in self.states if s[0] in keep],
-            self.folded_changes,  # pending rows of skipped customers stay and are read again
-        )
-
 
 @dataclass
 class FactsRead:
     facts: dict[str, CustomerFacts]
     fold: Fold
-    # The pending change ids read per customer: a caller that writes only some customers'
-    # fold deletes only theirs.
-    pending_ids: dict[str, list[int]] = field(default_factory=dict)
-
-    def fold_for(self, customer_ids: Iterable[str]) -> Fold:
-        keep = list(customer_ids)
-        fold = self.fold.only(keep)
-        fold.folded_changes = [i for c in keep for i in self.pending_ids.get(c, ())]
-        return fold
 
 
 _HEAD_SQL = f"""
@@ -361,7 +343,6 @@ async def _read(
     await _initialise(conn, customers, filters, plan, now)
     out: dict[str, CustomerFacts] = {}
     fold = Fold()
-    pending: dict[str, list[int]] = {}
     slices, wanted = _slices_wanted(customers, plan, now)
     rows = await _fetch_slices(conn, slices)
     stale: list[tuple[str, str]] = []
@@ -373,10 +354,9 @@ async def _read(
     for cid, customer in customers.items():
         events, windows, state = values[cid]
         out[cid] = _facts(customer, now, events, windows, plan)
-        pending[cid] = customer.pending_ids
         _collect_fold(fold, cid, customer, now, state, plan)
-    fold.folded_changes = [i for ids in pending.values() for i in ids]
-    return FactsRead(out, fold, pending)
+        fold.folded_changes.extend(customer.pending_ids)
+    return FactsRead(out, fold)
 
 
 async def _fold_pending(
@@ -1134,6 +1114,5 @@ __all__ = [
     "metric_values",
     "plan_for",
     "read_facts",
-    "timedelta",
     "write_fold",
 ]

@@ -23,9 +23,7 @@ async def backfills_of(conn: asyncpg.Connection, versions: Sequence[int]) -> dic
 
 async def ingest_retention(conn: asyncpg.Connection) -> RetentionRows:
     """How long ingest keeps each source's rows, and the setting that says so, as ingest
-    records it (`ingest_retention`); nothing before that table exists or ingest wrote it."""
-    if await conn.fetchval("SELECT to_regclass('ingest_retention')") is None:
-        return ()
+    records it (`ingest_retention`); nothing before ingest first started."""
     rows = await conn.fetch(
         "SELECT source, retention, setting FROM ingest_retention ORDER BY source"
     )
