@@ -1,7 +1,7 @@
 """Throughput of one segmenter evaluator alone, without ingest or Kafka beside it.
 
     .venv/bin/python -m bench.bench_evaluator [--customers 5000] [--sets defaults,declared]
-        [--rounds 1]
+        [--rounds 1] [--profile DIR]
 
 Seeds customers through ingest's own SQL (tests/support/segmenter.py), then times the
 first evaluation of all of them (every segment is a change: history, outbox, Redis) and a
@@ -14,6 +14,9 @@ event metrics of DECLARED on top, built as `EventMetric` values and read by no c
 each windowed count or sum is read as far as a constant needs, as a condition comparing
 them would make it) and `full` (the same metrics declared in YAML through the loader, with
 10 audiences that read them, the dimensions and traits: FULL_SECTIONS).
+
+With `--profile DIR`, each set's steady phase runs under cProfile timed by process CPU (so
+that waiting on PostgreSQL is not counted), written to DIR/<set>-steady.prof.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import cProfile
 import functools
 import random
 import time
@@ -257,9 +261,19 @@ async def run_set(args: argparse.Namespace, name: str, env: dict[str, str], redi
                     ids = [h.customer_id for h in histories]
                     await ingest.mark_for_segmentation(conn, ids, NOW, [NOW] * len(ids))
             SPENT.clear()
+            profile = (
+                cProfile.Profile(time.process_time)
+                if args.profile and phase == "steady"
+                else None
+            )
             started, cpu = time.perf_counter(), time.process_time()
+            if profile is not None:
+                profile.enable()
             while await ev.evaluate_due():
                 pass
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(f"{args.profile}/{name}-{phase}.prof")
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
             redis_s = {k: SPENT.pop(k, 0.0) for k in ("mark_stale", "put_many")}
             db = sum(SPENT.values())
@@ -286,6 +300,7 @@ async def main() -> None:
     parser.add_argument("--customers", type=int, default=5000)
     parser.add_argument("--sets", default="defaults,declared")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--profile", metavar="DIR", help="profile each set's steady phase")
     args = parser.parse_args()
     for module, name in (
         (queue, "lease_due"),

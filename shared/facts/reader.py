@@ -67,12 +67,21 @@ class FactsPlan:
     tops: Mapping[str, Any]
     custom_traits: Mapping[str, TraitKind] = field(default_factory=dict)
     filters: Mapping[str, EventFilter] = field(init=False)
+    # Per filter, the head its windowed metrics' next-change search reads: the widest
+    # window, and as many rows as the hungriest needs before a read's pending changes.
+    heads: Mapping[str, tuple[timedelta, int | None]] = field(init=False)
+    with_head: frozenset[str] = field(init=False)  # the metrics that read one
     # Per filter, the fields its distinct counts read: asked for each customer and filter.
     _distinct: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         filters = {m.filter.key: m.filter for m in self.metrics.values()}
         object.__setattr__(self, "filters", filters)
+        with_head = frozenset(
+            name for name, m in self.metrics.items() if _needs_head(m, self.tops.get(name))
+        )
+        object.__setattr__(self, "with_head", with_head)
+        object.__setattr__(self, "heads", _head_plan(self.metrics, self.tops, with_head))
         distinct = {
             key: tuple(
                 sorted(
@@ -482,12 +491,20 @@ def _slices_wanted(
 
     heads = _heads_wanted(customers, plan)
     for cid, customer in customers.items():
+        quiet = _quiet_filters(customer, plan, now)
         for name, metric in plan.metrics.items():
             key = metric.filter.key
             if key not in customer.initialised:
                 continue  # initialised in this read: every contribution is at hand
-            extra = len(customer.changes.get(key, ()))
             uses: dict[str, int] = {}
+            if key in quiet and _is_quiet(metric, customer.state, now):
+                uses[_QUIET] = -1
+                if name in plan.with_head:
+                    width_of_all, limit = heads[(cid, key)]
+                    uses["head"] = want(_Slice(cid, key, now - width_of_all, now, limit, True))
+                wanted[(cid, name)] = uses
+                continue
+            extra = len(customer.changes.get(key, ()))
             width = metric.window
             low = _LOWEST if width is None else now - width
             if metric.kind is MetricKind.FIRST:
@@ -521,11 +538,77 @@ def _slices_wanted(
                             )
                 else:
                     uses["all"] = want(_Slice(cid, key, low, now, None, True))
-                if _needs_head(metric, plan.tops.get(name)):
+                if name in plan.with_head:
                     width_of_all, limit = heads[(cid, key)]
                     uses["head"] = want(_Slice(cid, key, now - width_of_all, now, limit, True))
             wanted[(cid, name)] = uses
     return list(slices), wanted
+
+
+_QUIET = "quiet"  # a metric whose stored value stands: no slice but the head is read
+
+
+def _quiet_filters(customer: _Customer, plan: FactsPlan, now: datetime) -> set[str]:
+    """The filters whose stored contributions and running values a read moving forward
+    cannot change: no pending change, and the newest marker proves no stored contribution
+    lies after the last read (most filters of a customer re-evaluated for one event)."""
+    as_of = customer.as_of
+    if as_of is None or now < as_of:
+        return set()
+    quiet = set()
+    for key in customer.initialised:
+        if customer.changes.get(key) or key not in plan.filters:
+            continue
+        newest = _marker(customer.state, _NEWEST + key)
+        if newest is _EMPTY or (newest is not None and newest <= as_of):
+            quiet.add(key)
+    return quiet
+
+
+def _is_quiet(metric: EventMetric, state: Mapping[str, Any], now: datetime) -> bool:
+    """Whether the metric's stored value holds at `now` for a quiet filter: it has one, and
+    no contribution leaves its window by `now`."""
+    if metric.kind in (MetricKind.FIRST, MetricKind.LAST):
+        return _VALUE + metric.key in state
+    if metric.key not in state:
+        return False
+    if metric.window is None:
+        return True
+    exit_at = _marker(state, _EXIT + metric.key)
+    return exit_at is _EMPTY or (exit_at is not None and now < exit_at)
+
+
+def _from_quiet(
+    metric: EventMetric, customer: _Customer, now: datetime, merged: Any, uses: Mapping[str, int]
+) -> tuple[Any, WindowFacts | None, Any]:
+    """A quiet metric (`_is_quiet`) from its stored value, as `_from_stored` would find it."""
+    state = customer.state
+    if metric.kind in (MetricKind.FIRST, MetricKind.LAST):
+        at = _marker(state, _VALUE + metric.key)
+        time = None if at is _EMPTY else at
+        # The newest inside left the window: so did every older one.
+        if time is not None and metric.window is not None and time <= now - metric.window:
+            time = None
+        return time, None, None
+    raw = state[metric.key]
+    if metric.kind is MetricKind.DISTINCT:
+        counts = {v: [n, datetime.fromisoformat(t)] for v, (n, t) in raw.items()}
+        return _distinct_result(metric, counts)
+    value: Any = Decimal(raw) if isinstance(_measure_zero(metric), Decimal) else int(raw)
+    window = None
+    if "head" in uses:
+        window = _head_window(metric, now, value, merged)
+    return value, window, raw
+
+
+def _head_window(metric: EventMetric, now: datetime, value: Any, merged: Any) -> WindowFacts:
+    assert metric.window is not None
+    shared, complete = merged("head")  # the filter's, for its widest window
+    low = now - metric.window
+    rows = [c for c in shared if c.at > low]
+    # Complete for this window too once the shared head reaches past its start.
+    complete = complete or len(rows) < len(shared)
+    return WindowFacts(value, tuple((c.at, c.measure(metric)) for c in rows), complete)
 
 
 def _needs_head(metric: EventMetric, top: Any) -> bool:
@@ -535,31 +618,40 @@ def _needs_head(metric: EventMetric, top: Any) -> bool:
 _NO_HEAD = frozenset({MetricKind.DISTINCT, MetricKind.FIRST, MetricKind.LAST})
 
 
+def _head_plan(
+    metrics: Mapping[str, EventMetric], tops: Mapping[str, Any], with_head: frozenset[str]
+) -> dict[str, tuple[timedelta, int | None]]:
+    """One head per filter, for all its windowed metrics: the widest window, as many rows
+    as the hungriest needs (a count passes its top with top + 1 events; a sum starts with
+    HEAD_ROWS, and reads on in the rare case that is not enough)."""
+    heads: dict[str, tuple[timedelta, int | None]] = {}
+    for name in with_head:
+        metric, top = metrics[name], tops[name]
+        assert metric.window is not None
+        limit: int | None
+        if top == math.inf:
+            limit = None
+        elif metric.kind is MetricKind.COUNT:
+            limit = max(math.floor(top), 0) + 1
+        else:
+            limit = HEAD_ROWS
+        width, most = heads.get(metric.filter.key, (metric.window, limit))
+        joined = None if most is None or limit is None else max(most, limit)
+        heads[metric.filter.key] = (max(width, metric.window), joined)
+    return heads
+
+
 def _heads_wanted(
     customers: Mapping[str, _Customer], plan: FactsPlan
 ) -> dict[tuple[str, str], tuple[timedelta, int | None]]:
-    """One head per customer and filter, for all its windowed metrics: the widest window,
-    as many rows as the hungriest needs (a count passes its top with top + 1 events; a sum
-    starts with HEAD_ROWS, and reads on in the rare case that is not enough)."""
+    """The plan's heads for each customer, deeper by the filter's pending changes (each
+    can remove one of the rows read)."""
     heads: dict[tuple[str, str], tuple[timedelta, int | None]] = {}
     for cid, customer in customers.items():
-        for name, metric in plan.metrics.items():
-            key, top = metric.filter.key, plan.tops.get(name)
-            if key not in customer.initialised or not _needs_head(metric, top):
-                continue
-            assert metric.window is not None
-            extra = len(customer.changes.get(key, ()))
-            limit: int | None
-            assert top is not None
-            if top == math.inf:
-                limit = None
-            elif metric.kind is MetricKind.COUNT:
-                limit = max(math.floor(top), 0) + 1 + extra
-            else:
-                limit = HEAD_ROWS + extra
-            width, most = heads.get((cid, key), (metric.window, limit))
-            joined = None if most is None or limit is None else max(most, limit)
-            heads[(cid, key)] = (max(width, metric.window), joined)
+        for key, (width, limit) in plan.heads.items():
+            if key in customer.initialised:
+                extra = len(customer.changes.get(key, ()))
+                heads[(cid, key)] = (width, None if limit is None else limit + extra)
     return heads
 
 
@@ -591,9 +683,11 @@ async def _fetch_slices(
 # Markers kept in customer_metrics.state beside the running values, each a bound that lets
 # a read skip a slice it can prove empty: "@n:<filter>" no stored contribution of the filter
 # is later (an upper bound), "@x:<metric>" none leaves the metric's window before (a lower
-# bound: the oldest inside's time plus the window). "" marks an empty window.
+# bound: the oldest inside's time plus the window), "@v:<metric>" a first or last time as
+# of the last read. "" marks an empty window.
 _NEWEST = "@n:"
 _EXIT = "@x:"
+_VALUE = "@v:"  # a first or last metric's value at the last read ("" for none)
 _EMPTY: Any = object()
 
 
@@ -661,11 +755,14 @@ def _values(
                         done[index] = (found, limit is None or len(rows[index]) < limit)
                     return done[index]
 
-                try:
-                    value, window, kept = _from_stored(metric, customer, now, merged, uses)
-                except _StaleError:
-                    stale.append((cid, name))
-                    continue
+                if _QUIET in uses:
+                    value, window, kept = _from_quiet(metric, customer, now, merged, uses)
+                else:
+                    try:
+                        value, window, kept = _from_stored(metric, customer, now, merged, uses)
+                    except _StaleError:
+                        stale.append((cid, name))
+                        continue
             events[name] = value
             if window is not None:
                 if metric.kind is not MetricKind.DISTINCT:
@@ -674,7 +771,13 @@ def _values(
             if kept is not None:
                 state[metric.key] = kept
                 if metric.window is not None:
-                    state[_EXIT + metric.key] = _exit_marker(metric, customer, now, merged, uses)
+                    state[_EXIT + metric.key] = (
+                        customer.state[_EXIT + metric.key]  # nothing entered or left
+                        if _QUIET in uses
+                        else _exit_marker(metric, customer, now, merged, uses)
+                    )
+            elif metric.kind in (MetricKind.FIRST, MetricKind.LAST):
+                state[_VALUE + metric.key] = _iso(value)
         for key in {m.filter.key for m in plan.metrics.values()}:
             marker = _newest_marker(customer, key)
             if marker is not None:
@@ -825,15 +928,7 @@ def _from_stored(
         (c.measure(metric) for c in exits), zero
     )
     value = value + moved if forward else value - moved
-    window = None
-    if "head" in uses:
-        assert width is not None
-        shared, complete = merged("head")  # the filter's, for its widest window
-        low = now - width
-        rows = [c for c in shared if c.at > low]
-        # Complete for this window too once the shared head reaches past its start.
-        complete = complete or len(rows) < len(shared)
-        window = WindowFacts(value, tuple((c.at, c.measure(metric)) for c in rows), complete)
+    window = _head_window(metric, now, value, merged) if "head" in uses else None
     return value, window, str(value)
 
 
