@@ -278,6 +278,7 @@ class _Customer:
     )
     # filter key -> every contribution, for filters initialised in this read
     fresh: dict[str, dict[str, Contribution]] = field(default_factory=dict)
+    marks: dict[str, Any] = field(default_factory=dict)  # parsed markers of `state`
 
 
 class _Slice(NamedTuple):
@@ -352,10 +353,10 @@ async def _read(
     await _initialise(conn, customers, filters, plan, now)
     out: dict[str, CustomerFacts] = {}
     fold = Fold()
-    slices, wanted = _slices_wanted(customers, plan, now)
+    slices, wanted, heads = _slices_wanted(customers, plan, now)
     rows = await _fetch_slices(conn, slices)
     stale: list[tuple[str, str]] = []
-    values = _values(customers, plan, now, slices, wanted, rows, stale)
+    values = _values(customers, plan, now, slices, wanted, rows, stale, heads)
     if stale:
         await _recount(conn, customers, plan, now, values, stale)
     # Heads that ran out before passing their top: read further, rarely more than once.
@@ -476,11 +477,19 @@ async def _initialise(
             customer.fresh[key] = found
 
 
+class _Heads(NamedTuple):
+    """Which slice is each (customer, filter)'s head, and the heads already known from the
+    state (by slice), which are not fetched."""
+
+    slot: dict[tuple[str, str], int]
+    known: dict[int, tuple[list[Contribution], bool]]
+
+
 def _slices_wanted(
     customers: Mapping[str, _Customer], plan: FactsPlan, now: datetime
-) -> tuple[list[_Slice], dict[tuple[str, str], dict[str, int]]]:
-    """The slices of stored contributions each customer's metrics need, and for each
-    (customer, metric) which slice serves which purpose."""
+) -> tuple[list[_Slice], dict[tuple[str, str], dict[str, int]], _Heads]:
+    """The slices of stored contributions each customer's metrics need, for each
+    (customer, metric) which slice serves which purpose, and the heads."""
     slices: dict[_Slice, int] = {}
     wanted: dict[tuple[str, str], dict[str, int]] = {}
 
@@ -489,19 +498,32 @@ def _slices_wanted(
             slices[s] = len(slices)
         return slices[s]
 
-    heads = _heads_wanted(customers, plan)
+    heads = _Heads({}, {})
+    wanted_heads = _heads_wanted(customers, plan)
     for cid, customer in customers.items():
         quiet = _quiet_filters(customer, plan, now)
+        for key in plan.heads:
+            if (cid, key) not in wanted_heads:
+                continue
+            head_width, head_limit = wanted_heads[(cid, key)]
+            known = (
+                _stored_head(customer.state, key, head_width, head_limit, now)
+                if key in quiet
+                else None
+            )
+            head = _Slice(cid, key, now - head_width, now, head_limit, True, known is None)
+            heads.slot[(cid, key)] = want(head)
+            if known is not None:
+                heads.known[heads.slot[(cid, key)]] = known
         for name, metric in plan.metrics.items():
             key = metric.filter.key
             if key not in customer.initialised:
                 continue  # initialised in this read: every contribution is at hand
             uses: dict[str, int] = {}
-            if key in quiet and _is_quiet(metric, customer.state, now):
+            if key in quiet and _is_quiet(metric, customer, now):
                 uses[_QUIET] = -1
                 if name in plan.with_head:
-                    width_of_all, limit = heads[(cid, key)]
-                    uses["head"] = want(_Slice(cid, key, now - width_of_all, now, limit, True))
+                    uses["head"] = heads.slot[(cid, key)]
                 wanted[(cid, name)] = uses
                 continue
             extra = len(customer.changes.get(key, ()))
@@ -517,7 +539,7 @@ def _slices_wanted(
                 if has_state and as_of is not None:
                     forward = now >= as_of
                     # Stored contributions after as_of: only if one was dated ahead of it.
-                    newest = _marker(customer.state, _NEWEST + key)
+                    newest = _mark(customer, _NEWEST + key)
                     fetch = not forward or (
                         newest is not _EMPTY and (newest is None or newest > as_of)
                     )
@@ -525,7 +547,7 @@ def _slices_wanted(
                     uses["entries"] = want(_Slice(cid, key, lo, hi, None, True, fetch))
                     if width is not None:
                         # Exits: only once the oldest event inside the window leaves it.
-                        exit_at = _marker(customer.state, _EXIT + metric.key)
+                        exit_at = _mark(customer, _EXIT + metric.key)
                         due = not forward or (
                             exit_at is not _EMPTY and (exit_at is None or now >= exit_at)
                         )
@@ -539,10 +561,66 @@ def _slices_wanted(
                 else:
                     uses["all"] = want(_Slice(cid, key, low, now, None, True))
                 if name in plan.with_head:
-                    width_of_all, limit = heads[(cid, key)]
-                    uses["head"] = want(_Slice(cid, key, now - width_of_all, now, limit, True))
+                    uses["head"] = heads.slot[(cid, key)]
             wanted[(cid, name)] = uses
-    return list(slices), wanted
+    return list(slices), wanted, heads
+
+
+def _stored_head(
+    state: Mapping[str, Any], key: str, width: timedelta, limit: int | None, now: datetime
+) -> tuple[list[Contribution], bool] | None:
+    """A quiet filter's head from the one kept at the last read (None: read it): still the
+    newest contributions, less those that left the window since; if any did, so did every
+    older one, and the head holds all that are inside."""
+    raw = state.get(_HEAD + key)
+    if raw is None:
+        return None
+    span, rows, complete = raw
+    if span != width // _MICROSECOND or not (
+        complete or (limit is not None and len(rows) >= limit)
+    ):
+        return None
+    low = now - width
+    kept = [
+        Contribution(at, Decimal(amount), quantity, {})
+        for at, amount, quantity in ((datetime.fromisoformat(a), m, q) for a, m, q in rows)
+        if at > low
+    ]
+    return kept, complete or len(kept) < len(rows)
+
+
+def _head_to_keep(
+    customer: _Customer,
+    key: str,
+    width: timedelta,
+    limit: int | None,
+    now: datetime,
+    merged: tuple[list[Contribution], bool] | None,
+) -> list[Any] | None:
+    """The filter's head as the next read can take it from the state: the newest
+    contributions inside the window, all of them or a run of the newest with none missing
+    between (None: keep none; the next read fetches it)."""
+    if key in customer.fresh:
+        low = now - width
+        inside = sorted(
+            (c for c in customer.fresh[key].values() if low < c.at <= now),
+            key=lambda c: c.at,
+            reverse=True,
+        )
+        rows, complete = (inside, True) if limit is None else (inside[:limit], len(inside) <= limit)
+    elif merged is not None and (merged[1] or not customer.changes.get(key)):
+        # With pending changes folded in, a partial head may miss rows between its own:
+        # only a complete one is kept then.
+        rows, complete = merged
+    else:
+        return None
+    if len(rows) > HEAD_KEPT:
+        return None
+    return [
+        width // _MICROSECOND,
+        [[c.at.isoformat(), str(c.amount), c.quantity] for c in rows],
+        complete,
+    ]
 
 
 _QUIET = "quiet"  # a metric whose stored value stands: no slice but the head is read
@@ -559,22 +637,23 @@ def _quiet_filters(customer: _Customer, plan: FactsPlan, now: datetime) -> set[s
     for key in customer.initialised:
         if customer.changes.get(key) or key not in plan.filters:
             continue
-        newest = _marker(customer.state, _NEWEST + key)
+        newest = _mark(customer, _NEWEST + key)
         if newest is _EMPTY or (newest is not None and newest <= as_of):
             quiet.add(key)
     return quiet
 
 
-def _is_quiet(metric: EventMetric, state: Mapping[str, Any], now: datetime) -> bool:
+def _is_quiet(metric: EventMetric, customer: _Customer, now: datetime) -> bool:
     """Whether the metric's stored value holds at `now` for a quiet filter: it has one, and
     no contribution leaves its window by `now`."""
+    state = customer.state
     if metric.kind in (MetricKind.FIRST, MetricKind.LAST):
         return _VALUE + metric.key in state
     if metric.key not in state:
         return False
     if metric.window is None:
         return True
-    exit_at = _marker(state, _EXIT + metric.key)
+    exit_at = _mark(customer, _EXIT + metric.key)
     return exit_at is _EMPTY or (exit_at is not None and now < exit_at)
 
 
@@ -584,7 +663,7 @@ def _from_quiet(
     """A quiet metric (`_is_quiet`) from its stored value, as `_from_stored` would find it."""
     state = customer.state
     if metric.kind in (MetricKind.FIRST, MetricKind.LAST):
-        at = _marker(state, _VALUE + metric.key)
+        at = _mark(customer, _VALUE + metric.key)
         time = None if at is _EMPTY else at
         # The newest inside left the window: so did every older one.
         if time is not None and metric.window is not None and time <= now - metric.window:
@@ -684,19 +763,27 @@ async def _fetch_slices(
 # a read skip a slice it can prove empty: "@n:<filter>" no stored contribution of the filter
 # is later (an upper bound), "@x:<metric>" none leaves the metric's window before (a lower
 # bound: the oldest inside's time plus the window), "@v:<metric>" a first or last time as
-# of the last read. "" marks an empty window.
+# of the last read, "@h:<filter>" the filter's head (newest contributions inside its widest
+# window). "" marks an empty window.
 _NEWEST = "@n:"
 _EXIT = "@x:"
 _VALUE = "@v:"  # a first or last metric's value at the last read ("" for none)
+_HEAD = "@h:"  # a filter's head at the last read: [window µs, [[at, amount, qty]...], complete]
+HEAD_KEPT = 32  # the most rows of a head kept in the state; a deeper one is read each time
+_MICROSECOND = timedelta(microseconds=1)
 _EMPTY: Any = object()
 
 
-def _marker(state: Mapping[str, Any], key: str) -> Any:
-    """A marker as a datetime, _EMPTY, or None when unknown (read the slice)."""
-    raw = state.get(key)
-    if raw is None:
-        return None
-    return _EMPTY if raw == "" else datetime.fromisoformat(raw)
+def _mark(customer: _Customer, key: str) -> Any:
+    """A marker of the customer's stored state as a datetime, _EMPTY, or None when unknown
+    (read the slice); each parsed once a read."""
+    marks = customer.marks
+    if key in marks:
+        return marks[key]
+    raw = customer.state.get(key)
+    mark = None if raw is None else _EMPTY if raw == "" else datetime.fromisoformat(raw)
+    marks[key] = mark
+    return mark
 
 
 def _merged(
@@ -723,11 +810,12 @@ def _values(
     wanted: Mapping[tuple[str, str], Mapping[str, int]],
     rows: Sequence[Sequence[tuple[str, Contribution]]],
     stale: list[tuple[str, str]],
+    heads: _Heads,
 ) -> _Values:
     out: _Values = {}
     # Metrics of one filter share slices (the entries since the last read, above all):
     # each is merged once.
-    done: dict[int, tuple[list[Contribution], bool]] = {}
+    done: dict[int, tuple[list[Contribution], bool]] = dict(heads.known)
     for cid, customer in customers.items():
         events: dict[str, Any] = {}
         windows: dict[str, WindowFacts] = {}
@@ -778,10 +866,16 @@ def _values(
                     )
             elif metric.kind in (MetricKind.FIRST, MetricKind.LAST):
                 state[_VALUE + metric.key] = _iso(value)
-        for key in {m.filter.key for m in plan.metrics.values()}:
+        for key in plan.filters:
             marker = _newest_marker(customer, key)
             if marker is not None:
                 state[_NEWEST + key] = marker
+        for key, (width, limit) in plan.heads.items():
+            slot = heads.slot.get((cid, key))
+            merged_head = None if slot is None else done.get(slot)
+            kept = _head_to_keep(customer, key, width, limit, now, merged_head)
+            if kept is not None:
+                state[_HEAD + key] = kept
         out[cid] = (events, windows, state)
     return out
 
@@ -795,7 +889,9 @@ def _newest_marker(customer: _Customer, key: str) -> str | None:
     written (None: unknown)."""
     if key in customer.fresh:
         return _iso(max((c.at for c in customer.fresh[key].values()), default=None))
-    old = _marker(customer.state, _NEWEST + key)
+    if not customer.changes.get(key):
+        return customer.state.get(_NEWEST + key)  # unchanged
+    old = _mark(customer, _NEWEST + key)
     if old is None:
         return None
     added = [new.at for _, new in customer.changes.get(key, {}).values() if new is not None]
@@ -823,7 +919,7 @@ def _exit_marker(
     if "oldest" not in uses:
         # No exit was due: the oldest inside is still inside, unless a pending change or a
         # stored event dated ahead moved in before it.
-        old = _marker(customer.state, _EXIT + metric.key)
+        old = _mark(customer, _EXIT + metric.key)
         if old is None:
             old = now  # unknown: read the exits next time
         candidates = [] if old is _EMPTY else [old]

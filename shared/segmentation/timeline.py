@@ -58,7 +58,7 @@ class _Window:
 class Timeline:
     """`facts`' metrics at any instant from `facts.as_of` on, with `window_exits`."""
 
-    __slots__ = ("_windows", "custom_traits", "event_metrics", "facts", "zone")
+    __slots__ = ("_fixed", "_times", "_windows", "custom_traits", "event_metrics", "facts", "zone")
 
     def __init__(
         self,
@@ -77,29 +77,36 @@ class Timeline:
             metric = self.event_metrics.get(name) or BUILT_IN_EVENT_METRICS.get(name)
             if metric is not None and metric.window is not None:
                 self._windows[name] = _Window(window, metric.window)
+        # The search asks for every metric at several instants: what does not move with
+        # time is sorted out once.
+        self._fixed: dict[str, MetricValue] = {}
+        self._times: list[tuple[str, datetime, timedelta | None]] = []
+        for name, value in facts.events.items():
+            if name in self._windows:
+                continue
+            metric = self.event_metrics.get(name) or BUILT_IN_EVENT_METRICS.get(name)
+            if metric is not None and metric.kind in (MetricKind.FIRST, MetricKind.LAST):
+                if value is None:
+                    self._fixed[name] = None
+                else:
+                    width = None if metric.kind is MetricKind.FIRST else metric.window
+                    self._times.append((name, value, width))
+            else:
+                self._fixed[name] = value
+        for name in self.custom_traits:
+            self._fixed[name] = None
 
     def metrics(self, now: datetime) -> dict[str, MetricValue]:
         """Every fact-derived metric at `now`."""
         facts = self.facts
         env = lifetime_metrics(facts, now)
         at_facts_time = facts.as_of is None or now == facts.as_of
-        for name, value in facts.events.items():
-            window = self._windows.get(name)
-            if window is not None:
-                env[name] = window.value if at_facts_time else window.at(now)
-                continue
-            metric = self.event_metrics.get(name) or BUILT_IN_EVENT_METRICS.get(name)
-            if metric is not None and metric.kind in (MetricKind.FIRST, MetricKind.LAST):
-                inside = value is not None and (
-                    metric.window is None
-                    or metric.kind is MetricKind.FIRST
-                    or value > now - metric.window
-                )
-                env[name] = days_between(value, now) if inside else None
-            else:
-                env[name] = value
-        for name in self.custom_traits:
-            env[name] = None
+        for name, window in self._windows.items():
+            env[name] = window.value if at_facts_time else window.at(now)
+        for name, at, width in self._times:
+            inside = width is None or at > now - width
+            env[name] = days_between(at, now) if inside else None
+        env.update(self._fixed)
         env.update(trait_metrics(facts.traits, now, self.zone))
         return env
 
