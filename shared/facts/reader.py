@@ -279,6 +279,7 @@ class _Customer:
     # filter key -> every contribution, for filters initialised in this read
     fresh: dict[str, dict[str, Contribution]] = field(default_factory=dict)
     marks: dict[str, Any] = field(default_factory=dict)  # parsed markers of `state`
+    unchanged_heads: dict[str, Any] = field(default_factory=dict)  # as stored, still true
 
 
 class _Slice(NamedTuple):
@@ -399,6 +400,8 @@ async def _fold_pending(
             ):
                 olds[(r["customer_id"], r["filter_key"], r["ref"])] = _contribution(r)
     for cid, customer in customers.items():
+        if not customer.pending_orders and not customer.pending_interactions:
+            continue  # nothing to fold: no filter has changes
         for key in customer.initialised:
             event_filter = filters.get(key)
             if event_filter is None:
@@ -507,9 +510,7 @@ def _slices_wanted(
                 continue
             head_width, head_limit = wanted_heads[(cid, key)]
             known = (
-                _stored_head(customer.state, key, head_width, head_limit, now)
-                if key in quiet
-                else None
+                _stored_head(customer, key, head_width, head_limit, now) if key in quiet else None
             )
             head = _Slice(cid, key, now - head_width, now, head_limit, True, known is None)
             heads.slot[(cid, key)] = want(head)
@@ -567,12 +568,12 @@ def _slices_wanted(
 
 
 def _stored_head(
-    state: Mapping[str, Any], key: str, width: timedelta, limit: int | None, now: datetime
+    customer: _Customer, key: str, width: timedelta, limit: int | None, now: datetime
 ) -> tuple[list[Contribution], bool] | None:
     """A quiet filter's head from the one kept at the last read (None: read it): still the
     newest contributions, less those that left the window since; if any did, so did every
     older one, and the head holds all that are inside."""
-    raw = state.get(_HEAD + key)
+    raw = customer.state.get(_HEAD + key)
     if raw is None:
         return None
     span, rows, complete = raw
@@ -586,6 +587,8 @@ def _stored_head(
         for at, amount, quantity in ((datetime.fromisoformat(a), m, q) for a, m, q in rows)
         if at > low
     ]
+    if len(kept) == len(rows):
+        customer.unchanged_heads[key] = raw
     return kept, complete or len(kept) < len(rows)
 
 
@@ -600,6 +603,8 @@ def _head_to_keep(
     """The filter's head as the next read can take it from the state: the newest
     contributions inside the window, all of them or a run of the newest with none missing
     between (None: keep none; the next read fetches it)."""
+    if key in customer.unchanged_heads:
+        return customer.unchanged_heads[key]  # type: ignore[no-any-return]
     if key in customer.fresh:
         low = now - width
         inside = sorted(
