@@ -262,9 +262,7 @@ async def run_set(args: argparse.Namespace, name: str, env: dict[str, str], redi
                     await ingest.mark_for_segmentation(conn, ids, NOW, [NOW] * len(ids))
             SPENT.clear()
             profile = (
-                cProfile.Profile(time.process_time)
-                if args.profile and phase == "steady"
-                else None
+                cProfile.Profile(time.process_time) if args.profile and phase == "steady" else None
             )
             started, cpu = time.perf_counter(), time.process_time()
             if profile is not None:

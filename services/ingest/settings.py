@@ -39,7 +39,7 @@ class IngestSettings(BaseSettings):
     # dozen round trips for one event: the broker waits up to `fetch_max_wait_ms` for
     # `fetch_min_bytes` instead. At high rates the bytes are there at once.
     fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
-    fetch_max_wait_ms: int = Field(default=100, ge=0, le=10_000)
+    fetch_max_wait_ms: int = Field(default=250, ge=0, le=10_000)
     # How long event ids are remembered, so that a duplicate is never applied twice: at
     # least as long as the longest retention.ms of the input topics, read at start. Only
     # needed when a topic keeps records forever (retention.ms -1), where ingest refuses to

@@ -53,6 +53,7 @@ log = structlog.get_logger("ingest")
 # Between tries of a batch or a claim; the first retries come quickly, since most errors
 # are a moment's (a dropped connection), and PostgreSQL's crash recovery takes seconds.
 RETRY_BACKOFF = Backoff(initial_seconds=0.05, maximum_seconds=5.0)
+REPORT_INTERVAL_SECONDS = 1.0  # the least time between two copies of offsets to Kafka
 
 
 class ClaimFailedError(RuntimeError):
@@ -388,6 +389,10 @@ class IngestWorker:
             offsets, self._unreported = self._unreported, {}
             with contextlib.suppress(Exception):
                 await self._consumer.commit(offsets)
+            # At most one request a second: at a low rate each batch would otherwise pay
+            # one, and the copy only needs to be fresh enough for lag dashboards.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), REPORT_INTERVAL_SECONDS)
 
     async def _commit(self, prepared: PreparedBatch) -> int:
         """Apply one batch; returns how many events were new. The order is the guarantee:

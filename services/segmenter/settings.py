@@ -27,7 +27,9 @@ class SegmenterSettings(BaseSettings):
     # Evaluation loops per process, each with its own connection: while one waits for
     # PostgreSQL, another evaluates. Leases keep their customers apart.
     evaluators: int = Field(default=3, ge=1, le=16)
-    idle_poll_seconds: float = Field(default=0.1, gt=0, le=5)
+    # While less than a full batch is due, the process leases once per this interval
+    # (services/segmenter/pacing.py): batches gather at low rates, and an idle one is cheap.
+    idle_poll_seconds: float = Field(default=0.2, gt=0, le=5)
     population_interval_seconds: float = Field(default=300.0, gt=0)
     stats_refresh_seconds: float = Field(default=2.0, gt=0)
     publish_batch_size: int = Field(default=1000, ge=1)

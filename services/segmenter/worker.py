@@ -12,7 +12,6 @@ none older than what commits can be served once it has.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 import uuid
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any, cast
 
-__all__ = ["Evaluator", "Ruleset", "Writes", "evaluate_loop"]
+__all__ = ["Evaluator", "LeasePacer", "Ruleset", "Writes", "evaluate_loop"]
 
 import msgspec
 import structlog
@@ -30,6 +29,7 @@ from services.segmenter import definitions, queue
 from services.segmenter import repository as repo
 from services.segmenter.cache import CacheWriter
 from services.segmenter.metrics import SegmenterMetrics
+from services.segmenter.pacing import LeasePacer
 from services.segmenter.ruleset import Ruleset
 from shared.clock import Clock, is_running
 from shared.db.engine import pg_connection
@@ -49,7 +49,6 @@ log = structlog.get_logger("segmenter")
 
 _event_encoder = msgspec.json.Encoder()
 YIELD_EVERY_CUSTOMERS = 16
-SMALL_BATCH = 16  # customers; a loop that leased fewer waits a poll before leasing again
 EVALUATE_BACKOFF = Backoff(0.1, 5.0)
 CAUSE_NOTE = {
     "population": "cut-offs recomputed from the population; ",
@@ -450,11 +449,12 @@ def _scores_json(scores: Any) -> str:
 async def evaluate_loop(
     evaluator: Evaluator,
     stopping: asyncio.Event,
-    idle_seconds: float,
+    pacer: LeasePacer,
     backoff: Backoff = EVALUATE_BACKOFF,
 ) -> None:
-    """Evaluate until stopped, on a connection of its own, sleeping `idle_seconds` only when
-    nothing was due. After a retriable error (PostgreSQL restarting, recovering, a deadlock)
+    """Evaluate until stopped, on a connection of its own, leasing when `pacer` says (at
+    once through a backlog, else in turns: services/segmenter/pacing.py). After a retriable
+    error (PostgreSQL restarting, recovering, a deadlock)
     it drops the connection, backs off and goes on with a new one: the failed batch rolled
     back, and its leases went with the connection or were released, so nothing committed is
     lost and its customers are still queued. Any other error ends the loop, and the process."""
@@ -463,15 +463,12 @@ async def evaluate_loop(
         try:
             async with pg_connection(evaluator.engine) as conn:
                 while not stopping.is_set():
-                    claimed = await evaluator.evaluate_due(conn)
+                    async with pacer.turn(stopping) as go:
+                        if not go:
+                            break
+                        claimed = await evaluator.evaluate_due(conn)
+                    pacer.leased(claimed)
                     retry.succeeded()
-                    # After a small batch too: at a low rate, leasing again at once would
-                    # evaluate each customer in a batch of its own, a dozen round trips
-                    # apiece; waiting one poll lets the next batch gather. A full batch
-                    # (a backlog) goes on at once.
-                    if claimed < SMALL_BATCH:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stopping.wait(), timeout=idle_seconds)
         except Exception as exc:
             if not is_retriable(exc):
                 raise

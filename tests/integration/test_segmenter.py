@@ -24,7 +24,7 @@ from services.segmenter import population
 from services.segmenter import repository as repo
 from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
-from services.segmenter.worker import Evaluator, evaluate_loop
+from services.segmenter.worker import Evaluator, LeasePacer, evaluate_loop
 from shared.clock import FixedClock
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
@@ -133,7 +133,7 @@ async def test_customer_becomes_at_risk_on_time_without_an_event(
     clock = FixedClock(NOW)
     ev = evaluator(engine, cache, clock, await ruleset(engine))
     stopping = asyncio.Event()
-    loop = asyncio.create_task(evaluate_loop(ev, stopping, idle_seconds=0.1))
+    loop = asyncio.create_task(evaluate_loop(ev, stopping, LeasePacer(0.1, 500)))
     try:
 
         async def lifecycle_is(segment: str) -> bool:
