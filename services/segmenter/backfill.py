@@ -12,6 +12,7 @@ the outbox in the same transaction.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,7 @@ from shared.events.definitions_activated import (
 from shared.retry import Backoff, Retry, repeat_until_stopped
 
 log = structlog.get_logger("segmenter.backfill")
+IDLE_RECHECK = 5.0  # seconds between two looks for a backfill under an unchanged version
 
 
 class BackfillFeeder:
@@ -58,14 +60,25 @@ class BackfillFeeder:
         self.chunk = max(1, round(rate_per_second * interval_seconds))
         self._live_lag_seconds = live_lag_seconds
         self._on_published = on_published
+        # The version under which no backfill was running, and when that was seen.
+        self._idle: tuple[int | None, float] | None = None
 
     async def step(self) -> str:
         """One feeding step; returns what it did (for logs and tests)."""
+        if self._idle is not None:
+            # A backfill starts with the activation of a new version, which this process
+            # follows: until it switches, a step would find none, at four round trips.
+            # (Looked at again now and then all the same.)
+            version, since = self._idle
+            if version == self._ruleset.version and time.monotonic() - since < IDLE_RECHECK:
+                return "idle"
+            self._idle = None
         async with pg_connection(self._engine) as conn, conn.transaction():
             if not await repo.try_lock(conn, "backfill"):
                 return "locked"
             backfill = await store.running_backfill(conn)
             if backfill is None:
+                self._idle = (self._ruleset.version, time.monotonic())
                 return "idle"
             if backfill.version != self._ruleset.version or self._ruleset.is_awaiting_population:
                 # This process has not switched yet, or has no stats to evaluate with.
