@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 
 from services.segmenter.queue import Due
+from shared.db.literals import int_array, text_array, timestamp_array
 from shared.facts import FactsPlan, read_facts
 from shared.segmentation import Assignment, CustomerFacts
 
@@ -180,13 +181,14 @@ async def save_state(
             SELECT version FROM definitions_in_force FOR SHARE
         ), gone AS (
             DELETE FROM customer_segments s
-            USING unnest($17::text[], $18::text[]) AS r(customer_id, dimension)
+            USING unnest($17::text::text[], $18::text::text[]) AS r(customer_id, dimension)
             WHERE s.customer_id = r.customer_id AND s.dimension = r.dimension
         ), segments AS (
             INSERT INTO customer_segments AS s (customer_id, dimension, segment, since, reason,
                                                 definition_version, evaluated_at)
-            SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::timestamptz[],
-                                 $12::text[], $13::int[], $14::timestamptz[])
+            SELECT * FROM unnest($8::text::text[], $9::text::text[], $10::text::text[],
+                                 $11::text::timestamptz[], $12::text::text[], $13::text::int[],
+                                 $14::text::timestamptz[])
             ON CONFLICT (customer_id, dimension) DO UPDATE SET
                 segment = EXCLUDED.segment, since = EXCLUDED.since, reason = EXCLUDED.reason,
                 definition_version = EXCLUDED.definition_version,
@@ -196,8 +198,9 @@ async def save_state(
                                                    definition_version, evaluated_at,
                                                    next_change_at, incarnation, scores)
             SELECT c, v, q, d, t, n, i, s::jsonb
-            FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[], $5::timestamptz[],
-                        $6::timestamptz[], $7::uuid[], $16::text[]) AS u(c, v, q, d, t, n, i, s)
+            FROM unnest($1::text::text[], $2::text::bigint[], $3::text::bigint[],
+                        $4::text::int[], $5::text::timestamptz[], $6::text::timestamptz[],
+                        $7::text::uuid[], $16::text::text[]) AS u(c, v, q, d, t, n, i, s)
             ON CONFLICT (customer_id) DO UPDATE SET
                 version = EXCLUDED.version,
                 change_sequence = EXCLUDED.change_sequence,
@@ -213,11 +216,24 @@ async def save_state(
                 ORDER BY id DESC LIMIT 1) AS population_id,
                (SELECT version FROM fence) AS in_force
         """,
-        *_columns([e[:7] for e in evaluations], 7),
-        *_columns(segments, 7),
+        text_array([e[0] for e in evaluations]),
+        int_array([e[1] for e in evaluations]),
+        int_array([e[2] for e in evaluations]),
+        int_array([e[3] for e in evaluations]),
+        timestamp_array([e[4] for e in evaluations]),
+        timestamp_array([e[5] for e in evaluations]),
+        text_array([e[6] for e in evaluations]),
+        text_array([s[0] for s in segments]),
+        text_array([s[1] for s in segments]),
+        text_array([s[2] for s in segments]),
+        timestamp_array([s[3] for s in segments]),
+        text_array([s[4] for s in segments]),
+        int_array([s[5] for s in segments]),
+        timestamp_array([s[6] for s in segments]),
         definition_version,
-        [e[7] for e in evaluations],
-        *_columns(removed, 2),
+        text_array([e[7] for e in evaluations]),
+        text_array([r[0] for r in removed]),
+        text_array([r[1] for r in removed]),
     )
     return Saved(int(row["written"]), row["population_id"], row["in_force"])
 

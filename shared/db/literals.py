@@ -10,6 +10,7 @@ only ships them (`unnest($1::text::bigint[])` in SQL).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 
 
@@ -24,6 +25,11 @@ def int_array(values: Iterable[int]) -> str:
 
 def decimal_array(values: Iterable[Decimal | None]) -> str:
     return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+
+
+def timestamp_array(values: Iterable[datetime | None]) -> str:
+    """Aware datetimes as ISO 8601 text, which `::timestamptz[]` reads back exactly."""
+    return text_array(None if v is None else v.isoformat() for v in values)
 
 
 def _quoted(value: str | None) -> str:

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import orjson
 
-from shared.db.literals import text_array
+from shared.db.literals import decimal_array, int_array, text_array, timestamp_array
 from shared.events import INTERACTION_EVENT_TYPES
 from shared.segmentation.events import (
     BUILT_IN_EVENT_METRICS,
@@ -1237,11 +1237,12 @@ async def write_fold(conn: asyncpg.Connection, fold: Fold) -> None:
         await conn.execute(
             """
             DELETE FROM metric_contributions c
-            USING unnest($1::text[], $2::text[], $3::text[]) AS u(customer_id, filter_key, ref)
+            USING unnest($1::text::text[], $2::text::text[], $3::text::text[])
+                  AS u(customer_id, filter_key, ref)
             WHERE c.customer_id = u.customer_id AND c.filter_key = u.filter_key
               AND c.ref = u.ref
             """,
-            *_columns(fold.deletes, 3),
+            *(text_array(column) for column in _columns(fold.deletes, 3)),
         )
     if fold.upserts:
         await conn.execute(
@@ -1249,13 +1250,20 @@ async def write_fold(conn: asyncpg.Connection, fold: Fold) -> None:
             INSERT INTO metric_contributions AS c
                 (customer_id, filter_key, ref, at, amount, quantity, vals)
             SELECT u.c, u.f, u.r, u.a, u.m, u.q, u.v::jsonb
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::numeric[],
-                        $6::bigint[], $7::text[]) AS u(c, f, r, a, m, q, v)
+            FROM unnest($1::text::text[], $2::text::text[], $3::text::text[],
+                        $4::text::timestamptz[], $5::text::numeric[], $6::text::bigint[],
+                        $7::text::text[]) AS u(c, f, r, a, m, q, v)
             ON CONFLICT (customer_id, filter_key, ref) DO UPDATE SET
                 at = EXCLUDED.at, amount = EXCLUDED.amount, quantity = EXCLUDED.quantity,
                 vals = EXCLUDED.vals
             """,
-            *_columns(fold.upserts, 7),
+            text_array(u[0] for u in fold.upserts),
+            text_array(u[1] for u in fold.upserts),
+            text_array(u[2] for u in fold.upserts),
+            timestamp_array(u[3] for u in fold.upserts),
+            decimal_array(u[4] for u in fold.upserts),
+            int_array(u[5] for u in fold.upserts),
+            text_array(u[6] for u in fold.upserts),
         )
     if fold.states:
         await conn.execute(
@@ -1263,21 +1271,22 @@ async def write_fold(conn: asyncpg.Connection, fold: Fold) -> None:
             INSERT INTO customer_metrics AS m (customer_id, as_of, filters, state, since)
             SELECT u.c, u.a, ARRAY(SELECT jsonb_array_elements_text(u.f::jsonb)),
                    u.s::jsonb, u.n::jsonb
-            FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[])
-                 AS u(c, a, f, s, n)
+            FROM unnest($1::text::text[], $2::text::timestamptz[], $3::text::text[],
+                        $4::text::text[], $5::text::text[]) AS u(c, a, f, s, n)
             ON CONFLICT (customer_id) DO UPDATE SET
                 as_of = EXCLUDED.as_of, filters = EXCLUDED.filters, state = EXCLUDED.state,
                 since = EXCLUDED.since
             """,
-            [s[0] for s in fold.states],
-            [s[1] for s in fold.states],
-            [orjson.dumps(s[2]).decode() for s in fold.states],
-            [s[3] for s in fold.states],
-            [s[4] for s in fold.states],
+            text_array(s[0] for s in fold.states),
+            timestamp_array(s[1] for s in fold.states),
+            text_array(orjson.dumps(s[2]).decode() for s in fold.states),
+            text_array(s[3] for s in fold.states),
+            text_array(s[4] for s in fold.states),
         )
     if fold.folded_changes:
         await conn.execute(
-            "DELETE FROM fact_changes WHERE id = ANY($1::bigint[])", fold.folded_changes
+            "DELETE FROM fact_changes WHERE id = ANY($1::text::bigint[])",
+            int_array(fold.folded_changes),
         )
 
 

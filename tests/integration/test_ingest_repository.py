@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import repository as repo
 from shared.db.engine import pg_connection
+from shared.db.literals import text_array, timestamp_array
 from tests.support.ingest import CustomerAggregates, fetch_aggregates
 
 pytestmark = pytest.mark.integration
@@ -184,3 +185,22 @@ async def test_ids_with_quotes_braces_and_backslashes_arrive_as_sent(conn: Any) 
     )
     queued = await conn.fetch("SELECT customer_id FROM segmentation_queue")
     assert sorted(r["customer_id"] for r in queued) == sorted(odd)
+
+
+async def test_timestamp_and_text_literals_read_back_exactly(conn: Any) -> None:
+    """The evaluator's and the read model's statements send times, reasons and JSON as
+    array literals: offsets, microseconds, NULLs and JSON's quotes survive the parser."""
+    times = [
+        datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=UTC),
+        datetime(2026, 3, 1, 13, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        None,
+    ]
+    texts = ['{"a": "b\\"c"}', "reason: x < 3, y = 'z'", "", None]
+    row = await conn.fetchrow(
+        "SELECT $1::text::timestamptz[] AS t, $2::text::text[] AS s",
+        timestamp_array(times),
+        text_array(texts),
+    )
+    assert list(row["t"]) == times
+    assert list(row["s"]) == texts
