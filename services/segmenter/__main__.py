@@ -88,13 +88,17 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             # Each evaluation loop keeps a connection; the other loops share the rest.
             pool_size=settings.evaluators + 4,
             application_name="segmenter",
+            tls=conn.postgres_tls(),
         )
         stack.push_async_callback(engine.dispose)
         await require_current(engine, conn.database_schema)
-        redis = make_redis(conn.redis_url)
+        redis = make_redis(conn.redis_url, tls=conn.redis_tls())
         stack.push_async_callback(redis.aclose)
+        security = conn.kafka_security()
         await ensure_topics(
-            conn.kafka_bootstrap, [TopicSpec(settings.changes_topic, settings.topic_partitions)]
+            conn.kafka_bootstrap,
+            [TopicSpec(settings.changes_topic, settings.topic_partitions)],
+            security=security,
         )
         if isinstance(clock, EventTimeClock):
             # Before anything is queued or evaluated at the clock's placeholder start.
@@ -111,6 +115,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             conn.kafka_bootstrap,
             settings.changes_topic,
             metrics,
+            security=security,
             batch_size=settings.publish_batch_size,
         )
         cache = SegmentCache(redis, conn.redis_key_prefix)
@@ -168,7 +173,9 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
         async def readiness() -> dict[str, object]:
             parts = list(
                 await asyncio.gather(
-                    check_postgres(engine), check_redis(redis), check_kafka(conn.kafka_bootstrap)
+                    check_postgres(engine),
+                    check_redis(redis),
+                    check_kafka(conn.kafka_bootstrap, security=security),
                 )
             )
             age = metrics.oldest_due_seconds
