@@ -27,9 +27,9 @@ from tests.support.instances import ROOT, _as_pg_owner, _free_port, _pg_bin
 
 SAN = "subjectAltName=DNS:localhost,IP:127.0.0.1"
 KAFKA_USER = "streamseg"
-KAFKA_PASSWORD = "kafka-Secret-1"  # noqa: S105 - a test broker's credential
-PG_PASSWORD = "pg-Secret-1"  # noqa: S105
-REDIS_PASSWORD = "redis-Secret-1"  # noqa: S105
+KAFKA_PASSWORD = "kafka-Secret-1"
+PG_PASSWORD = "pg-Secret-1"
+REDIS_PASSWORD = "redis-Secret-1"
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -142,8 +142,17 @@ def tls_postgres(certs: Certificates, logs: Path) -> Iterator[TlsPostgres]:
     port = _free_port()
     try:
         subprocess.run(
-            [*_as_pg_owner(), f"{bin_}/initdb", "-D", str(data), "-U", "postgres"]
-            + ["--auth=trust", "--encoding=UTF8", "--no-locale"],
+            [
+                *_as_pg_owner(),
+                f"{bin_}/initdb",
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+            ],
             check=True,
             capture_output=True,
         )
@@ -164,16 +173,42 @@ def tls_postgres(certs: Certificates, logs: Path) -> Iterator[TlsPostgres]:
             " -c password_encryption=scram-sha-256 -c fsync=off"
         )
         subprocess.run(
-            [*_as_pg_owner(), f"{bin_}/pg_ctl", "-D", str(data), "-l", str(log), "-w"]
-            + ["-t", "60", "-o", options, "start"],
+            [
+                *_as_pg_owner(),
+                f"{bin_}/pg_ctl",
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+                "start",
+            ],
             check=True,
             capture_output=True,
         )
         subprocess.run(
-            [f"{bin_}/psql", "-q", "-h", str(own), "-p", str(port), "-U", "postgres"]
-            + ["-d", "postgres", "-v", "ON_ERROR_STOP=1"]
-            + ["-c", f"CREATE ROLE streamseg LOGIN PASSWORD '{PG_PASSWORD}'"]
-            + ["-c", "CREATE DATABASE streamseg OWNER streamseg"],
+            [
+                f"{bin_}/psql",
+                "-q",
+                "-h",
+                str(own),
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                f"CREATE ROLE streamseg LOGIN PASSWORD '{PG_PASSWORD}'",
+                "-c",
+                "CREATE DATABASE streamseg OWNER streamseg",
+            ],
             check=True,
             capture_output=True,
         )
@@ -210,11 +245,33 @@ def tls_redis(certs: Certificates, logs: Path) -> Iterator[TlsRedis]:
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / "tls-redis.log"
     proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"]
-        + ["--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key)]
-        + ["--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", "no"]
-        + ["--requirepass", REDIS_PASSWORD, "--save", "", "--appendonly", "no"]
-        + ["--logfile", str(log), "--dir", str(logs)],
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(certs.server_cert),
+            "--tls-key-file",
+            str(certs.server_key),
+            "--tls-ca-cert-file",
+            str(certs.ca),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            REDIS_PASSWORD,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(log),
+            "--dir",
+            str(logs),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -324,8 +381,16 @@ def secure_kafka(certs: Certificates, logs: Path, heap: str = "384m") -> Iterato
         for arg in ("--add-scram", f"{mechanism}=[name={KAFKA_USER},password={KAFKA_PASSWORD}]")
     ]
     subprocess.run(
-        [*java, "kafka.tools.StorageTool", "format", "-t", str(uuid.uuid4())]
-        + ["-c", str(props), *scram],
+        [
+            *java,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            str(uuid.uuid4()),
+            "-c",
+            str(props),
+            *scram,
+        ],
         check=True,
         capture_output=True,
     )
