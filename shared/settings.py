@@ -12,12 +12,14 @@ secrets); setting both is an error naming both. The security settings become typ
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from shared.security import (
     KafkaProtocol,
@@ -67,6 +69,16 @@ def _from_files(data: Any, secrets: tuple[str, ...]) -> Any:
     return data
 
 
+def _database_url(url: str) -> URL:
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError):
+        # SQLAlchemy's message quotes the URL, password and all.
+        raise ValueError(
+            f"{env_name('database_url')} is not a URL: postgresql+asyncpg://user@host:port/db"
+        ) from None
+
+
 def _check_readable(path: Path | None, field_name: str) -> None:
     if path is None:
         return
@@ -77,7 +89,7 @@ def _check_readable(path: Path | None, field_name: str) -> None:
         raise ValueError(f"{env_name(field_name)}: cannot read {path}: {exc}") from None
 
 
-def _check_context(build: Any, names: str) -> None:
+def _check_context(build: Callable[[], object], names: str) -> None:
     try:
         build()
     except (OSError, ssl.SSLError) as exc:
@@ -122,7 +134,7 @@ class DatabaseSettings(BaseSettings):
         url = data.get("database_url")
         if not isinstance(url, str):
             return data  # missing: pydantic names it
-        parsed = make_url(url)
+        parsed = _database_url(url)
         if parsed.password is not None:
             raise ValueError(
                 f"{env_name('database_url')} carries a password and "
@@ -135,7 +147,7 @@ class DatabaseSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _database_tls(self) -> Self:
-        query = make_url(self.database_url).query
+        query = _database_url(self.database_url).query
         in_url = [p for p in _URL_TLS_PARAMETERS if p in query]
         if in_url:
             raise ValueError(

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -56,11 +57,12 @@ from tests.support.tls import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
+@dataclass(frozen=True)
 class SecureStack:
-    def __init__(
-        self, certs: Certificates, pg: TlsPostgres, redis: TlsRedis, kafka: SecureKafka
-    ) -> None:
-        self.certs, self.pg, self.redis, self.kafka = certs, pg, redis, kafka
+    certs: Certificates
+    pg: TlsPostgres
+    redis: TlsRedis
+    kafka: SecureKafka
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,10 +105,10 @@ def _own_directory(prefix: str) -> Path:
     return own
 
 
-def _wait(ready: object, what: str, log: Path, timeout: float = 90.0) -> None:
+def _wait(ready: Callable[[], bool], what: str, log: Path, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ready():  # type: ignore[operator]
+        if ready():
             return
         time.sleep(0.2)
     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
@@ -347,7 +347,7 @@ def secure_kafka(certs: Certificates, logs: Path, heap: str = "384m") -> Iterato
     """One KRaft node with a SASL_SSL and a mutual-TLS listener; stopped afterwards."""
     libs = _kafka_libs()
     own = _own_directory("streamseg-tls-kafka-")
-    sasl, ssl_port, controller = _free_port(), _free_port(pair=True), 0
+    sasl, ssl_port = _free_port(), _free_port(pair=True)
     controller = ssl_port + 1
     keystore = own / "server-keystore.pem"
     keystore.write_text(certs.server_key.read_text() + certs.server_cert.read_text())
@@ -420,7 +420,6 @@ def secure_kafka(certs: Certificates, logs: Path, heap: str = "384m") -> Iterato
                 proc.kill()
             proc.wait()
         logs.mkdir(parents=True, exist_ok=True)
-        for name in ("server.log",):
-            if (own / name).exists():
-                shutil.copy2(own / name, logs / f"tls-kafka-{name}")
+        if log.exists():
+            shutil.copy2(log, logs / "tls-kafka-server.log")
         shutil.rmtree(own, ignore_errors=True)

@@ -207,6 +207,8 @@ def test_errors_name_settings_never_their_values(
     message = refused(env, monkeypatch)
     assert SECRET not in message
     assert "STREAMSEG_KAFKA_SASL_PASSWORD" in message
+    env["STREAMSEG_DATABASE_URL"] = f"postgresql+asyncpg://u:{SECRET}@db.invalid:port/d"
+    assert SECRET not in refused(env, monkeypatch)
 
 
 # ---------------------------------------------------------------- contradictions
@@ -291,6 +293,10 @@ def test_errors_name_settings_never_their_values(
             "STREAMSEG_DATABASE_SSL_ROOT_CERT_FILE: cannot read /no/ca",
         ),
         ({"STREAMSEG_DATABASE_SSLMODE": "allow"}, "'disable', 'prefer', 'require'"),
+        (
+            {"STREAMSEG_DATABASE_URL": f"postgresql+asyncpg://u:{SECRET}@h:port/d"},
+            "STREAMSEG_DATABASE_URL is not a URL",
+        ),
     ],
     ids=lambda v: None if isinstance(v, dict) else v[:40],
 )
