@@ -125,6 +125,18 @@ class DatabaseSettings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator(
+        "database_url_file",
+        "database_password",
+        "database_password_file",
+        "database_ssl_root_cert_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose's `${NAME:-}` passes an empty value for a setting left out.
+        return None if value == "" else value
+
     @model_validator(mode="before")
     @classmethod
     def _database_secrets(cls, data: Any) -> Any:
@@ -193,6 +205,25 @@ class ConnectionSettings(DatabaseSettings):
     redis_key_prefix: str = Field(
         default="streamseg:", description="Prefix of every Redis key; tests use one per test"
     )
+
+    @field_validator(
+        "redis_url_file",
+        "redis_ssl_ca_file",
+        "kafka_ssl_ca_file",
+        "kafka_ssl_cert_file",
+        "kafka_ssl_key_file",
+        "kafka_ssl_key_password",
+        "kafka_ssl_key_password_file",
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_username_file",
+        "kafka_sasl_password",
+        "kafka_sasl_password_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_connection_setting_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="before")
     @classmethod

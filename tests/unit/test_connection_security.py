@@ -80,6 +80,24 @@ def test_the_defaults_connect_as_before_these_settings(
     assert conn.redis_tls().connection_options(conn.redis_url) == {}
 
 
+def test_an_empty_optional_setting_counts_as_unset(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (
+        "STREAMSEG_DATABASE_PASSWORD_FILE",
+        "STREAMSEG_DATABASE_SSL_ROOT_CERT_FILE",
+        "STREAMSEG_REDIS_SSL_CA_FILE",
+        "STREAMSEG_KAFKA_SSL_CA_FILE",
+        "STREAMSEG_KAFKA_SASL_MECHANISM",
+        "STREAMSEG_KAFKA_SASL_PASSWORD",
+        "STREAMSEG_KAFKA_SASL_PASSWORD_FILE",
+    ):
+        env[name] = ""
+    conn = load(env, monkeypatch)
+    assert conn.kafka_security() == PLAINTEXT
+    assert conn.postgres_tls() == PostgresTls("prefer")
+
+
 # ---------------------------------------------------------------- secrets from files
 
 FILE_SETTINGS = [
