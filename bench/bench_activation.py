@@ -46,9 +46,16 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 from sqlalchemy import text
 
-from bench.bench_ingest import cpu_seconds, raw_upsert_rate, stack_env
+from bench.bench_ingest import (
+    cpu_seconds,
+    raw_upsert_rate,
+    stack_connection,
+    stack_env,
+    stack_redis,
+)
 from bench.bench_segmenter import (
     ROOT,
     PrivateStack,
@@ -67,7 +74,6 @@ from shared.clock import SystemClock
 from shared.db.engine import pg_connection
 from shared.definitions import repository as store
 from shared.definitions.activation import activate_content
-from shared.redis import make_redis
 from shared.segment_cache import SegmentCache
 from shared.segmentation.facts import Interaction
 from tests.support.segmenter import History, seed
@@ -360,7 +366,8 @@ async def main() -> None:
     )
     args = parser.parse_args()
     env = stack_env()
-    url, bootstrap = env["STREAMSEG_DATABASE_URL"], env["STREAMSEG_KAFKA_BOOTSTRAP"]
+    conn = stack_connection(env)
+    url, bootstrap, security = conn.database_url, conn.kafka_bootstrap, conn.kafka_security()
     settings = dict(kv.split("=", 1) for kv in args.set)
     env_lag = env.get("STREAMSEG_SEGMENTER_BACKFILL_LIVE_LAG_SECONDS", "1.0")
     live_lag = float(settings.get("STREAMSEG_SEGMENTER_BACKFILL_LIVE_LAG_SECONDS", env_lag))
@@ -378,7 +385,9 @@ async def main() -> None:
     }
     procs: list[Any] = []
     try:
-        raw_before = await raw_upsert_rate(url, stack.schema, 200_000, args.customers)
+        raw_before = await raw_upsert_rate(
+            url, stack.schema, 200_000, args.customers, tls=conn.postgres_tls()
+        )
         await scalar_exec(engine, "DROP TABLE bench_upsert")
         seeded_at = datetime.now(UTC)
         t0 = time.perf_counter()
@@ -416,6 +425,7 @@ async def main() -> None:
                 3600,
                 args.customers,
                 until=stop_live,
+                security=security,
             )
         )
         await asyncio.sleep(args.warmup)
@@ -496,14 +506,16 @@ async def main() -> None:
             "customers": raw_customers,
             "per_s": round(
                 await raw_reevaluation_rate(
-                    engine, env["STREAMSEG_REDIS_URL"], stack.cache_prefix, raw_customers
+                    engine, stack_redis(env), stack.cache_prefix, raw_customers
                 )
             ),
         }
     finally:
         stop_services(procs)  # again, when something above failed first
         try:
-            raw_after = await raw_upsert_rate(url, stack.schema, 200_000, args.customers)
+            raw_after = await raw_upsert_rate(
+                url, stack.schema, 200_000, args.customers, tls=conn.postgres_tls()
+            )
         finally:
             await stack.drop(env, engine)
     figures["raw_pg_upsert_rows_per_s"] = {"start": round(raw_before), "end": round(raw_after)}
@@ -519,13 +531,12 @@ async def main() -> None:
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
 
 
-async def raw_reevaluation_rate(engine: Any, redis_url: str, prefix: str, customers: int) -> float:
+async def raw_reevaluation_rate(engine: Any, redis: Redis, prefix: str, customers: int) -> float:
     """Customers/s of one evaluation loop alone re-evaluating the first `customers` under
     the version in force, nothing else running: the ceiling a backfill is compared with."""
     ruleset, _ = await definitions.start_ruleset(engine, DEFAULTS, file_named=False)
     ruleset.population_required = True
     await population.refresh(engine, ruleset)
-    redis = make_redis(redis_url)
     evaluator = Evaluator(
         engine,
         SegmentCache(redis, prefix),

@@ -51,7 +51,7 @@ import orjson
 from sqlalchemy import text
 
 from bench import vegeta
-from bench.bench_ingest import forget_cache, stack_env
+from bench.bench_ingest import forget_cache, stack_connection, stack_env
 from bench.vegeta import LATE_SECONDS
 from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
@@ -62,6 +62,7 @@ from shared.definitions.activation import activate_content
 from shared.redis import make_redis
 from shared.segment_cache import CachedAggregates, CachedCustomer, CachedSegment, SegmentCache
 from shared.segmentation import load_definitions
+from shared.settings import ConnectionSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEFINITIONS = ROOT / "shared/segmentation/definitions/default.yaml"
@@ -97,13 +98,13 @@ def document(customer_id: str, now: datetime) -> CachedCustomer:
 
 
 async def seed(
-    url: str, schema: str, redis_url: str, prefix: str, ids: list[str], documents_behind: bool
+    stack: ConnectionSettings, schema: str, prefix: str, ids: list[str], documents_behind: bool
 ) -> str:
     """Rows and cache documents for `ids`, evaluated under the default definitions (version
     1); returns an API key that may read them. With `documents_behind`, a version 2 with the
     same rules is in force, so that every read checks its document's dimensions."""
     now = datetime.now(UTC)
-    engine = create_engine(url, schema)
+    engine = create_engine(stack.database_url, schema, tls=stack.postgres_tls())
     try:
         await upgrade(engine, schema)
         async with engine.begin() as sa_conn:
@@ -136,7 +137,7 @@ async def seed(
             )
     finally:
         await engine.dispose()
-    redis = make_redis(redis_url, timeout_seconds=5)
+    redis = make_redis(stack.redis_url, tls=stack.redis_tls(), timeout_seconds=5)
     try:
         cache = SegmentCache(redis, prefix)
         for start in range(0, len(ids), 1000):
@@ -146,14 +147,14 @@ async def seed(
     return key
 
 
-async def drop(url: str, schema: str, redis_url: str, prefix: str) -> None:
-    engine = create_engine(url, schema)
+async def drop(stack: ConnectionSettings, schema: str, prefix: str) -> None:
+    engine = create_engine(stack.database_url, schema, tls=stack.postgres_tls())
     try:
-        async with engine.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        async with engine.begin() as db:
+            await db.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     finally:
         await engine.dispose()
-    await forget_cache(redis_url, prefix)
+    await forget_cache(stack.redis_url, prefix, tls=stack.redis_tls())
 
 
 # ---------------------------------------------------------------- the load generator process
@@ -397,9 +398,9 @@ def main() -> None:
     env = stack_env()
     tag = uuid.uuid4().hex[:8]
     schema, prefix = f"bench_api_{tag}", f"bench-api-{tag}:"
-    url_db, redis_url = env["STREAMSEG_DATABASE_URL"], env["STREAMSEG_REDIS_URL"]
+    stack = stack_connection(env)
     ids = [f"bench-{i:07d}" for i in range(args.customers)]
-    key = asyncio.run(seed(url_db, schema, redis_url, prefix, ids, args.documents_behind))
+    key = asyncio.run(seed(stack, schema, prefix, ids, args.documents_behind))
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
     api_env = env | {
@@ -449,7 +450,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            asyncio.run(drop(url_db, schema, redis_url, prefix))
+            asyncio.run(drop(stack, schema, prefix))
     sustained = [s["rate"] for s in steps if is_sustained(s, args.max_p99_ms)]
     figures = {
         "load_tool": args.load_tool,

@@ -31,12 +31,13 @@ from typing import Any
 import structlog
 from sqlalchemy import text
 
-from bench.bench_ingest import forget_cache, stack_env
+from bench.bench_ingest import forget_cache, stack_connection, stack_engine, stack_env
 from services.segmenter import definitions, population
-from shared.db.engine import create_engine, pg_connection
+from shared.db.engine import pg_connection
 from shared.db.migrate import upgrade
 from shared.events import OrderPlaced, encode_event
 from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
+from shared.security import KafkaSecurity
 from shared.segmentation import default_definitions
 from tests.support.value_tiers import expected_value_tiers, spenders
 
@@ -54,8 +55,10 @@ RAW_CUTOFFS = """
 """
 
 
-async def produce(bootstrap: str, topic: str, histories: list[Any]) -> None:
-    producer = make_producer(bootstrap, client_id="bench-cold-start")
+async def produce(
+    bootstrap: str, security: KafkaSecurity, topic: str, histories: list[Any]
+) -> None:
+    producer = make_producer(bootstrap, security=security, client_id="bench-cold-start")
     await producer.start()
     try:
         sent = []
@@ -89,12 +92,15 @@ async def until(engine: Any, sql: str, holds: Any, deadline: float, every: float
 
 
 async def one_size(env: dict[str, str], customers: int) -> dict[str, float]:
-    bootstrap, url = env["STREAMSEG_KAFKA_BOOTSTRAP"], env["STREAMSEG_DATABASE_URL"]
+    stack = stack_connection(env)
+    bootstrap, security = stack.kafka_bootstrap, stack.kafka_security()
     tag = uuid.uuid4().hex[:8]
     schema = f"bench_{tag}"
     orders, interactions, changes = (f"bench-{n}-{tag}" for n in ("orders", "int", "changes"))
-    await ensure_topics(bootstrap, [TopicSpec(t, 4) for t in (orders, interactions, changes)])
-    engine = create_engine(url, schema)
+    await ensure_topics(
+        bootstrap, [TopicSpec(t, 4) for t in (orders, interactions, changes)], security=security
+    )
+    engine = stack_engine(env, schema)
     await upgrade(engine, schema)
     service_env = env | {
         "STREAMSEG_DATABASE_SCHEMA": schema,
@@ -124,7 +130,7 @@ async def one_size(env: dict[str, str], customers: int) -> dict[str, float]:
     try:
         deadline = time.monotonic() + DEADLINE_SECONDS
         await until(engine, "SELECT 1 FROM population_stats", bool, deadline, 0.1)
-        producing = asyncio.create_task(produce(bootstrap, orders, histories))
+        producing = asyncio.create_task(produce(bootstrap, security, orders, histories))
         any_row, count = (
             "SELECT 1 FROM customer_aggregates LIMIT 1",
             "SELECT count(*) FROM customer_aggregates",
@@ -156,9 +162,11 @@ async def one_size(env: dict[str, str], customers: int) -> dict[str, float]:
             await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         await engine.dispose()
         await delete_topics(
-            bootstrap, [orders, interactions, changes, dlq_topic(orders), dlq_topic(interactions)]
+            bootstrap,
+            [orders, interactions, changes, dlq_topic(orders), dlq_topic(interactions)],
+            security=security,
         )
-        await forget_cache(env["STREAMSEG_REDIS_URL"], f"bench:{tag}:")
+        await forget_cache(stack.redis_url, f"bench:{tag}:", tls=stack.redis_tls())
     return {
         "ingested_s": ingested - first,
         "tiers_right_s": right - first,

@@ -41,13 +41,12 @@ import services.segmenter.queue as queue
 import services.segmenter.repository as repo
 import services.segmenter.worker as worker
 from bench.bench_history_cost import POPULATION, ThresholdedRuleset, with_metrics
-from bench.bench_ingest import stack_env
+from bench.bench_ingest import stack_engine, stack_env, stack_redis
 from services.ingest import repository as ingest
 from services.segmenter.ruleset import Ruleset
 from shared.clock import FixedClock
-from shared.db.engine import create_engine, pg_connection
+from shared.db.engine import pg_connection
 from shared.db.migrate import upgrade
-from shared.redis import make_redis
 from shared.segment_cache import SegmentCache
 from shared.segmentation import Definitions, PopulationStats, load_definitions
 from shared.segmentation.conditions import Compare, IsIn
@@ -223,7 +222,7 @@ def with_properties(histories: list[History], seed_: int) -> list[History]:
 
 async def run_set(args: argparse.Namespace, name: str, env: dict[str, str], redis: Any) -> None:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(env["STREAMSEG_DATABASE_URL"], schema)
+    engine = stack_engine(env, schema)
     try:
         await upgrade(engine, schema)
         histories = with_properties(random_histories(args.customers, 1, NOW), 2)
@@ -315,7 +314,7 @@ async def main() -> None:
     ):
         setattr(module, name, timed(name, getattr(module, name)))
     env = stack_env()
-    redis = make_redis(env["STREAMSEG_REDIS_URL"])
+    redis = stack_redis(env)
     try:
         for _ in range(args.rounds):
             for name in args.sets.split(","):

@@ -25,9 +25,9 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
-from bench.bench_ingest import stack_env
+from bench.bench_ingest import stack_engine, stack_env
 from services.ingest import repository as repo
-from shared.db.engine import create_engine, pg_connection
+from shared.db.engine import pg_connection
 from shared.db.migrate import upgrade
 
 SEED_CHUNK = 5000
@@ -36,7 +36,7 @@ SEED_CHUNK = 5000
 async def run(histories: list[int], batches: int) -> None:
     env = stack_env()
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(env["STREAMSEG_DATABASE_URL"], schema)
+    engine = stack_engine(env, schema)
     start = datetime.now(UTC) - timedelta(days=300)
     try:
         await upgrade(engine, schema)

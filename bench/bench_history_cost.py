@@ -47,19 +47,25 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
-from bench.bench_ingest import cpu_seconds, forget_cache, stack_env
+from bench.bench_ingest import (
+    cpu_seconds,
+    forget_cache,
+    stack_connection,
+    stack_engine,
+    stack_env,
+    stack_redis,
+)
 from services.ingest import repository as ingest
 from services.ingest.batch import build_changes
 from services.segmenter.ruleset import Ruleset
 from services.segmenter.worker import Evaluator
 from shared.clock import SystemClock
-from shared.db.engine import create_engine, pg_connection
+from shared.db.engine import pg_connection
 from shared.db.literals import text_array
 from shared.db.migrate import upgrade
 from shared.events.interactions import EmailClick, PageView
 from shared.events.orders import LineItem, OrderPlaced
 from shared.facts import FactsPlan, plan_for
-from shared.redis import make_redis
 from shared.segment_cache import SegmentCache
 from shared.segmentation import Definitions, PopulationStats
 from shared.segmentation.conditions import Compare, IsIn
@@ -317,8 +323,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     env = stack_env()
     tag = uuid.uuid4().hex[:8]
     schema = f"bench_{tag}"
-    engine = create_engine(env["STREAMSEG_DATABASE_URL"], schema)
-    redis = make_redis(env["STREAMSEG_REDIS_URL"])
+    engine = stack_engine(env, schema)
+    redis = stack_redis(env)
     rng = random.Random(12)
     out: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
@@ -365,7 +371,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         await engine.dispose()
         await redis.aclose()
-        await forget_cache(env["STREAMSEG_REDIS_URL"], f"bench:{tag}:")
+        stack = stack_connection(env)
+        await forget_cache(stack.redis_url, f"bench:{tag}:", tls=stack.redis_tls())
     return out
 
 

@@ -24,11 +24,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
@@ -36,6 +39,8 @@ from shared.events import decode_event, encode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
 from shared.redis import make_redis
+from shared.security import NO_REDIS_TLS, PLAINTEXT, PREFER, KafkaSecurity, PostgresTls, RedisTls
+from shared.settings import ConnectionSettings
 from shared.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,14 +58,40 @@ def stack_env() -> dict[str, str]:
     return env
 
 
+def stack_connection(env: dict[str, str]) -> ConnectionSettings:
+    """The connection settings in `env` (TLS, SASL and secret files included), read as the
+    services started with `env` read them."""
+    with mock.patch.dict(os.environ, env, clear=True):
+        return ConnectionSettings()
+
+
+def stack_engine(env: dict[str, str], schema: str, **options: Any) -> AsyncEngine:
+    """An engine on the stack's PostgreSQL as `env` configures it."""
+    stack = stack_connection(env)
+    return create_engine(stack.database_url, schema, tls=stack.postgres_tls(), **options)
+
+
+def stack_redis(env: dict[str, str], **options: Any) -> Redis:
+    """A client of the stack's Redis as `env` configures it."""
+    stack = stack_connection(env)
+    return make_redis(stack.redis_url, tls=stack.redis_tls(), **options)
+
+
 async def produce(
-    bootstrap: str, orders: str, interactions: str, n: int, customers: int, span_days: float
+    bootstrap: str,
+    orders: str,
+    interactions: str,
+    n: int,
+    customers: int,
+    span_days: float,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> None:
     # A live stream: events of the last `span_days`, so every interaction lands in the
     # rolling windows, as it does in steady state.
     end = datetime.now(UTC) - timedelta(minutes=1)
     work = Workload(seed=7, customers=customers, start=end - timedelta(days=span_days), end=end)
-    producer = make_producer(bootstrap, client_id="bench-producer")
+    producer = make_producer(bootstrap, security=security, client_id="bench-producer")
     await producer.start()
     try:
         pending = []
@@ -77,8 +108,11 @@ async def produce(
         await producer.stop()
 
 
-async def raw_consume_rate(bootstrap: str, topics: list[str], n: int) -> float:
+async def raw_consume_rate(
+    bootstrap: str, topics: list[str], n: int, *, security: KafkaSecurity = PLAINTEXT
+) -> float:
     consumer = AIOKafkaConsumer(
+        **security.client_options(),
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
@@ -103,8 +137,10 @@ async def raw_consume_rate(bootstrap: str, topics: list[str], n: int) -> float:
         await consumer.stop()
 
 
-async def raw_upsert_rate(url: str, schema: str, n: int, customers: int) -> float:
-    engine = create_engine(url, schema)
+async def raw_upsert_rate(
+    url: str, schema: str, n: int, customers: int, *, tls: PostgresTls = PREFER
+) -> float:
+    engine = create_engine(url, schema, tls=tls)
     try:
         async with engine.begin() as ddl:
             await ddl.execute(
@@ -131,9 +167,9 @@ async def raw_upsert_rate(url: str, schema: str, n: int, customers: int) -> floa
         await engine.dispose()
 
 
-async def forget_cache(url: str, prefix: str) -> None:
+async def forget_cache(url: str, prefix: str, *, tls: RedisTls = NO_REDIS_TLS) -> None:
     """Delete a run's cache documents, so runs do not pile up in the shared Redis."""
-    redis = make_redis(url, timeout_seconds=5)
+    redis = make_redis(url, tls=tls, timeout_seconds=5)
     try:
         keys = [k async for k in redis.scan_iter(match=prefix + "*", count=1000)]
         for start in range(0, len(keys), 1000):
@@ -158,8 +194,8 @@ class WorkerRun:
     pg_cpu_us_per_event: float
 
 
-async def worker_rate(env: dict[str, str], url: str, schema: str, n: int, log: Path) -> WorkerRun:
-    engine = create_engine(url, schema)
+async def worker_rate(env: dict[str, str], schema: str, n: int, log: Path) -> WorkerRun:
+    engine = stack_engine(env, schema)
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, then only polled
         [sys.executable, "-m", "services.ingest"],
         cwd=ROOT,
@@ -219,7 +255,8 @@ async def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     env = stack_env()
-    bootstrap, url = env["STREAMSEG_KAFKA_BOOTSTRAP"], env["STREAMSEG_DATABASE_URL"]
+    stack = stack_connection(env)
+    bootstrap, url, security = stack.kafka_bootstrap, stack.database_url, stack.kafka_security()
     tag = uuid.uuid4().hex[:8]
     orders, interactions, schema = (
         f"bench-orders-{tag}",
@@ -227,15 +264,25 @@ async def main() -> None:
         f"bench_{tag}",
     )
     topics = [orders, interactions]
-    await ensure_topics(bootstrap, [TopicSpec(t, PARTITIONS) for t in topics])
-    engine = create_engine(url, schema)
+    await ensure_topics(bootstrap, [TopicSpec(t, PARTITIONS) for t in topics], security=security)
+    engine = stack_engine(env, schema)
     await upgrade(engine, schema)
     try:
         t0 = time.perf_counter()
-        await produce(bootstrap, orders, interactions, args.events, args.customers, args.span_days)
+        await produce(
+            bootstrap,
+            orders,
+            interactions,
+            args.events,
+            args.customers,
+            args.span_days,
+            security=security,
+        )
         print(f"produced {args.events} events in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        consume = await raw_consume_rate(bootstrap, topics, args.events)
-        upsert = await raw_upsert_rate(url, schema, args.events, args.customers)
+        consume = await raw_consume_rate(bootstrap, topics, args.events, security=security)
+        upsert = await raw_upsert_rate(
+            url, schema, args.events, args.customers, tls=stack.postgres_tls()
+        )
         worker_env = env | {
             "STREAMSEG_DATABASE_SCHEMA": schema,
             "STREAMSEG_INGEST_ORDERS_TOPIC": orders,
@@ -245,13 +292,15 @@ async def main() -> None:
             "PYTHONPATH": str(ROOT),
         }
         run = await worker_rate(
-            worker_env, url, schema, args.events, ROOT / ".stack" / "bench-ingest.log"
+            worker_env, schema, args.events, ROOT / ".stack" / "bench-ingest.log"
         )
     finally:
         async with engine.begin() as conn:
             await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         await engine.dispose()
-        await delete_topics(bootstrap, [*topics, *(dlq_topic(t) for t in topics)])
+        await delete_topics(
+            bootstrap, [*topics, *(dlq_topic(t) for t in topics)], security=security
+        )
     figures = {
         "events": args.events,
         "customers": args.customers,

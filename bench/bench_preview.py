@@ -30,16 +30,21 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.bench_ingest import forget_cache, stack_env
+from bench.bench_ingest import (
+    forget_cache,
+    stack_connection,
+    stack_engine,
+    stack_env,
+    stack_redis,
+)
 from services.segmenter import population
 from services.segmenter import repository as repo
 from services.segmenter.preview import CHUNK, PreviewRunner
 from shared.clock import FixedClock
-from shared.db.engine import create_engine, pg_connection
+from shared.db.engine import pg_connection
 from shared.db.migrate import upgrade
 from shared.definitions import repository as store
 from shared.facts import FactsPlan, plan_for
-from shared.redis import make_redis
 from shared.segment_cache import SegmentCache
 from shared.segmentation import load_definitions
 from shared.segmentation.facts import Interaction
@@ -119,8 +124,8 @@ async def main() -> None:
     args = parser.parse_args()
     env = stack_env()
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(env["STREAMSEG_DATABASE_URL"], schema)
-    redis = make_redis(env["STREAMSEG_REDIS_URL"])
+    engine = stack_engine(env, schema)
+    redis = stack_redis(env)
     try:
         await upgrade(engine, schema)
         started = time.perf_counter()
@@ -169,7 +174,8 @@ async def main() -> None:
             await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         await engine.dispose()
         await redis.aclose()
-        await forget_cache(env["STREAMSEG_REDIS_URL"], f"{schema}:")
+        conn = stack_connection(env)
+        await forget_cache(conn.redis_url, f"{schema}:", tls=conn.redis_tls())
 
 
 def fmt(t: Timed) -> str:

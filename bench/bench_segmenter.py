@@ -45,13 +45,15 @@ from bench.bench_ingest import (
     forget_cache,
     raw_consume_rate,
     raw_upsert_rate,
+    stack_connection,
+    stack_engine,
     stack_env,
 )
-from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
 from shared.events import Login, encode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import TopicSpec, delete_topics, dlq_topic, ensure_topics, make_producer
+from shared.security import PLAINTEXT, KafkaSecurity
 from shared.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,11 +83,13 @@ async def produce_live(
     seconds: float,
     customers: int,
     until: asyncio.Event | None = None,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> int:
     """Live events at `rate` for `seconds`, or until `until` is set; returns how many."""
     now = datetime.now(UTC)
     work = Workload(seed=11, customers=customers, start=now - timedelta(days=1), end=now)
-    producer = make_producer(bootstrap, client_id="bench-live")
+    producer = make_producer(bootstrap, security=security, client_id="bench-live")
     await producer.start()
     sent = 0
     try:
@@ -112,9 +116,15 @@ async def produce_live(
 
 
 async def produce_quiet(
-    bootstrap: str, topic: str, n: int, first_due: datetime, spread: float
+    bootstrap: str,
+    topic: str,
+    n: int,
+    first_due: datetime,
+    spread: float,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> None:
-    producer = make_producer(bootstrap, client_id="bench-quiet")
+    producer = make_producer(bootstrap, security=security, client_id="bench-quiet")
     await producer.start()
     try:
         futures = []
@@ -224,10 +234,13 @@ class PrivateStack:
 
     async def create(self, env: dict[str, str]) -> Any:
         """The topics and the migrated schema; returns an engine on the schema."""
+        conn = stack_connection(env)
         await ensure_topics(
-            env["STREAMSEG_KAFKA_BOOTSTRAP"], [TopicSpec(t, 4) for t in self.topics]
+            conn.kafka_bootstrap,
+            [TopicSpec(t, 4) for t in self.topics],
+            security=conn.kafka_security(),
         )
-        engine = create_engine(env["STREAMSEG_DATABASE_URL"], self.schema)
+        engine = stack_engine(env, self.schema)
         await upgrade(engine, self.schema)
         return engine
 
@@ -235,11 +248,13 @@ class PrivateStack:
         async with engine.begin() as conn:
             await conn.execute(text(f'DROP SCHEMA "{self.schema}" CASCADE'))
         await engine.dispose()
+        conn = stack_connection(env)
         await delete_topics(
-            env["STREAMSEG_KAFKA_BOOTSTRAP"],
+            conn.kafka_bootstrap,
             [*self.topics, dlq_topic(self.orders), dlq_topic(self.interactions)],
+            security=conn.kafka_security(),
         )
-        await forget_cache(env["STREAMSEG_REDIS_URL"], self.cache_prefix)
+        await forget_cache(conn.redis_url, self.cache_prefix, tls=conn.redis_tls())
 
 
 def start_services(
@@ -292,7 +307,8 @@ async def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     env = stack_env()
-    bootstrap = env["STREAMSEG_KAFKA_BOOTSTRAP"]
+    conn = stack_connection(env)
+    bootstrap, security = conn.kafka_bootstrap, conn.kafka_security()
     stack = PrivateStack.new()
     orders, interactions = stack.orders, stack.interactions
     engine = await stack.create(env)
@@ -303,7 +319,9 @@ async def main() -> None:
     try:
         await asyncio.sleep(3)
         first_due = datetime.now(UTC) + timedelta(seconds=args.warmup + 5)
-        await produce_quiet(bootstrap, interactions, args.quiet, first_due, args.seconds / 2)
+        await produce_quiet(
+            bootstrap, interactions, args.quiet, first_due, args.seconds / 2, security=security
+        )
         started = datetime.now(UTC)
         samples: list[tuple[int, float]] = []
         commits: list[tuple[int, float]] = []
@@ -312,7 +330,13 @@ async def main() -> None:
         if args.profile:
             profiler = start_profiler(procs[1].pid, args.seconds, args.profile)
         sent = await produce_live(
-            bootstrap, orders, interactions, args.rate, args.seconds, args.customers
+            bootstrap,
+            orders,
+            interactions,
+            args.rate,
+            args.seconds,
+            args.customers,
+            security=security,
         )
         ended = datetime.now(UTC)
         sampling.cancel()
@@ -370,10 +394,12 @@ async def main() -> None:
         # The limits, on this run's own records and schema once the services have stopped.
         limits = {
             "raw_consume_decode_per_s": round(
-                await raw_consume_rate(bootstrap, [orders, interactions], sent)
+                await raw_consume_rate(bootstrap, [orders, interactions], sent, security=security)
             ),
             "raw_pg_upsert_rows_per_s": round(
-                await raw_upsert_rate(env["STREAMSEG_DATABASE_URL"], stack.schema, 200_000, 50_000)
+                await raw_upsert_rate(
+                    conn.database_url, stack.schema, 200_000, 50_000, tls=conn.postgres_tls()
+                )
             ),
         }
     finally:

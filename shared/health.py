@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.kafka import make_admin
+from shared.security import PLAINTEXT, KafkaSecurity
 
 Report = dict[str, object]
 
@@ -41,11 +43,13 @@ async def check_redis(redis: Redis, limit_seconds: float = 1.0) -> Report:
     return await _timed("redis", redis.ping(), limit_seconds)
 
 
-async def check_kafka(bootstrap: str, limit_seconds: float = 3.0) -> Report:
+async def check_kafka(
+    bootstrap: str, limit_seconds: float = 3.0, *, security: KafkaSecurity = PLAINTEXT
+) -> Report:
     """Fetch cluster metadata with a short-lived admin client."""
 
     async def probe() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        admin = make_admin(bootstrap, security=security, request_timeout_ms=3000)
         await admin.start()
         try:
             await admin.list_topics()

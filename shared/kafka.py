@@ -1,6 +1,9 @@
 """Kafka client factories, topic administration and the dead-letter helper.
 
 Every record the services handle is located as `topic[partition]@offset` in logs and headers.
+Every client is made here (or in shared/health.py) with the connection's `KafkaSecurity`:
+callers pass `security=conn.kafka_security()` from their ConnectionSettings. The default,
+plaintext, is for tests and tools on the local stack.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.security import PLAINTEXT, KafkaSecurity
 
 DLQ_SUFFIX = ".dlq"
 HEADER_REASON = "streamseg.dlq.reason"
@@ -49,9 +54,22 @@ def locate(topic: str, partition: int, offset: int) -> str:
     return f"{topic}[{partition}]@{offset}"
 
 
-async def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec]) -> None:
+def make_admin(
+    bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, request_timeout_ms: int = 15_000
+) -> AIOKafkaAdminClient:
+    """An admin client; the caller starts and closes it."""
+    return AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=request_timeout_ms,
+        **security.client_options(),
+    )
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Iterable[TopicSpec], *, security: KafkaSecurity = PLAINTEXT
+) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = make_admin(bootstrap, security=security)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -68,10 +86,12 @@ async def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec]) -> None:
         await admin.close()
 
 
-async def topic_retention_ms(bootstrap: str, names: Sequence[str]) -> dict[str, int]:
+async def topic_retention_ms(
+    bootstrap: str, names: Sequence[str], *, security: KafkaSecurity = PLAINTEXT
+) -> dict[str, int]:
     """Each topic's `retention.ms` as the broker applies it (-1: kept forever). Raises
     LookupError naming a topic that does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = make_admin(bootstrap, security=security)
     await admin.start()
     try:
         responses = await admin.describe_configs(
@@ -96,9 +116,11 @@ async def topic_retention_ms(bootstrap: str, names: Sequence[str]) -> dict[str, 
     return out
 
 
-async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
+async def delete_topics(
+    bootstrap: str, names: Sequence[str], *, security: KafkaSecurity = PLAINTEXT
+) -> None:
     """Delete topics (tests clean up after themselves)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = make_admin(bootstrap, security=security)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -113,6 +135,7 @@ def make_consumer(
     bootstrap: str,
     *topics: str,
     group_id: str | None,
+    security: KafkaSecurity = PLAINTEXT,
     client_id: str = "streamseg",
     max_poll_records: int = 5000,
     fetch_min_bytes: int = 1,
@@ -138,11 +161,16 @@ def make_consumer(
         session_timeout_ms=10_000,
         heartbeat_interval_ms=1_000,
         request_timeout_ms=30_000,
+        **security.client_options(),
     )
 
 
 def make_producer(
-    bootstrap: str, *, client_id: str = "streamseg", transactional_id: str | None = None
+    bootstrap: str,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
+    client_id: str = "streamseg",
+    transactional_id: str | None = None,
 ) -> AIOKafkaProducer:
     """An idempotent producer: retries never write a record twice."""
     return AIOKafkaProducer(
@@ -154,6 +182,7 @@ def make_producer(
         linger_ms=5,
         max_batch_size=256 * 1024,
         request_timeout_ms=30_000,
+        **security.client_options(),
     )
 
 

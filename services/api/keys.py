@@ -36,7 +36,9 @@ def _in_transaction(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     settings = DatabaseSettings()
 
     async def run() -> T:
-        engine = create_engine(settings.database_url, settings.database_schema)
+        engine = create_engine(
+            settings.database_url, settings.database_schema, tls=settings.postgres_tls()
+        )
         try:
             async with engine.connect() as sa_conn:
                 conn = await driver_connection(sa_conn)

@@ -25,6 +25,7 @@ from services.api.settings import ApiSettings
 from services.api.traits.publisher import TraitsPublisher
 from shared.db.engine import create_engine
 from shared.db.migrate import require_current
+from shared.security import RedisTls
 from shared.segment_cache import SegmentCache
 from shared.settings import ConnectionSettings
 
@@ -62,10 +63,11 @@ class Resources:
 REDIS_CONNECTIONS = 64
 
 
-def _redis(url: str, timeout_seconds: float) -> Redis:
+def _redis(url: str, tls: RedisTls, timeout_seconds: float) -> Redis:
     """As shared.redis.make_redis, with a pool that makes callers wait rather than fail."""
     pool = BlockingConnectionPool.from_url(
         url,
+        **tls.connection_options(url),
         max_connections=REDIS_CONNECTIONS,
         # Longer than any caller waits: the cache time-out ends the wait first.
         timeout=5,
@@ -89,11 +91,12 @@ async def open_resources(
             pool_size=settings.pool_size,
             statement_timeout_ms=settings.database_timeout_ms,
             application_name="api",
+            tls=conn.postgres_tls(),
         )
         stack.push_async_callback(engine.dispose)
         await require_current(engine, conn.database_schema)
         db = Database(engine, settings.database_timeout_ms / 1000)
-        redis = _redis(conn.redis_url, settings.cache_timeout_ms / 1000)
+        redis = _redis(conn.redis_url, conn.redis_tls(), settings.cache_timeout_ms / 1000)
         stack.push_async_callback(redis.aclose)
         pipe = RedisPipe.from_url(conn.redis_url, settings.cache_timeout_ms / 1000)
         if pipe is not None:
@@ -113,6 +116,7 @@ async def open_resources(
             conn.kafka_bootstrap,
             settings.customers_topic,
             settings.traits_produce_timeout_ms / 1000,
+            security=conn.kafka_security(),
         )
         stack.push_async_callback(traits.stop)
         await traits.start()

@@ -31,6 +31,7 @@ from shared.kafka import (
 from shared.lifecycle import install_stop_handlers, settle_garbage_collector
 from shared.logging import configure_logging
 from shared.ops import OpsServer
+from shared.security import KafkaSecurity
 from shared.settings import ConnectionSettings
 
 log = structlog.get_logger("ingest")
@@ -50,7 +51,11 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
     install_stop_handlers(stop)
     async with AsyncExitStack() as stack:
         engine = create_engine(
-            conn.database_url, conn.database_schema, application_name="ingest", pre_ping=False
+            conn.database_url,
+            conn.database_schema,
+            application_name="ingest",
+            pre_ping=False,
+            tls=conn.postgres_tls(),
         )
         stack.push_async_callback(engine.dispose)
         await require_current(engine, conn.database_schema)
@@ -64,18 +69,23 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
                 "STREAMSEG_INGEST_INTERACTION_RETENTION_DAYS",
             )
         topics = [settings.orders_topic, settings.interactions_topic, settings.customers_topic]
+        security = conn.kafka_security()
         await ensure_topics(
             conn.kafka_bootstrap,
             [TopicSpec(t, settings.topic_partitions) for t in topics]
             + [TopicSpec(dlq_topic(t), settings.topic_partitions) for t in topics],
+            security=security,
         )
-        dedup_window = await dedup_window_for(conn.kafka_bootstrap, topics, settings)
-        producer = make_producer(conn.kafka_bootstrap, client_id=f"ingest-dlq-{owner}")
+        dedup_window = await dedup_window_for(conn.kafka_bootstrap, security, topics, settings)
+        producer = make_producer(
+            conn.kafka_bootstrap, security=security, client_id=f"ingest-dlq-{owner}"
+        )
         await producer.start()
         stack.push_async_callback(producer.stop)
         consumer = make_consumer(
             conn.kafka_bootstrap,
             group_id=settings.group_id,
+            security=security,
             client_id=f"ingest-{owner}",
             max_poll_records=settings.max_batch_records,
             fetch_min_bytes=settings.fetch_min_bytes,
@@ -106,7 +116,9 @@ async def main(conn: ConnectionSettings, settings: IngestSettings) -> None:
 
         async def readiness() -> dict[str, object]:
             parts = list(
-                await asyncio.gather(check_postgres(engine), check_kafka(conn.kafka_bootstrap))
+                await asyncio.gather(
+                    check_postgres(engine), check_kafka(conn.kafka_bootstrap, security=security)
+                )
             )
             return {"status": overall(parts), "components": parts, "lag": worker.total_lag()}
 
@@ -134,11 +146,11 @@ class DedupWindowError(Exception):
 
 
 async def dedup_window_for(
-    bootstrap: str, topics: list[str], settings: IngestSettings
+    bootstrap: str, security: KafkaSecurity, topics: list[str], settings: IngestSettings
 ) -> timedelta:
     """As long as the longest input topic keeps records, so that any duplicate still held
     by a topic (a replay, a producer retrying late) is recognised, or longer if set."""
-    retention = await topic_retention_ms(bootstrap, topics)
+    retention = await topic_retention_ms(bootstrap, topics, security=security)
     forever = sorted(t for t, ms in retention.items() if ms < 0)
     if forever and settings.dedup_window_days is None:
         raise DedupWindowError(

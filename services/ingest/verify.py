@@ -91,7 +91,12 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--repair", action="store_true", help="correct drift and re-queue")
     args = parser.parse_args(argv)
     conn = ConnectionSettings()
-    engine = create_engine(conn.database_url, conn.database_schema, application_name="verify")
+    engine = create_engine(
+        conn.database_url,
+        conn.database_schema,
+        application_name="verify",
+        tls=conn.postgres_tls(),
+    )
     try:
         await require_current(engine, conn.database_schema)
         report = await verify(engine, repair=args.repair)

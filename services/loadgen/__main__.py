@@ -20,6 +20,7 @@ from shared.events import encode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import TopicSpec, ensure_topics, make_producer
 from shared.logging import configure_logging
+from shared.security import KafkaSecurity
 from shared.settings import ConnectionSettings
 from shared.workload import Workload
 
@@ -29,6 +30,7 @@ cli = typer.Typer(add_completion=False, help=__doc__)
 
 async def run(
     bootstrap: str,
+    security: KafkaSecurity,
     orders_topic: str,
     interactions_topic: str,
     rate: float,
@@ -37,7 +39,9 @@ async def run(
     seed: int,
     history_days: float,
 ) -> int:
-    await ensure_topics(bootstrap, [TopicSpec(orders_topic), TopicSpec(interactions_topic)])
+    await ensure_topics(
+        bootstrap, [TopicSpec(orders_topic), TopicSpec(interactions_topic)], security=security
+    )
     now = datetime.now(UTC)
     # History first: a backlog of past behaviour, so lifecycle stages and value tiers are
     # populated from the start (customers last seen long ago are already at risk).
@@ -50,7 +54,7 @@ async def run(
     live = Workload(
         seed=seed + 1, customers=max(1, customers // 2), start=now - timedelta(days=1), end=now
     )
-    producer = make_producer(bootstrap, client_id="loadgen")
+    producer = make_producer(bootstrap, security=security, client_id="loadgen")
     await producer.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -103,6 +107,7 @@ def main(
     asyncio.run(
         run(
             conn.kafka_bootstrap,
+            conn.kafka_security(),
             orders_topic,
             interactions_topic,
             rate,

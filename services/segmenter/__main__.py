@@ -92,13 +92,17 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             # pool), so a ping per checkout buys nothing; it was the largest cost of an
             # idle segmenter, whose loops each check a connection out a few times a second.
             pre_ping=False,
+            tls=conn.postgres_tls(),
         )
         stack.push_async_callback(engine.dispose)
         await require_current(engine, conn.database_schema)
-        redis = make_redis(conn.redis_url)
+        redis = make_redis(conn.redis_url, tls=conn.redis_tls())
         stack.push_async_callback(redis.aclose)
+        security = conn.kafka_security()
         await ensure_topics(
-            conn.kafka_bootstrap, [TopicSpec(settings.changes_topic, settings.topic_partitions)]
+            conn.kafka_bootstrap,
+            [TopicSpec(settings.changes_topic, settings.topic_partitions)],
+            security=security,
         )
         if isinstance(clock, EventTimeClock):
             # Before anything is queued or evaluated at the clock's placeholder start.
@@ -115,6 +119,7 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
             conn.kafka_bootstrap,
             settings.changes_topic,
             metrics,
+            security=security,
             batch_size=settings.publish_batch_size,
         )
         cache = SegmentCache(redis, conn.redis_key_prefix)
@@ -170,7 +175,9 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
         async def readiness() -> dict[str, object]:
             parts = list(
                 await asyncio.gather(
-                    check_postgres(engine), check_redis(redis), check_kafka(conn.kafka_bootstrap)
+                    check_postgres(engine),
+                    check_redis(redis),
+                    check_kafka(conn.kafka_bootstrap, security=security),
                 )
             )
             age = metrics.oldest_due_seconds

@@ -23,6 +23,7 @@ from shared.db.engine import pg_connection
 from shared.events import CLOUDEVENTS_CONTENT_TYPE
 from shared.kafka import make_producer
 from shared.retry import Backoff, Retry, is_retriable
+from shared.security import PLAINTEXT, KafkaSecurity
 
 log = structlog.get_logger("segmenter.outbox")
 _HEADERS = [("content-type", CLOUDEVENTS_CONTENT_TYPE.encode())]
@@ -38,11 +39,13 @@ class OutboxPublisher:
         topic: str,
         metrics: SegmenterMetrics,
         *,
+        security: KafkaSecurity = PLAINTEXT,
         batch_size: int = 1000,
         poll_seconds: float = 0.2,
     ) -> None:
         self._engine = engine
         self._bootstrap = bootstrap
+        self._security = security
         self._topic = topic
         self._metrics = metrics
         self._batch_size = batch_size
@@ -130,7 +133,9 @@ class OutboxPublisher:
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = make_producer(self._bootstrap, client_id="segmenter-outbox")
+            producer = make_producer(
+                self._bootstrap, security=self._security, client_id="segmenter-outbox"
+            )
             try:
                 await producer.start()
             except Exception as exc:

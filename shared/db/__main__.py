@@ -19,7 +19,9 @@ def upgrade_cmd() -> None:
     settings = DatabaseSettings()
 
     async def run() -> None:
-        engine = create_engine(settings.database_url, settings.database_schema)
+        engine = create_engine(
+            settings.database_url, settings.database_schema, tls=settings.postgres_tls()
+        )
         try:
             await upgrade(engine, settings.database_schema)
             typer.echo(f"schema {settings.database_schema!r} at {head_revision()}")
@@ -35,7 +37,9 @@ def current_cmd() -> None:
     settings = DatabaseSettings()
 
     async def run() -> None:
-        engine = create_engine(settings.database_url, settings.database_schema)
+        engine = create_engine(
+            settings.database_url, settings.database_schema, tls=settings.postgres_tls()
+        )
         try:
             rev = await current_revision(engine, settings.database_schema)
             typer.echo(f"current={rev or 'none'} head={head_revision()}")

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from shared.retry import is_retriable
+from shared.security import PREFER, PostgresTls
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -34,8 +35,13 @@ def create_engine(
     statement_timeout_ms: int = 30_000,
     application_name: str = "streamseg",
     pre_ping: bool = True,
+    tls: PostgresTls = PREFER,
 ) -> AsyncEngine:
     """Create an asyncpg engine whose sessions see `schema` first on the search path.
+
+    `tls` is the connection's sslmode and root certificate (pass `settings.postgres_tls()`);
+    the default is libpq's and asyncpg's, `prefer`. Migrations run on this engine's
+    connections (shared/db/migrate.py), so they use the same.
 
     `pre_ping` checks each connection with a round trip as it leaves the pool; a caller
     that retries every connection error (ingest) turns it off, since the ping costs a round
@@ -54,6 +60,7 @@ def create_engine(
                 "application_name": application_name,
             },
             "timeout": 10,
+            "ssl": tls.connect_ssl(),
         },
     )
 

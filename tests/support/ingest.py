@@ -25,6 +25,7 @@ from shared.events import Event, encode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.facts import FactsPlan, read_facts
 from shared.kafka import make_producer
+from shared.security import PLAINTEXT, KafkaSecurity
 from shared.segmentation.events import BUILT_IN_EVENT_METRICS
 from tests.conftest import ROOT, eventually
 from tests.support.checker import differences, expected_aggregates
@@ -60,10 +61,11 @@ async def produce(
     produced: Produced | None = None,
     *,
     rate_per_second: float | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> Produced:
     """Send (topic, key, value) records in order; optionally paced."""
     produced = produced or Produced()
-    producer = make_producer(bootstrap, client_id="test-producer")
+    producer = make_producer(bootstrap, security=security, client_id="test-producer")
     await producer.start()
     try:
         futures = []
@@ -263,12 +265,16 @@ class Harness:
 
 
 async def read_dead_letters(
-    bootstrap: str, topics: list[str], expected: int
+    bootstrap: str, topics: list[str], expected: int, *, security: KafkaSecurity = PLAINTEXT
 ) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
     """(key, value, headers) of the dead letters on `topics`, once `expected` have come."""
     found: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
     consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        **security.client_options(),
     )
     await consumer.start()
     try:

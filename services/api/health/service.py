@@ -42,7 +42,7 @@ async def readiness(resources: Resources) -> Readiness:
         asyncio.gather(
             check_postgres(resources.engine),
             check_redis(resources.redis),
-            check_kafka(resources.conn.kafka_bootstrap),
+            check_kafka(resources.conn.kafka_bootstrap, security=resources.conn.kafka_security()),
         ),
         backlog_reports(resources.db, settings.ready_backlog_seconds, settings.ready_backlog_rows),
     )

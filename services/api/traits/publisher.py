@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from shared.kafka import make_producer
 from shared.retry import Backoff, Retry
+from shared.security import PLAINTEXT, KafkaSecurity
 
 log = structlog.get_logger("api")
 
@@ -37,9 +38,17 @@ class PublishFailedError(Exception):
 class TraitsPublisher:
     """`start()` and `stop()` come in a pair; `stop()` is safe to call twice or before."""
 
-    def __init__(self, bootstrap: str, topic: str, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        timeout_seconds: float,
+        *,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         self.topic = topic
         self._bootstrap = bootstrap
+        self._security = security
         self._timeout = timeout_seconds
         self._producer: AIOKafkaProducer | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -95,7 +104,7 @@ class TraitsPublisher:
         retry = Retry(CONNECT_BACKOFF, "api-traits-producer", self._stopping)
         client_id = f"api-traits-{socket.gethostname()}:{os.getpid()}"
         while not self._stopping.is_set():
-            producer = make_producer(self._bootstrap, client_id=client_id)
+            producer = make_producer(self._bootstrap, security=self._security, client_id=client_id)
             try:
                 await producer.start()
             except BaseException as exc:
