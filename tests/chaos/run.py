@@ -375,13 +375,26 @@ class Run:
         # the cut-offs are computed from the final facts.
         names = [n for n in supervisor.services if n.startswith("segmenter")]
         supervisor.held.update(names)
+        logged = {}
         for n in names:
             s = supervisor.services[n]
             await asyncio.to_thread(s.terminate)
+            logged[n] = s.log_path.stat().st_size if s.log_path.exists() else 0
             s.env = self._segmenter_env("v1", population_seconds=1.0)
             s.start()
         supervisor.held.difference_update(names)
-        await asyncio.sleep(6)
+        # Each restarted segmenter has finished one recompute once it starts the next (a
+        # recompute whose stats come out the same logs nothing else). A fixed wait was not
+        # enough on a loaded machine: the processes took 8 s to start, the queue looked
+        # quiet before the first recompute, and its changes came during the read-back.
+        while loop.time() < deadline + 30:
+            if all(
+                _recomputes_since(supervisor.services[n].log_path, logged[n]) >= 2 for n in names
+            ):
+                break
+            await asyncio.sleep(0.5)
+        else:
+            state["forced_recompute_seen"] = False
         quiet = 0
         while loop.time() < deadline + 30:
             rows = await self._sql(
@@ -497,7 +510,7 @@ class Run:
             if model.sha(v) not in phase_of:
                 findings.add("harness_unknown_record", f"{t}[{p}]@{o}")
         expected = model.expected_state(
-            records, phase_of, final_phase, self.now, CURRENCY_RATES, "v1"
+            records, phase_of, final_phase, self.now, CURRENCY_RATES, _final_rules(nemesis)
         )
         if not drained.get("ingest_caught_up"):
             findings.add("drain_ingest_stuck", str(drained.get("ingest_behind")))
@@ -572,3 +585,25 @@ class Run:
             json.dumps([d.as_dict() for d in nemesis.done], indent=1)
         )
         return result
+
+
+def _recomputes_since(log: Path, offset: int) -> int:
+    """How many population recomputes a service's log shows after byte `offset`."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        return f.read().count(b'"population_recompute_due"')
+
+
+def _final_rules(nemesis: Nemesis) -> str:
+    """The definitions the run ended with: v1, or v2 when its activation went through and
+    no rollback followed (on a loaded machine a slow fault can push the rollback past the
+    end of the traffic)."""
+    rules = "v1"
+    for done in nemesis.done:
+        if done.note.startswith("failed"):
+            continue
+        if done.fault.kind == "definitions_change":
+            rules = "v2"
+        elif done.fault.kind == "definitions_rollback":
+            rules = "v1"
+    return rules
