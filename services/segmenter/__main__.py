@@ -19,6 +19,7 @@ from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
 from services.segmenter.preview import PreviewRunner
 from services.segmenter.settings import SegmenterSettings
+from services.segmenter.sizes import SizeHistory, Tier
 from services.segmenter.worker import Evaluator, evaluate_loop
 from shared.clock import Clock, EventTimeClock, clock_from_setting
 from shared.db.engine import create_engine, pg_connection
@@ -148,6 +149,14 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
                 rate_per_second=settings.backfill_rate_per_second,
                 live_lag_seconds=settings.backfill_live_lag_seconds,
                 on_published=publisher.wake,
+            ).run(stopping),
+            SizeHistory(
+                engine,
+                clock,
+                metrics,
+                tuple(Tier(step, keep) for step, keep in settings.size_tiers),
+                fold_interval_seconds=settings.sizes_fold_interval_seconds,
+                recount_interval_seconds=settings.sizes_recount_interval_seconds,
             ).run(stopping),
             PreviewRunner(
                 engine,

@@ -26,7 +26,7 @@ import msgspec
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.segmenter import definitions, queue
+from services.segmenter import definitions, queue, sizes_repository
 from services.segmenter import repository as repo
 from services.segmenter.cache import CacheWriter
 from services.segmenter.metrics import SegmenterMetrics
@@ -207,6 +207,10 @@ class Evaluator:
             # change stream) can never miss a change committed later with a smaller id.
             await repo.lock_history(conn)
             await repo.insert_changes(conn, writes.history, writes.payloads)
+            # Size history's input, committed with the changes it counts (sizes.py).
+            await sizes_repository.add_deltas(
+                conn, ((h.dimension, h.from_segment, h.to_segment) for h in writes.history)
+            )
         if writes.unmarked:
             # Committed with the evaluations or not at all: a Redis that missed the mark has
             # its stale documents dropped by the repair loop once it answers.
