@@ -53,6 +53,7 @@ async def backlog_loop(
                 await repo.outbox_size(conn),
                 found.backfill_due,
             )
+            metrics.outbox_age.set(await repo.outbox_age_seconds(conn))
 
     await repeat_until_stopped(step, 2.0, stopping, Retry(BACKGROUND_BACKOFF, "backlog", stopping))
 

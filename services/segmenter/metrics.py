@@ -85,6 +85,11 @@ class SegmenterMetrics:
             "Size delta rows folded into the running totals",
             registry=registry,
         )
+        self.outbox_age = Gauge(
+            "streamseg_segmenter_outbox_age_seconds",
+            "How long the oldest change not yet acknowledged by Kafka has waited",
+            registry=registry,
+        )
         # Bound once: `labels()` on every evaluated customer costs more than the observation.
         self.lateness_by_cause = {c: self.lateness.labels(c) for c in ("event", "time")}
         self.oldest_due_seconds = 0.0
