@@ -202,15 +202,16 @@ class Evaluator:
         # rolled back with them, and read again).
         await write_fold(conn, writes.fold)
         if writes.history:
+            # Size history's input, committed with the changes it counts (sizes.py); before
+            # the history lock, which serialises the segmenters until commit.
+            await sizes_repository.add_deltas(
+                conn, ((h.dimension, h.from_segment, h.to_segment) for h in writes.history)
+            )
             # Under a lock held to commit: history ids are then assigned in commit order
             # across segmenter processes, so a reader resuming "after id N" (the API's
             # change stream) can never miss a change committed later with a smaller id.
             await repo.lock_history(conn)
             await repo.insert_changes(conn, writes.history, writes.payloads)
-            # Size history's input, committed with the changes it counts (sizes.py).
-            await sizes_repository.add_deltas(
-                conn, ((h.dimension, h.from_segment, h.to_segment) for h in writes.history)
-            )
         if writes.unmarked:
             # Committed with the evaluations or not at all: a Redis that missed the mark has
             # its stale documents dropped by the repair loop once it answers.

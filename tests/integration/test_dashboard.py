@@ -140,6 +140,7 @@ async def test_the_dashboard_shows_a_seeded_run_and_its_live_changes(run: Run) -
         assert {seg: int(n) for seg, n in shown} == latest
         assert sum(latest.values()) == CUSTOMERS
         await watched.screenshot("sizes")
+        await expect_contrast(page)
 
         # Keyboard: the arrow keys move between tabs.
         await page.get_by_role("tab", name="Sizes").focus()
@@ -156,6 +157,7 @@ async def test_the_dashboard_shows_a_seeded_run_and_its_live_changes(run: Run) -
         cells = await page.locator("#flow-matrix td.heat").all_inner_texts()
         assert sum(int(c) for c in cells if c) == moved
         await watched.screenshot("flow")
+        await expect_contrast(page)
 
         # Live: a change the segmenter commits reaches the feed.
         await page.get_by_role("tab", name="Live changes").click()
@@ -174,6 +176,7 @@ async def test_the_dashboard_shows_a_seeded_run_and_its_live_changes(run: Run) -
         await page.get_by_label("Customer or segment contains").fill("newcomer")
         await expect(item).to_be_visible()
         await watched.screenshot("live")
+        await expect_contrast(page)
 
         # Customer: its segments with reasons, and its history as a timeline.
         await item.get_by_role("button", name="live-newcomer").click()
@@ -193,6 +196,7 @@ async def test_the_dashboard_shows_a_seeded_run_and_its_live_changes(run: Run) -
                 assignment["reason"]
             )
         await watched.screenshot("customer")
+        await expect_contrast(page)
 
         # Definitions: preview a candidate, activate it, and the diff shows what changed.
         await page.get_by_role("tab", name="Definitions").click()
@@ -219,6 +223,7 @@ async def test_the_dashboard_shows_a_seeded_run_and_its_live_changes(run: Run) -
         await expect(diff).to_contain_text("engaged")
         await expect(diff.locator("pre.diff .add")).not_to_have_count(0)
         await watched.screenshot("definitions")
+        await expect_contrast(page)
         async with pg_connection(run.engine) as conn:
             assert await conn.fetchval("SELECT version FROM definitions_in_force") == 2
 
@@ -237,6 +242,14 @@ async def table_rows(table: Any) -> list[tuple[str, str]]:
         cells = await row.locator("td").all_inner_texts()
         out.append((cells[0], cells[1]))
     return out
+
+
+_LOW_CONTRAST = (Path(__file__).parents[1] / "support" / "contrast.js").read_text()
+
+
+async def expect_contrast(page: Page) -> None:
+    """Every visible text of the page (the charts' SVG apart) meets WCAG AA contrast."""
+    assert await page.evaluate(_LOW_CONTRAST) == []
 
 
 async def expect_labelled(page: Page) -> None:
