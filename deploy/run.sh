@@ -71,6 +71,10 @@ DEFS_KEY=$(.venv/bin/python -m services.api.keys create --name "make run definit
 TRAITS_KEY=$(.venv/bin/python -m services.api.keys create --name "make run traits $(date -u +%FT%TZ)" \
   --scope traits:write 2>/dev/null | sed -n 's/^key: *//p')
 [ -n "$TRAITS_KEY" ] || { echo "[run] ERROR: could not create an API key" >&2; exit 1; }
+# A fourth, for a person at the dashboard: every view, previews and activation included.
+DASHBOARD_KEY=$(.venv/bin/python -m services.api.keys create --name "make run dashboard $(date -u +%FT%TZ)" \
+  --scope segments:read --scope definitions:read --scope definitions:write 2>/dev/null | sed -n 's/^key: *//p')
+[ -n "$DASHBOARD_KEY" ] || { echo "[run] ERROR: could not create an API key" >&2; exit 1; }
 
 # Live traffic: a history of past shoppers first, then new events every second.
 .venv/bin/python -m services.loadgen --rate "${STREAMSEG_RUN_RATE:-50}" \
@@ -82,7 +86,8 @@ echo "[run] load generator started (pid $!, log $LOGS/loadgen.log)" >&2
 cat <<MSG
 
 StreamSeg is running with live shopper traffic. Ctrl-C stops everything.
-  API:        http://127.0.0.1:8100        docs: http://127.0.0.1:8100/docs
+  API:        http://127.0.0.1:8100        docs: http://127.0.0.1:8100/docs  http://127.0.0.1:8100/redoc
+  dashboard:  http://127.0.0.1:8100/dashboard   sign in with: $DASHBOARD_KEY
   API key:    $KEY
   try:        curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:8100/v1/customers/c0000000/segments
               curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:8100/v1/segments

@@ -26,6 +26,7 @@ from services.api.segments.routes import router as segments_router
 from services.api.settings import ApiSettings
 from services.api.stats.routes import router as stats_router
 from services.api.traits.routes import router as traits_router
+from services.api.web import routes as web
 from shared.settings import ConnectionSettings
 
 DESCRIPTION = """\
@@ -58,6 +59,9 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
         # Metrics are Prometheus (/metrics). FastAPI's OpenTelemetry hooks, unconfigured, still
         # look the providers up on every request, which costs more than the cached read itself.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # Served from the package's own assets instead of a CDN (services/api/web).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.streams = streams
     install_error_handlers(app)
@@ -73,6 +77,7 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
         health_router,
     ):
         app.include_router(router)
+    web.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     if api_settings.fast_path:
         # Innermost of ours: the body limit and the metrics apply to its answers too.

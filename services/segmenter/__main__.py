@@ -19,6 +19,7 @@ from services.segmenter.metrics import SegmenterMetrics
 from services.segmenter.outbox import OutboxPublisher
 from services.segmenter.preview import PreviewRunner
 from services.segmenter.settings import SegmenterSettings
+from services.segmenter.sizes import SizeHistory, Tier
 from services.segmenter.worker import Evaluator, LeasePacer, evaluate_loop
 from shared.clock import Clock, EventTimeClock, clock_from_setting
 from shared.db.engine import create_engine, pg_connection
@@ -52,6 +53,7 @@ async def backlog_loop(
                 await repo.outbox_size(conn),
                 found.backfill_due,
             )
+            metrics.outbox_age.set(await repo.outbox_age_seconds(conn))
 
     await repeat_until_stopped(step, 2.0, stopping, Retry(BACKGROUND_BACKOFF, "backlog", stopping))
 
@@ -155,6 +157,14 @@ async def main(conn: ConnectionSettings, settings: SegmenterSettings) -> None:
                 rate_per_second=settings.backfill_rate_per_second,
                 live_lag_seconds=settings.backfill_live_lag_seconds,
                 on_published=publisher.wake,
+            ).run(stopping),
+            SizeHistory(
+                engine,
+                clock,
+                metrics,
+                tuple(Tier(step, keep) for step, keep in settings.size_tiers),
+                fold_interval_seconds=settings.sizes_fold_interval_seconds,
+                recount_interval_seconds=settings.sizes_recount_interval_seconds,
             ).run(stopping),
             PreviewRunner(
                 engine,

@@ -69,6 +69,27 @@ class SegmenterMetrics:
             "Changes committed but not yet acknowledged by Kafka",
             registry=registry,
         )
+        self.size_drift = Gauge(
+            "streamseg_segmenter_size_drift_customers",
+            "At the last recount of segment sizes: how far the folded totals were off, summed "
+            "over segments",
+            registry=registry,
+        )
+        self.size_recounts = Counter(
+            "streamseg_segmenter_size_recounts_total",
+            "Recounts of segment sizes from customer_segments",
+            registry=registry,
+        )
+        self.size_deltas_folded = Counter(
+            "streamseg_segmenter_size_deltas_folded_total",
+            "Size delta rows folded into the running totals",
+            registry=registry,
+        )
+        self.outbox_age = Gauge(
+            "streamseg_segmenter_outbox_age_seconds",
+            "How long the oldest change not yet acknowledged by Kafka has waited",
+            registry=registry,
+        )
         # Bound once: `labels()` on every evaluated customer costs more than the observation.
         self.lateness_by_cause = {c: self.lateness.labels(c) for c in ("event", "time")}
         self.oldest_due_seconds = 0.0

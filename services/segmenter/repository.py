@@ -396,6 +396,16 @@ async def outbox_size(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM segment_outbox"))
 
 
+async def outbox_age_seconds(conn: asyncpg.Connection) -> float:
+    """How long the oldest record not yet acknowledged by Kafka has waited (0: none), by
+    PostgreSQL's clock, which stamped it (created_at)."""
+    age = await conn.fetchval(
+        "SELECT extract(epoch FROM now() - created_at)::float8 FROM segment_outbox"
+        " ORDER BY id LIMIT 1"
+    )
+    return 0.0 if age is None else max(0.0, float(age))
+
+
 # Cache repairs ----------------------------------------------------------------------------
 async def queue_cache_repairs(
     conn: asyncpg.Connection, versions: Sequence[tuple[str, int]]

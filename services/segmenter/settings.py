@@ -45,6 +45,15 @@ class SegmenterSettings(BaseSettings):
     # more often than this (services/segmenter/population.py, recompute_due).
     population_min_interval_seconds: float = Field(default=2.0, gt=0)
     preview_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Size history (services/segmenter/sizes.py): deltas folded this often, snapshots kept
+    # at `sizes_step_seconds` for `sizes_fine_keep_days`, hourly and daily for theirs, and a
+    # recount from customer_segments this often.
+    sizes_fold_interval_seconds: float = Field(default=5.0, gt=0, le=300)
+    sizes_step_seconds: int = Field(default=300, ge=1, le=3600)
+    sizes_fine_keep_days: float = Field(default=7.0, gt=0)
+    sizes_hourly_keep_days: float = Field(default=90.0, gt=0)
+    sizes_daily_keep_days: float = Field(default=730.0, gt=0)
+    sizes_recount_interval_seconds: float = Field(default=86400.0, gt=0)
     # Where a customer's `age` moves, at midnight on the birthday (an IANA zone name). No
     # service prefix: whatever evaluates segments must read the same one.
     birthday_time_zone: str = Field(default="UTC", validation_alias="STREAMSEG_BIRTHDAY_TIME_ZONE")
@@ -58,6 +67,16 @@ class SegmenterSettings(BaseSettings):
     @property
     def birthday_zone(self) -> ZoneInfo:
         return birthday_zone(self.birthday_time_zone)
+
+    @property
+    def size_tiers(self) -> tuple[tuple[int, float], ...]:
+        """(step, keep) in seconds of each snapshot series, finest first."""
+        day = 86400.0
+        return (
+            (self.sizes_step_seconds, self.sizes_fine_keep_days * day),
+            (3600, self.sizes_hourly_keep_days * day),
+            (86400, self.sizes_daily_keep_days * day),
+        )
 
     @field_validator("clock")
     @classmethod

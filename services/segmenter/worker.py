@@ -25,7 +25,7 @@ import msgspec
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.segmenter import definitions, queue
+from services.segmenter import definitions, queue, sizes_repository
 from services.segmenter import repository as repo
 from services.segmenter.cache import CacheWriter
 from services.segmenter.metrics import SegmenterMetrics
@@ -201,6 +201,11 @@ class Evaluator:
         # rolled back with them, and read again).
         await write_fold(conn, writes.fold)
         if writes.history:
+            # Size history's input, committed with the changes it counts (sizes.py); before
+            # the history lock, which serialises the segmenters until commit.
+            await sizes_repository.add_deltas(
+                conn, ((h.dimension, h.from_segment, h.to_segment) for h in writes.history)
+            )
             # Under a lock held to commit: history ids are then assigned in commit order
             # across segmenter processes, so a reader resuming "after id N" (the API's
             # change stream) can never miss a change committed later with a smaller id.

@@ -36,6 +36,14 @@ async def erase_customer(conn: asyncpg.Connection, customer_id: str) -> dict[str
     customer back from facts it read before.
     """
     await conn.execute(f"SELECT pg_advisory_xact_lock({customer_lease_key('$1')})", customer_id)
+    # The sizes the customer counted in leave with it (size history, migration 0011).
+    await conn.execute(
+        """
+        INSERT INTO segment_size_deltas (dimension, segment, customers)
+        SELECT dimension, segment, -1 FROM customer_segments WHERE customer_id = $1
+        """,
+        customer_id,
+    )
     erased = {}
     for table in ERASED_TABLES:
         status = await conn.execute(
