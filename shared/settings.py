@@ -7,10 +7,24 @@ docker-compose.yml and the tests, so that one environment configures everything.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_currency_rates() -> dict[str, Decimal]:
+    """`STREAMSEG_INGEST_CURRENCY_RATES` when unset: ingest converts with them, and the API
+    refuses an order in any other currency, as ingest would."""
+    return {
+        "EUR": Decimal("1"),
+        "USD": Decimal("0.92"),
+        "GBP": Decimal("1.17"),
+        "SEK": Decimal("0.087"),
+        "PLN": Decimal("0.23"),
+        "CHF": Decimal("1.05"),
+    }
 
 
 class DatabaseSettings(BaseSettings):
