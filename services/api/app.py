@@ -20,6 +20,7 @@ from services.api.deps import SECURITY, SECURITY_SCHEMES
 from services.api.erasure.routes import router as erasure_router
 from services.api.errors import install_error_handlers
 from services.api.events.routes import router as events_router
+from services.api.exports.routes import router as exports_router
 from services.api.health.routes import router as health_router
 from services.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from services.api.resources import StreamControl, open_resources
@@ -67,6 +68,7 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
         traits_router,
         events_router,
         segments_router,
+        exports_router,
         definitions_router,
         stats_router,
         changes_router,
