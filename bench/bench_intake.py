@@ -8,9 +8,9 @@ raw Kafka produce latency of the same records in the same run.
 2. builds 200 distinct bodies of `--batch` events each (orders and interactions from the
    workload generator, a tenth customer traits events);
 3. raw baseline: with the producer the API uses (`shared.kafka.make_producer`: idempotent,
-   acks=all, linger 5 ms), sends the records of one body at a time at `--rate` bodies per
-   second, open loop, and times each from its due time until Kafka acknowledged all of
-   them: what producing alone costs;
+   acks=all, linger `services.api.publisher.LINGER_MS`), sends the records of one body at
+   a time at `--rate` bodies per second, open loop, and times each from its due time
+   until Kafka acknowledged all of them: what producing alone costs;
 4. runs the API as `python -m services.api` in a subprocess and POSTs the bodies at
    `--rate` per second, open loop (a request is due at its time whether earlier ones have
    answered or not; latency runs from that time), over kept-alive connections, with a
@@ -43,6 +43,7 @@ from bench.bench_api import cpu_seconds, free_port, summary, wait_ready
 from bench.bench_ingest import stack_env
 from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
+from services.api.publisher import LINGER_MS
 from shared.db.engine import create_engine, driver_connection
 from shared.db.migrate import upgrade
 from shared.events import encode_event
@@ -135,7 +136,7 @@ async def open_loop(
 async def raw_produce(
     bootstrap: str, bodies: list[list[tuple[str, bytes, bytes]]], rate: float, duration: float
 ) -> dict[str, float]:
-    producer = make_producer(bootstrap, client_id="bench-intake-raw")
+    producer = make_producer(bootstrap, client_id="bench-intake-raw", linger_ms=LINGER_MS)
     await producer.start()
     try:
 

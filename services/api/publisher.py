@@ -29,6 +29,10 @@ from shared.retry import Backoff, Retry
 log = structlog.get_logger("api")
 
 CONNECT_BACKOFF = Backoff(initial_seconds=0.2, maximum_seconds=10.0)
+# A request hands all its records over before it waits for any (sending yields to the event
+# loop only when a batch is full), so they are batched without lingering, and a linger
+# would only add its time to every answer (bench/bench_intake.py, docs/performance.md).
+LINGER_MS = 0
 # (topic, key, value)
 Record = tuple[str, bytes, bytes]
 
@@ -121,7 +125,7 @@ class KafkaPublisher:
         retry = Retry(CONNECT_BACKOFF, "api-producer", self._stopping)
         client_id = f"api-{socket.gethostname()}:{os.getpid()}"
         while not self._stopping.is_set():
-            producer = make_producer(self._bootstrap, client_id=client_id)
+            producer = make_producer(self._bootstrap, client_id=client_id, linger_ms=LINGER_MS)
             try:
                 await producer.start()
             except BaseException as exc:
