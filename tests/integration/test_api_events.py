@@ -16,6 +16,7 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import murmur2
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -70,18 +71,18 @@ async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, 
         await consumer.stop()
 
 
-async def records_of(bootstrap: str, topics: Sequence[str]) -> list[tuple[str, bytes, bytes]]:
-    """(topic, key, value) of every record now on `topics`."""
+async def records_of(bootstrap: str, topics: Sequence[str]) -> list[tuple[str, int, bytes, bytes]]:
+    """(topic, partition, key, value) of every record now on `topics`."""
     ends = await end_offsets(bootstrap, topics)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
-    out: list[tuple[str, bytes, bytes]] = []
+    out: list[tuple[str, int, bytes, bytes]] = []
     try:
         parts = [TopicPartition(t, p) for (t, p), end in ends.items() if end > 0]
         consumer.assign(parts)
         while len(out) < sum(ends.values()):
             for tp, batch in (await consumer.getmany(*parts, timeout_ms=1000)).items():
-                out += [(tp.topic, r.key or b"", r.value or b"") for r in batch]
+                out += [(tp.topic, tp.partition, r.key or b"", r.value or b"") for r in batch]
     finally:
         await consumer.stop()
     return out
@@ -162,16 +163,18 @@ async def test_a_mixed_batch_reaches_ingest_and_the_invalid_events_are_named(
     assert next(x for x in body["rejections"] if x["index"] == 3)["event_id"] == "bad-amount"
     assert next(x for x in body["rejections"] if x["index"] == 200)["event_id"] is None
 
-    # On ingest's topics, keyed by customer, each the bytes it was sent as.
+    # On ingest's topics, keyed by customer and partitioned by the key as a keyed send
+    # does (murmur2, as Kafka's Java client), each the bytes it was sent as.
     produced = await records_of(harness.bootstrap, harness.topics.all())
     assert len(produced) == 302
-    by_id = {orjson.loads(v)["event_id"]: (t, k, orjson.loads(v)) for t, k, v in produced}
+    by_id = {orjson.loads(v)["event_id"]: (p, k, orjson.loads(v)) for _, p, k, v in produced}
     assert len(by_id) == 302
     for item in good:
-        _, key, value = by_id[item["event_id"]]
+        partition, key, value = by_id[item["event_id"]]
         assert key == item["customer_id"].encode()
+        assert partition == (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
         assert value == item
-    assert {t for t, _, _ in produced} == set(harness.topics.all())
+    assert {t for t, _, _, _ in produced} == set(harness.topics.all())
 
     await wait_ingested(harness)
     await harness.assert_exact(valid)
