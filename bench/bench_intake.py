@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -170,7 +171,7 @@ class Connection:
 
 async def api_load(
     port: int, key: str, bodies: list[bytes], rate: float, duration: float, expected: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     requests = [
         b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Authorization: Bearer {key}\r\nContent-Length: {len(b)}\r\n\r\n".encode()
@@ -178,6 +179,8 @@ async def api_load(
         for b in bodies
     ]
     idle: list[Connection] = []
+    statuses: Counter[int] = Counter()
+    refusals: list[str] = []
 
     async def one(i: int) -> bool:
         conn = None
@@ -196,11 +199,19 @@ async def api_load(
             raise
         conn.idle_since = time.perf_counter()
         idle.append(conn)
-        return status == 202 and orjson.loads(body)["accepted"] == expected
+        statuses[status] += 1
+        is_ok = status == 202 and orjson.loads(body)["accepted"] == expected
+        if not is_ok and len(refusals) < 3:
+            refusals.append(f"{status} {body[:300].decode(errors='replace')}")
+        return is_ok
 
     try:
         await open_loop(one, rate, 3)  # warm-up
-        return await open_loop(one, rate, duration)
+        statuses.clear()
+        result: dict[str, Any] = dict(await open_loop(one, rate, duration))
+        result["statuses"] = dict(statuses)
+        result["refusals"] = refusals
+        return result
     finally:
         for conn in idle:
             conn.writer.close()

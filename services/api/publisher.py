@@ -22,8 +22,6 @@ from collections.abc import Sequence
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.producer.message_accumulator import BatchBuilder
 
 from shared.kafka import make_producer
 from shared.retry import Backoff, Retry
@@ -37,8 +35,6 @@ CONNECT_BACKOFF = Backoff(initial_seconds=0.2, maximum_seconds=10.0)
 LINGER_MS = 0
 # (topic, key, value)
 Record = tuple[str, bytes, bytes]
-# The producer's own default: murmur2 of the key, as Kafka's Java client partitions keys.
-_PARTITIONER = DefaultPartitioner()
 
 
 class PublishFailedError(Exception):
@@ -91,14 +87,12 @@ class KafkaPublisher:
         deadline = loop.time() + timeout_seconds
         deliveries: list[asyncio.Future[object]] = []
         try:
-            # Cancelling `send_batch` while it waits (for metadata, or for the partition's
-            # previous batch to go out) stops its batch; the batches already handed over
-            # may still go out, which the module docstring accounts for.
+            # Cancelling `send` while it waits (for metadata, or room in the buffer) stops
+            # its record; the records already handed over may still go out, which the
+            # module docstring accounts for.
             async with asyncio.timeout_at(deadline):
-                for (topic, partition), builder in await self._batches(producer, records):
-                    deliveries.append(
-                        await producer.send_batch(builder, topic, partition=partition)
-                    )
+                for topic, key, value in records:
+                    deliveries.append(await producer.send(topic, value=value, key=key))
             # Waited for, not cancelled: a late acknowledgement still settles the future.
             _, pending = await asyncio.wait(deliveries, timeout=max(0.0, deadline - loop.time()))
             if pending:
@@ -115,28 +109,6 @@ class KafkaPublisher:
             for delivery in deliveries:
                 if not delivery.done():
                     delivery.add_done_callback(_settled)
-
-    @staticmethod
-    async def _batches(
-        producer: AIOKafkaProducer, records: Sequence[Record]
-    ) -> list[tuple[tuple[str, int], BatchBuilder]]:
-        """The records in one batch per partition (more where a batch fills up), each
-        partition chosen from the key as `send` chooses it: a request's records go out in
-        a few batches, at a fraction of the cost of handing them over one by one."""
-        partitions: dict[str, list[int]] = {}
-        for topic in dict.fromkeys(topic for topic, _, _ in records):
-            partitions[topic] = sorted(await producer.partitions_for(topic))
-        batches: dict[tuple[str, int], list[BatchBuilder]] = {}
-        for topic, key, value in records:
-            choices = partitions[topic]
-            builders = batches.setdefault((topic, _PARTITIONER(key, choices, choices)), [])
-            if not builders or builders[-1].append(key=key, value=value, timestamp=None) is None:
-                builder = producer.create_batch()
-                # A record is at most 64 KiB (the contract), a batch 256 KiB.
-                if builder.append(key=key, value=value, timestamp=None) is None:
-                    raise PublishFailedError(f"a record of {len(value)} bytes fits no batch")
-                builders.append(builder)
-        return [(tp, builder) for tp, builders in batches.items() for builder in builders]
 
     @staticmethod
     def _late(producer: AIOKafkaProducer, records: Sequence[Record], timeout: float) -> str:
