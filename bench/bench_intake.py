@@ -209,7 +209,7 @@ async def api_load(
         await open_loop(one, rate, 3)  # warm-up
         statuses.clear()
         result: dict[str, Any] = dict(await open_loop(one, rate, duration))
-        result["statuses"] = dict(statuses)
+        result["statuses"] = {str(status): n for status, n in sorted(statuses.items())}
         result["refusals"] = refusals
         return result
     finally:
