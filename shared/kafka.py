@@ -171,15 +171,17 @@ def make_producer(
     security: KafkaSecurity = PLAINTEXT,
     client_id: str = "streamseg",
     transactional_id: str | None = None,
+    linger_ms: int = 5,
 ) -> AIOKafkaProducer:
-    """An idempotent producer: retries never write a record twice."""
+    """An idempotent producer: retries never write a record twice. `linger_ms`: how long a
+    batch waits for more records before it is sent."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
         transactional_id=transactional_id,
-        linger_ms=5,
+        linger_ms=linger_ms,
         max_batch_size=256 * 1024,
         request_timeout_ms=30_000,
         **security.client_options(),

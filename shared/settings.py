@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -94,6 +95,19 @@ def _check_context(build: Callable[[], object], names: str) -> None:
         build()
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"{names}: cannot load the TLS files: {exc}") from None
+
+
+def default_currency_rates() -> dict[str, Decimal]:
+    """`STREAMSEG_INGEST_CURRENCY_RATES` when unset: ingest converts with them, and the API
+    refuses an order in any other currency, as ingest would."""
+    return {
+        "EUR": Decimal("1"),
+        "USD": Decimal("0.92"),
+        "GBP": Decimal("1.17"),
+        "SEK": Decimal("0.087"),
+        "PLN": Decimal("0.23"),
+        "CHF": Decimal("1.05"),
+    }
 
 
 class DatabaseSettings(BaseSettings):

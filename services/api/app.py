@@ -19,6 +19,8 @@ from services.api.definitions.routes import router as definitions_router
 from services.api.deps import SECURITY, SECURITY_SCHEMES
 from services.api.erasure.routes import router as erasure_router
 from services.api.errors import install_error_handlers
+from services.api.events.routes import router as events_router
+from services.api.exports.routes import router as exports_router
 from services.api.health.routes import router as health_router
 from services.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from services.api.resources import StreamControl, open_resources
@@ -68,7 +70,9 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
     for router in (
         customers_router,
         traits_router,
+        events_router,
         segments_router,
+        exports_router,
         definitions_router,
         stats_router,
         changes_router,
@@ -83,7 +87,11 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
         # Innermost of ours: the body limit and the metrics apply to its answers too.
         route = _route_of(customers_router, get_customer_segments)
         app.add_middleware(SegmentsFastPath, route=route)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=api_settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=api_settings.max_body_bytes,
+        path_limits={events_router.prefix: api_settings.events_max_body_bytes},
+    )
     # Added last, so outermost: it also times the requests the body limit turns away.
     app.add_middleware(MetricsMiddleware)
     return app

@@ -118,6 +118,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing, unknown or revoked API key",
         403: "The key lacks the scope this endpoint needs",
         404: "Not found",
+        406: "None of the media types in Accept can be produced",
         409: "Conflicts with the state the request expected",
         413: "Request body too large",
         415: "Unsupported Content-Type",

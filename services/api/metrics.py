@@ -30,3 +30,9 @@ AUDIT_WRITTEN = Counter("streamseg_api_audit_written_total", "Audit entries inse
 AUDIT_DROPPED = Counter(
     "streamseg_api_audit_dropped_total", "Audit entries dropped because the buffer was full"
 )
+EVENTS = Counter(
+    "streamseg_api_events_total",
+    "Events of POST /v1/events: accepted (Kafka has them), rejected (invalid), or unavailable "
+    "(valid, but their batch was refused with 503)",
+    ["outcome"],
+)

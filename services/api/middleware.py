@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -19,24 +20,29 @@ class BodyTooLargeError(HTTPException):
 
 
 class BodyLimitMiddleware:
-    """413 for a body over `max_bytes`: at once from Content-Length, or while it streams in."""
+    """413 for a body over `max_bytes` (or the limit `path_limits` gives its path): at once
+    from Content-Length, or while it streams in."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.max_bytes)
         has_body = False
         for name, value in scope["headers"]:
             has_body = has_body or name in (b"content-length", b"transfer-encoding")
             if name == b"content-length" and not value.isdigit():
                 await _send_error(send, 400, "bad_request", "Content-Length is not a number")
                 return
-            if name == b"content-length" and int(value) > self.max_bytes:
-                await self._reject(send)
+            if name == b"content-length" and int(value) > limit:
+                await _reject(send, limit)
                 return
         if not has_body:
             # Nothing to count (a plain GET): the hot path skips the wrapping below.
@@ -50,8 +56,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLargeError(self.max_bytes)
+                if received > limit:
+                    raise BodyTooLargeError(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -64,11 +70,11 @@ class BodyLimitMiddleware:
         except BodyTooLargeError:
             if started:
                 raise
-            await self._reject(send)
+            await _reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
-        detail = f"request body is larger than {self.max_bytes} bytes"
-        await _send_error(send, 413, "body_too_large", detail)
+
+async def _reject(send: Send, limit: int) -> None:
+    await _send_error(send, 413, "body_too_large", f"request body is larger than {limit} bytes")
 
 
 async def _send_error(send: Send, status: int, error: str, detail: str) -> None:

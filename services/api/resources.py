@@ -19,10 +19,11 @@ from services.api.customers.cache import CacheReader
 from services.api.customers.service import FallbackGate
 from services.api.database import Database
 from services.api.definitions.parsing import DefinitionsParser
+from services.api.events.service import EventIntake
+from services.api.publisher import KafkaPublisher
 from services.api.redis_pipe import RedisPipe
 from services.api.segments.service import DefinitionsCache
 from services.api.settings import ApiSettings
-from services.api.traits.publisher import TraitsPublisher
 from shared.db.engine import create_engine
 from shared.db.migrate import require_current
 from shared.security import RedisTls
@@ -55,7 +56,8 @@ class Resources:
     definitions: DefinitionsCache
     parser: DefinitionsParser
     streams: StreamControl
-    traits: TraitsPublisher
+    kafka: KafkaPublisher
+    intake: EventIntake
 
 
 # Requests beyond this many in flight wait for a Redis connection (within the cache time-out)
@@ -112,14 +114,9 @@ async def open_resources(
         audit.start()
         stack.push_async_callback(audit.stop)
         # Connects in the background: the API serves reads while Kafka is away.
-        traits = TraitsPublisher(
-            conn.kafka_bootstrap,
-            settings.customers_topic,
-            settings.traits_produce_timeout_ms / 1000,
-            security=conn.kafka_security(),
-        )
-        stack.push_async_callback(traits.stop)
-        await traits.start()
+        kafka = KafkaPublisher(conn.kafka_bootstrap, security=conn.kafka_security())
+        stack.push_async_callback(kafka.stop)
+        await kafka.start()
         stack.callback(streams.stop)
         yield Resources(
             conn=conn,
@@ -134,5 +131,6 @@ async def open_resources(
             definitions=DefinitionsCache(),
             parser=DefinitionsParser(),
             streams=streams,
-            traits=traits,
+            kafka=kafka,
+            intake=EventIntake(settings),
         )

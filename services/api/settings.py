@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.settings import default_currency_rates
+
+MIB = 1024 * 1024
 
 
 class ApiSettings(BaseSettings):
@@ -29,9 +35,22 @@ class ApiSettings(BaseSettings):
     preview_keep_seconds: float = Field(default=86_400, gt=0)
     fast_path: bool = True
     workers: int = Field(default=1, ge=1, le=32)
-    # The topic ingest reads customer events from, under ingest's own variable, so the two
-    # cannot disagree.
+    # The topics ingest reads, and the currencies it converts, under ingest's own variables,
+    # so that the two cannot disagree about where an event goes or whether it is valid.
     customers_topic: str = Field(
         default="customers", validation_alias="STREAMSEG_INGEST_CUSTOMERS_TOPIC"
     )
+    orders_topic: str = Field(default="orders", validation_alias="STREAMSEG_INGEST_ORDERS_TOPIC")
+    interactions_topic: str = Field(
+        default="interactions", validation_alias="STREAMSEG_INGEST_INTERACTIONS_TOPIC"
+    )
+    currency_rates: dict[str, Decimal] = Field(
+        default_factory=default_currency_rates, validation_alias="STREAMSEG_INGEST_CURRENCY_RATES"
+    )
     traits_produce_timeout_ms: int = Field(default=5000, ge=100)
+    # POST /v1/events: its own body limit (a batch is larger than any other body), and how
+    # long it waits for Kafka to acknowledge every event of a batch.
+    events_max_body_bytes: int = Field(default=MIB, ge=1024, le=16 * MIB)
+    events_produce_timeout_ms: int = Field(default=5000, ge=100)
+    # Member exports read this many rows per query (and hold two chunks at most).
+    export_chunk_rows: int = Field(default=5000, ge=100, le=100_000)

@@ -18,15 +18,9 @@ from aiokafka.structs import ConsumerRecord
 
 from services.ingest import repository as repo
 from shared.db.literals import text_array
-from shared.events import (
-    CustomerTraits,
-    EventRejected,
-    RejectReason,
-    check_occurred_at,
-    decode_customer_event,
-    decode_event,
-)
+from shared.events import CustomerTraits, EventRejected, RejectReason
 from shared.events.orders import ORDER_EVENT_CLASSES
+from shared.events.screening import Screen
 
 AMOUNT_QUANTUM = Decimal("0.0001")
 # About 3 ms of decoding between chances for the commit stage to run.
@@ -95,31 +89,6 @@ class PreparedBatch:
     def __post_init__(self) -> None:
         self.event_ids = sorted(self.events)
         self.event_ids_arg = text_array(self.event_ids)
-
-
-class Screen:
-    """Decodes and checks records; anything that can never be applied is a DeadLetter.
-
-    Each topic carries one family: records of `customers_topic` are profile events."""
-
-    def __init__(self, currency_rates: dict[str, Decimal], customers_topic: str = "") -> None:
-        self._rates = currency_rates
-        self._customers_topic = customers_topic
-
-    def __call__(self, raw: bytes, now: datetime, topic: str = "") -> Any:
-        event: Any
-        if topic and topic == self._customers_topic:
-            event = decode_customer_event(raw)
-        else:
-            event = decode_event(raw)
-        if type(event) in _ORDER_CLASSES and event.currency not in self._rates:
-            raise EventRejected(
-                RejectReason.UNKNOWN_CURRENCY,
-                "$.currency",
-                f"{event.currency!r} has no configured rate",
-            )
-        check_occurred_at(event.occurred_at, now=now)
-        return event
 
 
 _json = msgspec.json.Encoder()

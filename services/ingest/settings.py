@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.clock import clock_from_setting
+from shared.settings import default_currency_rates
 
 
 class IngestSettings(BaseSettings):
@@ -23,16 +24,7 @@ class IngestSettings(BaseSettings):
     # Units of base currency per unit of each currency. JSON in the environment, e.g.
     # STREAMSEG_INGEST_CURRENCY_RATES='{"EUR": "1", "USD": "0.92"}'. An event in a currency
     # that is not listed is dead-lettered, never guessed.
-    currency_rates: dict[str, Decimal] = Field(
-        default_factory=lambda: {
-            "EUR": Decimal("1"),
-            "USD": Decimal("0.92"),
-            "GBP": Decimal("1.17"),
-            "SEK": Decimal("0.087"),
-            "PLN": Decimal("0.23"),
-            "CHF": Decimal("1.05"),
-        }
-    )
+    currency_rates: dict[str, Decimal] = Field(default_factory=default_currency_rates)
     max_batch_records: int = Field(default=5000, ge=1, le=100_000)
     poll_timeout_ms: int = Field(default=200, ge=1)
     # At low rates a fetch would return each record as it comes, and every batch pays its

@@ -28,7 +28,6 @@ from services.ingest.batch import (
     DeadLetter,
     Part,
     PreparedBatch,
-    Screen,
     build_changes,
     prepare,
     without_poison,
@@ -37,6 +36,7 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.clock import Clock, EventTimeClock, present
 from shared.db.engine import pg_connection
+from shared.events.screening import Screen
 from shared.kafka import (
     DEAD_LETTER_MAX_BYTES,
     HEADER_REFERENCE,

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 async def api(settings: ConnectionSettings, harness: Harness) -> AsyncIterator[httpx.AsyncClient]:
     """The API producing to the harness's customers topic, which its ingest worker reads."""
     async with running_api(settings, customers_topic=harness.topics.customers) as (app, client):
-        assert app.state.resources.traits.is_connected
+        assert app.state.resources.kafka.is_connected
         yield client
 
 
@@ -255,7 +255,7 @@ async def test_without_kafka_writes_are_503_and_reads_still_answer(
     reader = bearer(await make_key(engine, "segments:read"))
     unreachable = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
     async with running_api(unreachable) as (app, client):
-        assert not app.state.resources.traits.is_connected
+        assert not app.state.resources.kafka.is_connected
         r = await client.patch(
             "/v1/customers/c-1/traits", headers=writer, json={"traits": {"city": "x"}}
         )

@@ -447,7 +447,7 @@ FACTORIES = {
     "delete_topics": "security",
     "check_kafka": "security",
     "OutboxPublisher": "security",
-    "TraitsPublisher": "security",
+    "KafkaPublisher": "security",
     "create_engine": "tls",
     "make_redis": "tls",
 }
@@ -479,7 +479,11 @@ def unsecured_calls(source: str) -> list[tuple[int, str]]:
         # A factory is a function imported by name (not a method such as admin.delete_topics).
         if isinstance(func, ast.Name) and name in FACTORIES and FACTORIES[name] not in keywords:
             found.append((node.lineno, name))
-        elif name in DIRECT and None not in keywords:
+        elif (
+            name in DIRECT
+            and None not in keywords
+            and not (name == "connect" and "ssl" in keywords)
+        ):
             owner = func.value if isinstance(func, ast.Attribute) else None
             owner_name = getattr(owner, "id", getattr(owner, "attr", ""))
             if name == "connect" and owner_name != "asyncpg":

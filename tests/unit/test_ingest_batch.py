@@ -9,8 +9,9 @@ from decimal import Decimal
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from services.ingest.batch import YIELD_EVERY_RECORDS, Screen, prepare
+from services.ingest.batch import YIELD_EVERY_RECORDS, prepare
 from shared.events import encode_event
+from shared.events.screening import Screen
 from shared.workload import Workload
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

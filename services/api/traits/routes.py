@@ -17,9 +17,9 @@ from services.api.auth.repository import AuditEntry
 from services.api.customers.routes import CustomerIdPath
 from services.api.deps import Reader, ResourcesDep, TraitsWriter
 from services.api.errors import ApiError, error_responses, not_found
+from services.api.publisher import PublishFailedError
 from services.api.resources import Resources
 from services.api.traits import repository, service
-from services.api.traits.publisher import PublishFailedError
 from services.api.traits.schemas import (
     CustomerTraitsView,
     PatchBody,
@@ -103,7 +103,10 @@ async def _write(
     now = datetime.now(UTC)
     event, raw = service.build_event(customer_id, await request.body(), replace=replace, now=now)
     try:
-        await resources.traits.publish(customer_id.encode(), raw)
+        await resources.kafka.publish(
+            [(resources.settings.customers_topic, customer_id.encode(), raw)],
+            resources.settings.traits_produce_timeout_ms / 1000,
+        )
     except PublishFailedError as exc:
         raise ApiError(
             503,

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.api import openapi
 from shared.events.customers import Traits, UnsetNames
 from shared.events.fields import Id, OccurredAt
 
@@ -53,23 +54,8 @@ _EXAMPLES: dict[type[_Body], dict[str, Any]] = {
 
 
 def request_body(body: type[_Body]) -> dict[str, Any]:
-    """The `openapi_extra` of an endpoint that reads `body` itself: its JSON Schema, with
-    the contract's definitions inlined (OpenAPI resolves no `$defs` of a request body)."""
-    schema = msgspec.json.schema(body)
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return inline(defs[ref.removeprefix("#/$defs/")])
-            return {key: inline(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [inline(item) for item in node]
-        return node
-
-    content = {"schema": inline(schema), "example": _EXAMPLES[body]}
-    return {"requestBody": {"required": True, "content": {"application/json": content}}}
+    """The `openapi_extra` of an endpoint that reads `body` itself."""
+    return openapi.request_body(body, _EXAMPLES[body])
 
 
 class TraitsAccepted(BaseModel):
