@@ -43,7 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("order_id", "customer_id", "type", "occurred_at", "amount", "currency")
 
 
-def history(n: int, customers: int, seed: int) -> list[tuple[str, str, str, datetime, Decimal, str]]:
+def history(
+    n: int, customers: int, seed: int
+) -> list[tuple[str, str, str, datetime, Decimal, str]]:
     """N order events in time order: (order id, customer, type, time, amount, currency)."""
     rng = random.Random(seed)
     weights = [1.0 / (rank**1.1) for rank in range(1, customers + 1)]
@@ -200,7 +202,7 @@ async def main() -> None:
             run_env = dict(env, STREAMSEG_DATABASE_SCHEMA=schema, STREAMSEG_LOG_LEVEL="WARNING")
             if args.chunk_rows:
                 run_env["STREAMSEG_IMPORTER_CHUNK_ROWS"] = str(args.chunk_rows)
-            result = import_rate(run_env, path, ROOT / ".stack" / "bench-import.log")
+            result = import_rate(run_env, path, Path(tmp) / "bench-import.log")
         rate = result["imported_this_time"] / result["elapsed_seconds"]
         print(
             f"importer:  {rate:,.0f} orders/s ({result['imported']:,} imported,"

@@ -152,7 +152,7 @@ def parse_until(text: str, zone_name: str) -> datetime:
 
 
 async def main(args: argparse.Namespace) -> int:
-    db = DatabaseSettings()  # type: ignore[call-arg]
+    db = DatabaseSettings()
     ingest = IngestSettings()
     settings = ImporterSettings()
     configure_logging(db.log_level, json=db.log_json)
@@ -165,39 +165,37 @@ async def main(args: argparse.Namespace) -> int:
         return 1
     run_id = run_key(keyed, args.publish, until)
     progress = Progress(interval_seconds=settings.progress_interval_seconds)
-    importer = Importer(
-        create_engine(db.database_url, db.database_schema, application_name="importer"),
-        SystemClock(),
-        rates=dict(ingest.currency_rates),
-        retention=timedelta(days=ingest.interaction_retention_days),
-        chunk_rows=settings.chunk_rows,
-        progress=progress,
-    )
-    install_stop_handlers(importer.stop)
-    engine = importer._engine
     async with AsyncExitStack() as stack:
+        engine = create_engine(db.database_url, db.database_schema, application_name="importer")
         stack.push_async_callback(engine.dispose)
         await require_current(engine, db.database_schema)
+        importer = Importer(
+            engine,
+            SystemClock(),
+            rates=dict(ingest.currency_rates),
+            retention=timedelta(days=ingest.interaction_retention_days),
+            chunk_rows=settings.chunk_rows,
+            progress=progress,
+        )
+        install_stop_handlers(importer.stop)
+        # The run's lock, held by this connection for the whole run.
         lock = await stack.enter_async_context(pg_connection(engine))
         if not await repo.lock_run(lock, run_id):
             print(f"error: another importer is running import {run_id}", file=sys.stderr)
             return 1
+        stack.push_async_callback(repo.unlock_run, lock, run_id)
+        given = None if args.rejects is None else str(args.rejects.absolute())
+        default = str(Path.cwd() / f"import-{run_id[:12]}.rejects.jsonl")
         async with lock.transaction():
-            default_rejects = Path(f"import-{run_id[:12]}.rejects.jsonl").resolve()
-            run = await repo.start_run(
-                lock, run_id, args.publish, until, str(args.rejects or default_rejects)
+            run = await repo.start_run(lock, run_id, args.publish, until, given or default)
+        if given is not None and given != run.reject_path:
+            print(
+                f"error: import {run_id} keeps its rejects in {run.reject_path};"
+                " pass that path to --rejects, or none",
+                file=sys.stderr,
             )
-        reject_path = (
-            Path(args.rejects)
-            if args.rejects
-            else Path(
-
-                    await lock.fetchval(
-                        "SELECT reject_path FROM import_runs WHERE run_id = $1", run_id
-                    )
-
-            )
-        )
+            return 1
+        reject_path = Path(run.reject_path)
         log.info(
             "import_run",
             run_id=run_id,
@@ -206,51 +204,26 @@ async def main(args: argparse.Namespace) -> int:
             publish=args.publish,
             rejects=str(reject_path),
         )
-        started = time.monotonic()
-        drawing = asyncio.create_task(progress.render_loop())
-        try:
-            read, imported = (0, 0)
-            if run.queued_at is None:
-                try:
-                    read, imported = await importer.load(run, keyed, reject_path)
-                except (MappingError, FileError, RejectFileError) as exc:
-                    drawing.cancel()
-                    await asyncio.gather(drawing, return_exceptions=True)
-                    print(f"error: {exc}", file=sys.stderr)
-                    return 1
-            elapsed = time.monotonic() - started
-            if importer.is_stopping:
-                return 130
-            if run.queued_at is None:
-                await importer.queue(run_id)
-            async with lock.transaction():
-                run = await repo.start_run(lock, run_id, args.publish, until, str(reject_path))
-            segmented = run.completed_at is not None
-            if not segmented and not args.no_wait:
-                segmented = await importer.wait_segmented(
-                    run, settings.segment_wait_seconds, settings.segment_poll_seconds
-                )
-        finally:
-            drawing.cancel()
-            await asyncio.gather(drawing, return_exceptions=True)
+        outcome = await _run(importer, run, keyed, reject_path, progress, settings, args)
+        if isinstance(outcome, int):
+            return outcome
         totals = await repo.run_totals(lock, run_id)
-        await lock.execute("SELECT pg_advisory_unlock_all()")
-    outcome = Outcome(
+    result = Outcome(
         run_id=run_id,
         rows_read=int(totals["rows_read"]),
         imported=int(totals["imported"]),
         duplicates=int(totals["duplicates"]),
         rejected=int(totals["rejected"]),
         customers=int(totals["customers"]),
-        elapsed_seconds=elapsed,
-        rows_this_time=read,
-        imported_this_time=imported,
-        segmented=segmented,
+        elapsed_seconds=outcome[0],
+        rows_this_time=outcome[1],
+        imported_this_time=outcome[2],
+        segmented=outcome[3],
         reject_path=str(reject_path),
     )
-    print(progress.summary(outcome), file=sys.stderr)
-    print(orjson.dumps(dataclasses.asdict(outcome) | {"publish": args.publish}).decode())
-    if not segmented and not args.no_wait:
+    print(progress.summary(result), file=sys.stderr)
+    print(orjson.dumps(dataclasses.asdict(result) | {"publish": args.publish}).decode())
+    if not result.segmented and not args.no_wait:
         print(
             "the segmenter has not evaluated every imported customer yet (is it running?);"
             " run the same command again to wait for it",
@@ -258,6 +231,42 @@ async def main(args: argparse.Namespace) -> int:
         )
         return 3
     return 0
+
+
+async def _run(
+    importer: Importer,
+    run: repo.Run,
+    keyed: list[tuple[str, ImportFile]],
+    reject_path: Path,
+    progress: Progress,
+    settings: ImporterSettings,
+    args: argparse.Namespace,
+) -> tuple[float, int, int, bool] | int:
+    """Load, queue, wait: (load seconds, rows read, imported, segmented), or an exit status."""
+    started = time.monotonic()
+    drawing = asyncio.create_task(progress.render_loop())
+    read = imported = 0
+    try:
+        if run.queued_at is None:
+            try:
+                read, imported = await importer.load(run, keyed, reject_path)
+            except (MappingError, FileError, RejectFileError) as exc:
+                print(f"\nerror: {exc}", file=sys.stderr)
+                return 1
+            if importer.is_stopping:
+                return 130
+            await importer.queue(run.run_id)
+        elapsed = time.monotonic() - started
+        run = await importer.reload(run)
+        segmented = run.completed_at is not None
+        if not segmented and not args.no_wait:
+            segmented = await importer.wait_segmented(
+                run, settings.segment_wait_seconds, settings.segment_poll_seconds
+            )
+    finally:
+        drawing.cancel()
+        await asyncio.gather(drawing, return_exceptions=True)
+    return elapsed, read, imported, segmented
 
 
 if __name__ == "__main__":

@@ -32,14 +32,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.importer import repository as repo
 from services.importer.files import Format, Row, SourceFile, content_hash
-from services.importer.mapping import ColumnMapping, RowReader, RowRejected, resolve_columns
+from services.importer.mapping import (
+    ColumnMapping,
+    RowReader,
+    RowRejected,
+    plain_amount,
+    resolve_columns,
+)
 from services.importer.progress import Progress
 from services.ingest import repository as ingest
 from services.ingest.batch import Changes, Screen, build_changes
 from shared.clock import Clock
 from shared.db.engine import pg_connection
 from shared.db.literals import text_array
-from shared.events import EventRejected
+from shared.events import EventRejected, check_occurred_at
+from shared.events.decoding import build_order_event
 from shared.events.definitions_activated import Transition
 from shared.events.import_completed import (
     IMPORT_EVENT_KEY,
@@ -211,9 +218,7 @@ class Importer:
         rows = source.rows(start)
         chunk = Chunk(start, start, is_last=False)
         name = str(source.path)
-        n = 0
-        for item in rows:
-            n += 1
+        for n, item in enumerate(rows, 1):
             if n % YIELD_EVERY_ROWS == 0:
                 await asyncio.sleep(0)
             if isinstance(item, Row):
@@ -242,12 +247,7 @@ class Importer:
         header: Sequence[str],
     ) -> None:
         try:
-            raw, at = reader.event_json(row.value)
-            if at >= until:
-                raise RowRejected(
-                    AT_OR_AFTER_UNTIL, f"{at.isoformat()} is not before --until {until.isoformat()}"
-                )
-            event = self._screen(raw, self._clock.now())
+            event = self._event(row, reader, until)
         except RowRejected as exc:
             chunk.rejects.append(
                 _reject_line(name, row.line, exc.reason, str(exc), row.value, header)
@@ -265,6 +265,37 @@ class Importer:
             chunk.duplicates += 1
         else:
             chunk.events[event.event_id] = event
+
+    def _event(self, row: Row, reader: RowReader, until: datetime) -> Any:
+        """The row's event, validated as ingest validates a record (its `Screen`): an
+        order row whose amount is written plainly is built and checked from its fields
+        (`build_order_event`, the decoder's own checks), anything else is decoded from
+        JSON by `decode_event`, which also words every rejection."""
+        now = self._clock.now()
+        if reader.mapping.kind == "interactions":
+            raw, at = reader.interaction_json(row.value)
+            _before_until(at, until)
+            return self._screen(raw, now)
+        fields = reader.order(row.value)
+        _before_until(fields.occurred_at, until)
+        amount = plain_amount(fields.amount)
+        if amount is not None and fields.currency in self._rates:
+            try:
+                event = build_order_event(
+                    fields.type,
+                    event_id=fields.event_id,
+                    customer_id=fields.customer_id,
+                    order_id=fields.order_id,
+                    occurred_at=fields.occurred_at,
+                    amount=amount,
+                    currency=fields.currency,
+                    channel=fields.channel,
+                )
+                check_occurred_at(event.occurred_at, now=now)
+                return event
+            except EventRejected:
+                pass  # the decoder says why, in its own words
+        return self._screen(fields.json(), now)
 
     def _folded(self, chunk: Chunk) -> Chunk:
         chunk.changes = build_changes(
@@ -331,6 +362,10 @@ class Importer:
             )
         return len(fresh)
 
+    async def reload(self, run: repo.Run) -> repo.Run:
+        async with pg_connection(self._engine) as conn:
+            return await repo.get_run(conn, run.run_id)
+
     async def queue(self, run_id: str) -> int:
         """Queue the run's customers for the segmenter with cause `import` (once)."""
         async with pg_connection(self._engine) as conn, conn.transaction():
@@ -385,6 +420,13 @@ class Importer:
             IMPORT_EVENT_KEY,
             uuid.UUID(import_completed_id(run.run_id)),
             encode_import_completed(data),
+        )
+
+
+def _before_until(at: datetime, until: datetime) -> None:
+    if at >= until:
+        raise RowRejected(
+            AT_OR_AFTER_UNTIL, f"{at.isoformat()} is not before --until {until.isoformat()}"
         )
 
 

@@ -24,7 +24,7 @@ from shared.events.orders import ORDER_EVENT_TYPES
 
 Kind = Literal["orders", "interactions"]
 FIELDS: Final[dict[Kind, tuple[str, ...]]] = {
-    "orders": ("customer", "order", "time", "amount", "currency", "type"),
+    "orders": ("customer", "order", "time", "amount", "currency", "type", "channel"),
     "interactions": ("customer", "time", "type", "properties"),
 }
 REQUIRED: Final[dict[Kind, frozenset[str]]] = {
@@ -60,6 +60,7 @@ DEFAULT_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "currency": ("currency", "order_currency", "currency_code"),
     "type": ("type", "event_type", "event"),
     "properties": ("properties",),
+    "channel": ("channel", "source_name", "sales_channel"),
 }
 # Type values, compared lower-cased; an order row without a type column (or with an empty
 # value) is a placement.
@@ -301,8 +302,46 @@ def _time_key(at: datetime) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class OrderFields:
+    """An order row's fields as read, before the event's own validation."""
+
+    type: str
+    event_id: str
+    customer_id: str
+    order_id: str
+    occurred_at: datetime
+    amount: str
+    currency: str
+    channel: str | None
+
+    def json(self) -> bytes:
+        """The event as JSON, for `decode_event`: the reference validation and its reasons."""
+        doc: dict[str, Any] = {
+            "type": self.type,
+            "event_id": self.event_id,
+            "customer_id": self.customer_id,
+            "order_id": self.order_id,
+            "occurred_at": self.occurred_at.isoformat(timespec="microseconds"),
+            "amount": self.amount,
+            "currency": self.currency,
+        }
+        if self.channel is not None:
+            doc["channel"] = self.channel
+        return orjson.dumps(doc)
+
+
+_PLAIN_AMOUNT: Final = re.compile(r"[0-9]{1,13}(\.[0-9]{1,4})?")
+
+
+def plain_amount(text: str) -> Decimal | None:
+    """The amount if it is written plainly (digits, a point, at most 4 places): then the
+    decoder reads it as Decimal does. Anything else is left to the decoder."""
+    return Decimal(text) if _PLAIN_AMOUNT.fullmatch(text) else None
+
+
+@dataclass(frozen=True, slots=True)
 class RowReader:
-    """Turns one row into the JSON of one event (bytes for `decode_event`)."""
+    """Reads one row's fields; raises RowRejected for what no event can be made of."""
 
     mapping: ColumnMapping
     columns: Columns
@@ -315,9 +354,7 @@ class RowReader:
         types = {**base, **{k.strip().lower(): v for k, v in mapping.types.items()}}
         return cls(mapping, columns, parse_zone(mapping.timezone), types)
 
-    def event_json(self, row: Any) -> tuple[bytes, datetime]:
-        """The event's JSON, and its time (checked against --until before the event is
-        decoded, so that a row after it is rejected as such, however far ahead)."""
+    def _customer_and_time(self, row: Any) -> tuple[str, datetime, str]:
         get = self.columns.getters
         customer = _text(get["customer"](row))
         if not customer:
@@ -327,9 +364,7 @@ class RowReader:
         at = parse_time(get["time"](row), self.zone)
         kind_getter = get.get("type")
         raw_type = _text(kind_getter(row)) if kind_getter is not None else ""
-        if self.mapping.kind == "orders":
-            return self._order(row, customer, at, raw_type), at
-        return self._interaction(row, customer, at, raw_type), at
+        return customer, at, raw_type
 
     def _type(self, raw_type: str) -> str:
         if not raw_type and self.mapping.kind == "orders":
@@ -341,7 +376,8 @@ class RowReader:
             )
         return found
 
-    def _order(self, row: Any, customer: str, at: datetime, raw_type: str) -> bytes:
+    def order(self, row: Any) -> OrderFields:
+        customer, at, raw_type = self._customer_and_time(row)
         get = self.columns.getters
         order = _text(get["order"](row)).removeprefix("#")
         if not order:
@@ -353,24 +389,23 @@ class RowReader:
         currency = (
             _text(currency_getter(row)).upper() if currency_getter is not None else ""
         ) or self.mapping.currency
+        channel_getter = get.get("channel")
+        channel = (_text(channel_getter(row)) or None) if channel_getter is not None else None
         kind = self._type(raw_type)
-        when = at.isoformat(timespec="microseconds")
         eid = event_id(
-            _time_key(at), customer, order, kind, when, canonical_amount(amount), currency
+            _time_key(at),
+            customer,
+            order,
+            kind,
+            at.isoformat(timespec="microseconds"),
+            canonical_amount(amount),
+            currency,
         )
-        return orjson.dumps(
-            {
-                "type": kind,
-                "event_id": eid,
-                "customer_id": customer,
-                "order_id": order,
-                "occurred_at": when,
-                "amount": amount,
-                "currency": currency,
-            }
-        )
+        return OrderFields(kind, eid, customer, order, at, amount, currency, channel)
 
-    def _interaction(self, row: Any, customer: str, at: datetime, raw_type: str) -> bytes:
+    def interaction_json(self, row: Any) -> tuple[bytes, datetime]:
+        """The interaction's JSON for `decode_event`, and its time."""
+        customer, at, raw_type = self._customer_and_time(row)
         if not raw_type:
             raise RowRejected("missing_type", f"no type ({self.columns.source['type']})")
         kind = self._type(raw_type)
@@ -389,15 +424,14 @@ class RowReader:
         when = at.isoformat(timespec="microseconds")
         props = orjson.dumps(properties, option=orjson.OPT_SORT_KEYS).decode()
         eid = event_id(_time_key(at), customer, kind, when, props)
-        return orjson.dumps(
-            {
-                "type": kind,
-                "event_id": eid,
-                "customer_id": customer,
-                "occurred_at": when,
-                "properties": properties,
-            }
-        )
+        doc = {
+            "type": kind,
+            "event_id": eid,
+            "customer_id": customer,
+            "occurred_at": when,
+            "properties": properties,
+        }
+        return orjson.dumps(doc), at
 
 
 def parse_assignments(pairs: Iterable[str], what: str) -> dict[str, str]:

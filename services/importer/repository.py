@@ -19,6 +19,7 @@ class Run:
     run_id: str
     publish: Publish
     until: datetime
+    reject_path: str
     reject_bytes: int
     loaded_at: datetime | None
     queued_at: datetime | None
@@ -52,6 +53,12 @@ async def lock_run(conn: asyncpg.Connection, run_id: str) -> bool:
     return locked
 
 
+async def unlock_run(conn: asyncpg.Connection, run_id: str) -> None:
+    await conn.execute(
+        "SELECT pg_advisory_unlock(hashtext(current_schema() || ':import:' || $1))", run_id
+    )
+
+
 async def start_run(
     conn: asyncpg.Connection, run_id: str, publish: Publish, until: datetime, reject_path: str
 ) -> Run:
@@ -65,11 +72,16 @@ async def start_run(
         until,
         reject_path,
     )
+    return await get_run(conn, run_id)
+
+
+async def get_run(conn: asyncpg.Connection, run_id: str) -> Run:
     row = await conn.fetchrow("SELECT * FROM import_runs WHERE run_id = $1", run_id)
     return Run(
         run_id=row["run_id"],
         publish=row["publish"],
         until=row["until"],
+        reject_path=row["reject_path"],
         reject_bytes=row["reject_bytes"],
         loaded_at=row["loaded_at"],
         queued_at=row["queued_at"],
