@@ -28,7 +28,7 @@ from services.ingest.settings import IngestSettings
 from shared.clock import FixedClock
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
-from shared.events import Event, OrderEvent
+from shared.events import Event, InteractionEvent, OrderEvent
 from shared.events.import_completed import IMPORT_EVENT_KEY, decode_import_completed
 from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.segment_cache import SegmentCache
@@ -93,7 +93,7 @@ def write_orders_parquet(path: Path, events: Sequence[OrderEvent]) -> None:
 def write_interactions_jsonl(path: Path, events: Sequence[Event]) -> None:
     with path.open("wb") as f:
         for e in events:
-            if isinstance(e, ORDER_EVENT_CLASSES):
+            if not isinstance(e, InteractionEvent):
                 continue
             row = {
                 "customer_id": e.customer_id,
