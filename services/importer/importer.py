@@ -299,7 +299,10 @@ class Importer:
 
     def _folded(self, chunk: Chunk) -> Chunk:
         chunk.changes = build_changes(
-            list(chunk.events.values()), self._rates, self._clock.now() - self._retention
+            list(chunk.events.values()),
+            self._rates,
+            self._clock.now() - self._retention,
+            with_statements=False,
         )
         return chunk
 
@@ -338,11 +341,16 @@ class Importer:
             changes = chunk.changes
             if changes is None or len(fresh) != len(ids):
                 changes = build_changes(
-                    [chunk.events[i] for i in ids if i in fresh], self._rates, now - self._retention
+                    [chunk.events[i] for i in ids if i in fresh],
+                    self._rates,
+                    now - self._retention,
+                    with_statements=False,
                 )
             if fresh:
                 await ingest.insert_interactions(conn, changes.window_rows, changes.pending)
-                await ingest.apply_batch(conn, changes.statements)
+                await ingest.apply_staged(
+                    conn, changes.touches, changes.order_customers, changes.orders
+                )
                 await repo.record_customers(conn, run_id, [t.customer_id for t in changes.touches])
             counts = (
                 chunk.read,
