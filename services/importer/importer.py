@@ -41,7 +41,7 @@ from services.importer.mapping import (
 )
 from services.importer.progress import Progress
 from services.ingest import repository as ingest
-from services.ingest.batch import Changes, Screen, build_changes
+from services.ingest.batch import Changes, Screen, build_changes, to_base
 from shared.clock import Clock
 from shared.db.engine import pg_connection
 from shared.db.literals import text_array
@@ -76,7 +76,9 @@ class Chunk:
     end: int
     is_last: bool
     read: int = 0
-    events: dict[str, Any] = field(default_factory=dict)
+    events: dict[str, Any] = field(default_factory=dict)  # interactions
+    # Orders: the staged row of each event id (services/importer/repository.py).
+    orders: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     duplicates: int = 0  # within the chunk
     rejects: list[bytes] = field(default_factory=list)
     changes: Changes | None = None
@@ -261,8 +263,19 @@ class Importer:
             )
             self._progress.read(0, 1)
             return
-        if event.event_id in chunk.events:
+        if event.event_id in chunk.events or event.event_id in chunk.orders:
             chunk.duplicates += 1
+        elif reader.mapping.kind == "orders":
+            chunk.orders[event.event_id] = (
+                event.event_id,
+                event.customer_id,
+                event.order_id,
+                event.type,
+                event.occurred_at,
+                to_base(event.amount, self._rates[event.currency]),
+                event.currency,
+                event.channel,
+            )
         else:
             chunk.events[event.event_id] = event
 
@@ -298,6 +311,8 @@ class Importer:
         return self._screen(fields.json(), now)
 
     def _folded(self, chunk: Chunk) -> Chunk:
+        if not chunk.events:
+            return chunk  # orders are folded by the database (`_commit_orders`)
         chunk.changes = build_changes(
             list(chunk.events.values()),
             self._rates,
@@ -329,33 +344,16 @@ class Importer:
             rejects.flush()
             os.fsync(rejects.fileno())
         now = self._clock.now()
-        ids = sorted(chunk.events)
         async with conn.transaction():
             await ingest.skip_flush_wait(conn)
-            fresh: set[str] = set()
-            if ids:
-                fresh = await ingest.keep_new_events(
-                    conn, ids, now, expect_new=self._expect_new, arg=text_array(ids)
-                )
-                self._expect_new = len(fresh) == len(ids)
-            changes = chunk.changes
-            if changes is None or len(fresh) != len(ids):
-                changes = build_changes(
-                    [chunk.events[i] for i in ids if i in fresh],
-                    self._rates,
-                    now - self._retention,
-                    with_statements=False,
-                )
-            if fresh:
-                await ingest.insert_interactions(conn, changes.window_rows, changes.pending)
-                await ingest.apply_staged(
-                    conn, changes.touches, changes.order_customers, changes.orders
-                )
-                await repo.record_customers(conn, run_id, [t.customer_id for t in changes.touches])
+            if chunk.orders:
+                fresh_count = await self._commit_orders(conn, run_id, chunk, now)
+            else:
+                fresh_count = await self._commit_events(conn, run_id, chunk, now)
             counts = (
                 chunk.read,
-                len(fresh),
-                chunk.duplicates + len(ids) - len(fresh),
+                fresh_count,
+                chunk.duplicates + len(chunk.events) + len(chunk.orders) - fresh_count,
                 len(chunk.rejects),
             )
             await repo.advance_file(
@@ -368,6 +366,45 @@ class Importer:
                 rejects.tell(),
                 is_last=chunk.is_last,
             )
+        return fresh_count
+
+    async def _commit_orders(self, conn: Any, run_id: str, chunk: Chunk, now: datetime) -> int:
+        """An order chunk: its events staged by COPY (sorted by id, so that concurrent
+        writers lock ledger rows in one order), the ones seen before dropped by the dedup
+        ledger, the rest folded and merged by the database with ingest's statements."""
+        await repo.stage_order_events(conn, [chunk.orders[k] for k in sorted(chunk.orders)])
+        new = await repo.keep_new_staged_events(conn, now, expect_new=self._expect_new)
+        self._expect_new = new is None
+        fresh = len(chunk.orders) if new is None else new
+        if fresh:
+            await repo.fold_staged_orders(conn, run_id)
+            await ingest.apply_staged_tables(conn, has_touches_without_orders=False)
+        return fresh
+
+    async def _commit_events(self, conn: Any, run_id: str, chunk: Chunk, now: datetime) -> int:
+        """An interaction chunk: folded here by ingest's `build_changes`, merged with
+        ingest's statements."""
+        ids = sorted(chunk.events)
+        fresh: set[str] = set()
+        if ids:
+            fresh = await ingest.keep_new_events(
+                conn, ids, now, expect_new=self._expect_new, arg=text_array(ids)
+            )
+            self._expect_new = len(fresh) == len(ids)
+        changes = chunk.changes
+        if changes is None or len(fresh) != len(ids):
+            changes = build_changes(
+                [chunk.events[i] for i in ids if i in fresh],
+                self._rates,
+                now - self._retention,
+                with_statements=False,
+            )
+        if fresh:
+            await ingest.insert_interactions(conn, changes.window_rows, changes.pending)
+            await ingest.apply_staged(
+                conn, changes.touches, changes.order_customers, changes.orders
+            )
+            await repo.record_customers(conn, run_id, [t.customer_id for t in changes.touches])
         return len(fresh)
 
     async def reload(self, run: repo.Run) -> repo.Run:

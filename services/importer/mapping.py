@@ -263,6 +263,8 @@ def _parse_loose(text: str) -> datetime:
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:
+        return value.strip()
     if value is None:
         return ""
     if isinstance(value, float) and value.is_integer():

@@ -8,9 +8,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
+from services.ingest import repository as ingest
+from shared.db.leases import customer_lease_key
 from shared.definitions.repository import Publish
 
 
@@ -188,7 +191,33 @@ async def run_totals(conn: asyncpg.Connection, run_id: str) -> asyncpg.Record:
 async def queue_imported(conn: asyncpg.Connection, run_id: str, due_at: datetime) -> int:
     """Mark the run loaded and queue its customers for the segmenter with cause `import`,
     in one transaction; returns how many. A customer already queued is due by `due_at` at
-    the latest and evaluated for the import."""
+    the latest and evaluated for the import.
+
+    A customer some of whose orders went in without fact_changes and who has read-model
+    state now gained it while the import ran, from rows without those orders: the state
+    is dropped, so that the evaluation rebuilds it from the stored rows. Under the
+    customer's lease (shared/db/leases.py), taken for all of them before any row is
+    written, so no evaluation of theirs is between its read and its commit meanwhile."""
+    stale = [
+        r["customer_id"]
+        for r in await conn.fetch(
+            """
+            SELECT ic.customer_id FROM import_customers ic
+            JOIN customer_metrics m ON m.customer_id = ic.customer_id
+            WHERE ic.run_id = $1 AND ic.facts_skipped ORDER BY 1
+            """,
+            run_id,
+        )
+    ]
+    if stale:
+        await conn.execute(
+            f"SELECT pg_advisory_xact_lock({customer_lease_key('u.c')})"
+            " FROM unnest($1::text[]) AS u(c) ORDER BY u.c",
+            stale,
+        )
+        await conn.execute(
+            "DELETE FROM customer_metrics WHERE customer_id = ANY($1::text[])", stale
+        )
     count: int = await conn.fetchval(
         """
         WITH queued AS (
@@ -266,3 +295,123 @@ async def complete_run(
             *summary,
         )
     return True
+
+
+# Order chunks, set-based (services/importer/importer.py `_commit_orders`) --------------------
+STAGED_EVENTS = "import_order_events"
+STAGED_EVENT_COLUMNS = (
+    "event_id",
+    "customer_id",
+    "order_id",
+    "type",
+    "occurred_at",
+    "amount",
+    "currency",
+    "channel",
+)
+
+
+async def stage_order_events(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]) -> None:
+    """A chunk's order events (validated, amounts in base currency) into a session table,
+    emptied at commit."""
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {STAGED_EVENTS} (event_id text, customer_id text,"
+        " order_id text, type text, occurred_at timestamptz, amount numeric, currency text,"
+        " channel text) ON COMMIT DELETE ROWS"
+    )
+    await conn.copy_records_to_table(STAGED_EVENTS, records=records, columns=STAGED_EVENT_COLUMNS)
+
+
+async def keep_new_staged_events(
+    conn: asyncpg.Connection, seen_at: datetime, *, expect_new: bool
+) -> int | None:
+    """Record the staged events' ids in ingest's dedup ledger and drop the staged events
+    seen before; returns how many are new, or None when all are (the cheap case, tried
+    first in a savepoint while chunks come clean, as ingest's `keep_new_events` does)."""
+    if expect_new:
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    f"INSERT INTO processed_events (event_id, seen_at)"  # noqa: S608 - a constant
+                    f" SELECT event_id, $1 FROM {STAGED_EVENTS}",
+                    seen_at,
+                )
+            return None
+        except asyncpg.UniqueViolationError:
+            pass
+    new = await conn.fetch(
+        f"INSERT INTO processed_events (event_id, seen_at)"  # noqa: S608 - a constant
+        f" SELECT event_id, $1 FROM {STAGED_EVENTS} ON CONFLICT (event_id) DO NOTHING"
+        " RETURNING event_id",
+        seen_at,
+    )
+    await conn.execute(
+        f"DELETE FROM {STAGED_EVENTS} WHERE NOT (event_id = ANY($1::text[]))",  # noqa: S608
+        [r["event_id"] for r in new],
+    )
+    return len(new)
+
+
+# The fold of `services/ingest/batch.py` `build_changes` for order events, set-based: per
+# order, the earliest placement (ties: the smaller event id, compared as Python compares
+# strings, hence COLLATE "C"), the sum of refunds, the earliest cancellation; per customer,
+# the latest event time. Into ingest's session tables, for its own merge statements.
+_FOLD_ORDERS = f"""
+    WITH placed AS (
+        SELECT DISTINCT ON (customer_id, order_id)
+               customer_id, order_id, occurred_at, amount, channel, event_id, currency
+        FROM {STAGED_EVENTS} WHERE type = 'order_placed'
+        ORDER BY customer_id, order_id, occurred_at, event_id COLLATE "C"
+    ), folded AS (
+        SELECT customer_id, order_id,
+               COALESCE(sum(amount) FILTER (WHERE type = 'order_refunded'), 0) AS refunded,
+               min(occurred_at) FILTER (WHERE type = 'order_cancelled') AS cancelled_at
+        FROM {STAGED_EVENTS} GROUP BY customer_id, order_id
+    )
+    INSERT INTO {{orders}} (c, o, p, a, ch, r, x, e, cu, i)
+    SELECT f.customer_id, f.order_id, p.occurred_at, p.amount, p.channel, f.refunded,
+           f.cancelled_at, p.event_id, p.currency, NULL
+    FROM folded f LEFT JOIN placed p USING (customer_id, order_id)
+"""  # noqa: S608 - constants only
+_FOLD_TOUCHES = f"""
+    INSERT INTO {{touches}} (customer_id, interaction_count, last_event_at, {{counts}}, has_orders)
+    SELECT customer_id, 0, max(occurred_at), {{zeros}}, true
+    FROM {STAGED_EVENTS} GROUP BY customer_id
+"""  # noqa: S608 - constants only
+
+
+async def fold_staged_orders(conn: asyncpg.Connection, run_id: str) -> None:
+    """Fold the staged events into ingest's session tables, then record what ingest records
+    for the read model (one fact_changes row per order changed) and the run's customers."""
+    await ingest.create_staged_tables(conn)
+    await conn.execute(_FOLD_ORDERS.format(orders=ingest.STAGED_ORDERS))
+    counts = [f"{t}_count" for t in ingest.INTERACTION_TYPES]
+    await conn.execute(
+        _FOLD_TOUCHES.format(
+            touches=ingest.STAGED_TOUCHES,
+            counts=", ".join(counts),
+            zeros=", ".join("0" for _ in counts),
+        )
+    )
+    # What ingest records for the read model, only for customers the read model has state
+    # for: one without state is initialised from its stored rows at its first read, which
+    # ignores (and deletes) its fact_changes. One that gains state while the import runs
+    # is marked here and rebuilt when queued (`queue_imported`).
+    await conn.execute(
+        f"INSERT INTO fact_changes (customer_id, order_id)"  # noqa: S608 - constants only
+        f" SELECT c, o FROM {ingest.STAGED_ORDERS} s"
+        " WHERE EXISTS (SELECT 1 FROM customer_metrics m WHERE m.customer_id = s.c)"
+        " ORDER BY c, o"
+    )
+    await conn.execute(
+        f"""
+        INSERT INTO import_customers AS ic (run_id, customer_id, facts_skipped)
+        SELECT $1, t.customer_id,
+               NOT EXISTS (SELECT 1 FROM customer_metrics m WHERE m.customer_id = t.customer_id)
+        FROM {ingest.STAGED_TOUCHES} t ORDER BY 2
+        ON CONFLICT (run_id, customer_id) DO UPDATE
+            SET facts_skipped = ic.facts_skipped OR EXCLUDED.facts_skipped
+            WHERE EXCLUDED.facts_skipped AND NOT ic.facts_skipped
+        """,  # noqa: S608 - constants only
+        run_id,
+    )

@@ -474,15 +474,15 @@ def touch_args(
 # for chunks of tens of thousands of changes, where array parameters cost more to build
 # and the planner's row estimates for `unnest` lead it to nested loops. The tables are
 # emptied at each commit.
-_STAGED_ORDERS = "staged_order_changes"
-_STAGED_TOUCHES = "staged_touches"
+STAGED_ORDERS = "staged_order_changes"
+STAGED_TOUCHES = "staged_touches"
 _ORDER_COLUMNS = ("c", "o", "p", "a", "ch", "r", "x", "e", "cu", "i")
 _STAGED_TOUCH_COLUMNS = (*_TOUCH_COLUMNS, "has_orders")
 _STAGED_DDL = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED_ORDERS} (c text, o text, p timestamptz,"
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGED_ORDERS} (c text, o text, p timestamptz,"
     " a numeric, ch text, r numeric, x timestamptz, e text, cu text, i text)"
     " ON COMMIT DELETE ROWS",
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED_TOUCHES} (customer_id text,"
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGED_TOUCHES} (customer_id text,"
     " interaction_count bigint, last_interaction_at timestamptz,"
     " last_add_to_cart_at timestamptz, last_event_at timestamptz, "
     + ", ".join(f"{c} bigint" for c in _COUNT_COLUMNS)
@@ -491,15 +491,22 @@ _STAGED_DDL = (
 _STAGED_TOUCH_SELECT = ", ".join(_TOUCH_COLUMNS)
 # Constants only, as above.
 _STAGED_TOUCH_SQL = _touch_sql(
-    f"(SELECT {_STAGED_TOUCH_SELECT} FROM {_STAGED_TOUCHES} WHERE NOT has_orders"  # noqa: S608
+    f"(SELECT {_STAGED_TOUCH_SELECT} FROM {STAGED_TOUCHES} WHERE NOT has_orders"  # noqa: S608
     " ORDER BY customer_id) AS u"
 )
 _STAGED_ORDERS_AND_TOUCH_SQL = _orders_and_touch_sql(
-    f"(SELECT * FROM {_STAGED_ORDERS} ORDER BY c, o) AS u",  # noqa: S608
+    f"(SELECT * FROM {STAGED_ORDERS} ORDER BY c, o) AS u",  # noqa: S608
     f"(SELECT c AS customer_id, o AS order_id, e AS placed_event_id"  # noqa: S608
-    f" FROM {_STAGED_ORDERS}) AS i",
-    f"(SELECT {_STAGED_TOUCH_SELECT} FROM {_STAGED_TOUCHES} WHERE has_orders) AS u",  # noqa: S608
+    f" FROM {STAGED_ORDERS}) AS i",
+    f"(SELECT {_STAGED_TOUCH_SELECT} FROM {STAGED_TOUCHES} WHERE has_orders) AS u",  # noqa: S608
 )
+
+
+async def create_staged_tables(conn: asyncpg.Connection) -> None:
+    """The session tables `apply_staged_tables` reads (orders: c, o, p, a, ch, r, x, e, cu,
+    i as in `order_args`; touches: `_TOUCH_COLUMNS` and has_orders), emptied at commit."""
+    for ddl in _STAGED_DDL:
+        await conn.execute(ddl)
 
 
 async def apply_staged(
@@ -511,11 +518,10 @@ async def apply_staged(
     """What `apply_batch` does with `touch_args(touches, order_customers, order_changes)`,
     the changes sent by COPY into session tables instead of as arrays. Same statements,
     same merge rules; the caller's transaction, which empties the tables at commit."""
-    for ddl in _STAGED_DDL:
-        await conn.execute(ddl)
+    await create_staged_tables(conn)
     with_orders = set(order_customers)
     await conn.copy_records_to_table(
-        _STAGED_ORDERS,
+        STAGED_ORDERS,
         records=[
             (
                 c.customer_id,
@@ -534,7 +540,7 @@ async def apply_staged(
         columns=_ORDER_COLUMNS,
     )
     await conn.copy_records_to_table(
-        _STAGED_TOUCHES,
+        STAGED_TOUCHES,
         records=[
             (
                 t.customer_id,
@@ -549,12 +555,19 @@ async def apply_staged(
         ],
         columns=_STAGED_TOUCH_COLUMNS,
     )
-    if len(with_orders) < len(touches):
+    await apply_staged_tables(conn, has_touches_without_orders=len(with_orders) < len(touches))
+
+
+async def apply_staged_tables(
+    conn: asyncpg.Connection, *, has_touches_without_orders: bool = True
+) -> None:
+    """Merge what the session tables hold (filled by `apply_staged`, or by a caller's own
+    set-based fold) with ingest's statements, and recount the customers they say to."""
+    if has_touches_without_orders:
         await conn.execute(_STAGED_TOUCH_SQL)
-    if order_changes:
-        recount = [r["customer_id"] for r in await conn.fetch(_STAGED_ORDERS_AND_TOUCH_SQL)]
-        if recount:
-            await conn.execute(_RECOUNT_SQL, sorted(recount))
+    recount = [r["customer_id"] for r in await conn.fetch(_STAGED_ORDERS_AND_TOUCH_SQL)]
+    if recount:
+        await conn.execute(_RECOUNT_SQL, sorted(recount))
 
 
 async def touch_customers(conn: asyncpg.Connection, touches: Sequence[CustomerTouch]) -> None:

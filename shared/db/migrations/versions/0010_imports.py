@@ -52,6 +52,9 @@ def upgrade() -> None:
         CREATE TABLE import_customers (
             run_id text NOT NULL REFERENCES import_runs (run_id),
             customer_id text NOT NULL,
+            -- Some of their orders went in without fact_changes (they had no read-model
+            -- state then): their state is rebuilt from their rows when queued.
+            facts_skipped boolean NOT NULL DEFAULT false,
             PRIMARY KEY (run_id, customer_id)
         )
     """)
