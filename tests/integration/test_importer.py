@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -24,9 +25,13 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.importer.importer import Importer, ImportFile, file_key
+from services.importer.mapping import ColumnMapping
+from services.importer.progress import Progress
+from services.importer.repository import start_run
 from services.ingest.settings import IngestSettings
-from shared.clock import FixedClock
-from shared.db.engine import create_engine
+from shared.clock import FixedClock, SystemClock
+from shared.db.engine import create_engine, driver_connection
 from shared.db.migrate import upgrade
 from shared.events import Event, InteractionEvent, OrderEvent
 from shared.events.import_completed import IMPORT_EVENT_KEY, decode_import_completed
@@ -251,7 +256,10 @@ async def test_an_import_equals_the_same_history_streamed(
 
 
 async def test_importing_again_or_an_overlapping_export_changes_nothing(
-    imports: tuple[AsyncEngine, dict[str, str]], tmp_path: Path
+    imports: tuple[AsyncEngine, dict[str, str]],
+    redis: Redis,
+    settings: ConnectionSettings,
+    tmp_path: Path,
 ) -> None:
     engine, env = imports
     events = orders_of(history(seed=32, n=1000, order_share=1.0))
@@ -267,12 +275,18 @@ async def test_importing_again_or_an_overlapping_export_changes_nothing(
     assert again["rows_this_time"] == 0
     assert await snapshot(engine) == before
 
+    # The customers now have read-model state (the segmenter read them), so the next
+    # import's orders reach it through fact_changes, as ingest's do.
+    await evaluate_all(engine, redis, settings.redis_key_prefix, datetime.now(UTC))
+    assert await rows(engine, "SELECT count(*) > 0 FROM customer_metrics") == [(True,)]
+
     # A later export that overlaps the first by half, in another format and order: only
     # the rows not imported before count.
     overlap = await run_importer(env, "--orders", str(parquet_path), "--until", until, "--no-wait")
     assert overlap["rows_read"] == len(second)
     assert overlap["imported"] == len(events) - len(first)
     assert overlap["duplicates"] == len(first) - len(events) // 3
+    assert await rows(engine, "SELECT count(*) > 0 FROM fact_changes") == [(True,)]
     as_of = datetime.now(UTC)
     problems = differences(
         expected_aggregates(events, RATES, as_of), await read_aggregates(engine, as_of)
@@ -386,3 +400,74 @@ async def test_bad_rows_go_to_the_reject_file_with_their_lines(
     # The one good row: 10:00 in Berlin in January is 09:00 UTC.
     placed = await rows(engine, "SELECT placed_at FROM orders")
     assert placed == [(datetime(2024, 1, 5, 9, tzinfo=UTC),)]
+
+
+async def test_a_customer_read_while_the_import_ran_is_rebuilt_when_queued(
+    engine: AsyncEngine, redis: Redis, settings: ConnectionSettings, tmp_path: Path
+) -> None:
+    """Orders go in without fact_changes for customers without read-model state. One whose
+    state appears while the import runs (the segmenter read it between two chunks, from a
+    snapshot without the later one) must not keep that state: queueing drops it."""
+    events = orders_of(history(seed=34, n=600, customers=5, order_share=1.0))
+    first, second = events[:300], events[300:]
+    paths = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    write_orders_csv(paths[0], first)
+    write_orders_csv(paths[1], second)
+    until = datetime.now(UTC)
+    importer = Importer(
+        engine,
+        SystemClock(),
+        rates=dict(RATES),
+        retention=timedelta(days=31),
+        chunk_rows=100,
+        progress=Progress(io.StringIO()),
+    )
+    mapping = ColumnMapping("orders")
+    files = [(file_key(p, "csv", mapping, until), ImportFile(p, "csv", mapping)) for p in paths]
+    async with engine.connect() as sa:
+        conn = await driver_connection(sa)
+        run = await start_run(conn, "r1", "none", until, str(tmp_path / "rejects.jsonl"))
+        await sa.commit()
+    await importer.load(run, files[:1], tmp_path / "rejects.jsonl")
+    now = datetime.now(UTC)
+    await queue_for_test(engine, [e.customer_id for e in first], now)
+    await evaluate_all(engine, redis, settings.redis_key_prefix, now)
+    # The race, replayed: the state read after the first file, absent while the second
+    # goes in (so no fact_changes), present again when the run queues its customers.
+    stale = await rows(
+        engine, "SELECT customer_id, as_of, filters, state::text, since::text FROM customer_metrics"
+    )
+    assert stale
+    async with engine.begin() as sa:
+        await sa.execute(text("DELETE FROM customer_metrics"))
+    await importer.load(run, files, tmp_path / "rejects.jsonl")
+    assert await rows(engine, "SELECT count(*) FROM fact_changes") == [(0,)]
+    async with engine.begin() as sa:
+        for r in stale:
+            await sa.execute(
+                text(
+                    "INSERT INTO customer_metrics (customer_id, as_of, filters, state, since)"
+                    " VALUES (:c, :a, :f, CAST(:s AS jsonb), CAST(:n AS jsonb))"
+                ),
+                {"c": r[0], "a": r[1], "f": r[2], "s": r[3], "n": r[4]},
+            )
+    await importer.queue("r1")
+    assert await rows(engine, "SELECT count(*) FROM customer_metrics") == [(0,)]
+    as_of = datetime.now(UTC)
+    await evaluate_all(engine, redis, settings.redis_key_prefix, as_of)
+    problems = differences(
+        expected_aggregates(events, RATES, as_of), await read_aggregates(engine, as_of)
+    )
+    assert not problems, problems[:5]
+
+
+async def queue_for_test(engine: AsyncEngine, customer_ids: Sequence[str], at: datetime) -> None:
+    async with engine.begin() as sa:
+        await sa.execute(
+            text(
+                "INSERT INTO segmentation_queue (customer_id, due_at)"
+                " SELECT DISTINCT unnest(CAST(:ids AS text[])), CAST(:at AS timestamptz)"
+                " ON CONFLICT DO NOTHING"
+            ),
+            {"ids": list(customer_ids), "at": at},
+        )
