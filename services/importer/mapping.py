@@ -280,8 +280,15 @@ def _amount_text(value: Any) -> str:
     return _text(value)
 
 
+_PLAIN_AMOUNT: Final = re.compile(r"[0-9]{1,13}(\.[0-9]{1,4})?")
+
+
 def canonical_amount(text: str) -> str:
     """`10.50`, `10.5` and `1.05E1` are one amount, so they give one event id."""
+    if _PLAIN_AMOUNT.fullmatch(text):  # the usual case, without a Decimal
+        whole, _, fraction = text.partition(".")
+        whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+        return f"{whole}.{fraction}" if fraction else whole
     try:
         number = Decimal(text)
     except InvalidOperation:
@@ -330,9 +337,6 @@ class OrderFields:
         if self.channel is not None:
             doc["channel"] = self.channel
         return orjson.dumps(doc)
-
-
-_PLAIN_AMOUNT: Final = re.compile(r"[0-9]{1,13}(\.[0-9]{1,4})?")
 
 
 def plain_amount(text: str) -> Decimal | None:

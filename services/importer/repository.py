@@ -211,7 +211,7 @@ async def queue_imported(conn: asyncpg.Connection, run_id: str, due_at: datetime
     ]
     if stale:
         await conn.execute(
-            f"SELECT pg_advisory_xact_lock({customer_lease_key('u.c')})"
+            f"SELECT pg_advisory_xact_lock({customer_lease_key('u.c')})"  # noqa: S608 - a constant
             " FROM unnest($1::text[]) AS u(c) ORDER BY u.c",
             stale,
         )

@@ -15,7 +15,7 @@ class ImporterSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMSEG_IMPORTER_", extra="ignore", frozen=True)
 
     # Rows per transaction: each commits its rows with the file's checkpoint.
-    chunk_rows: int = Field(default=20_000, ge=1, le=500_000)
+    chunk_rows: int = Field(default=50_000, ge=1, le=500_000)
     progress_interval_seconds: float = Field(default=0.5, gt=0)
     # After the rows are in: how long to wait for the segmenter to evaluate the imported
     # customers (running the same command again waits again), and how often to look.

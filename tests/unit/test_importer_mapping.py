@@ -193,10 +193,21 @@ def test_type_values_and_order_names() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "canonical"), [("10.50", "10.5"), ("1.05E1", "10.5"), ("0", "0"), ("abc", "abc")]
+    ("text", "canonical"),
+    [
+        ("10.50", "10.5"),
+        ("1.05E1", "10.5"),
+        ("0", "0"),
+        ("0.000", "0"),
+        ("100", "100"),
+        ("00012.10", "12.1"),
+        ("abc", "abc"),
+    ],
 )
 def test_canonical_amounts(text: str, canonical: str) -> None:
     assert canonical_amount(text) == canonical
+    if canonical != "abc":
+        assert canonical == format(Decimal(text).normalize(), "f")
 
 
 ids = st.text(alphabet="abcXYZ09._:@-#+ é", min_size=0, max_size=6) | st.just("x" * 129)
