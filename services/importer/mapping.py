@@ -361,14 +361,14 @@ class RowReader:
         return cls(mapping, columns, parse_zone(mapping.timezone), types)
 
     def _customer_and_time(self, row: Any) -> tuple[str, datetime, str]:
-        get = self.columns.getters
-        customer = _text(get["customer"](row))
+        getters = self.columns.getters
+        customer = _text(getters["customer"](row))
         if not customer:
             raise RowRejected(
                 "missing_customer", f"no customer ({self.columns.source['customer']})"
             )
-        at = parse_time(get["time"](row), self.zone)
-        kind_getter = get.get("type")
+        at = parse_time(getters["time"](row), self.zone)
+        kind_getter = getters.get("type")
         raw_type = _text(kind_getter(row)) if kind_getter is not None else ""
         return customer, at, raw_type
 
@@ -383,21 +383,27 @@ class RowReader:
         return found
 
     def order(self, row: Any) -> OrderFields:
-        customer, at, raw_type = self._customer_and_time(row)
-        get = self.columns.getters
-        order = _text(get["order"](row)).removeprefix("#")
+        # The hot loop of an import: one call per row, so the getters are looked up once.
+        g = self.columns.getters
+        get_type, get_currency, get_channel = g.get("type"), g.get("currency"), g.get("channel")
+        customer = _text(g["customer"](row))
+        if not customer:
+            raise RowRejected(
+                "missing_customer", f"no customer ({self.columns.source['customer']})"
+            )
+        at = parse_time(g["time"](row), self.zone)
+        order = _text(g["order"](row)).removeprefix("#")
         if not order:
             raise RowRejected("missing_order", f"no order id ({self.columns.source['order']})")
-        amount = _amount_text(get["amount"](row))
+        amount = _amount_text(g["amount"](row))
         if not amount:
             raise RowRejected("missing_amount", f"no amount ({self.columns.source['amount']})")
-        currency_getter = get.get("currency")
         currency = (
-            _text(currency_getter(row)).upper() if currency_getter is not None else ""
+            _text(get_currency(row)).upper() if get_currency is not None else ""
         ) or self.mapping.currency
-        channel_getter = get.get("channel")
-        channel = (_text(channel_getter(row)) or None) if channel_getter is not None else None
-        kind = self._type(raw_type)
+        channel = (_text(get_channel(row)) or None) if get_channel is not None else None
+        raw_type = _text(get_type(row)) if get_type is not None else ""
+        kind = self._type(raw_type) if raw_type else "order_placed"
         eid = event_id(
             _time_key(at),
             customer,
