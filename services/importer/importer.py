@@ -2,9 +2,12 @@
 changes as streaming those events through ingest would give, then one evaluation per
 imported customer with cause `import`.
 
-Each chunk of rows is folded with ingest's own code (`Screen`, `build_changes`) and written
-with ingest's own statements (the dedup ledger, the order merge, the aggregates, the
-interaction rows and `fact_changes`). The guarantee is in `_commit`: a chunk's rows, the
+Each row is checked by the event contract's own checks and ingest's screen; each chunk goes
+through ingest's dedup ledger and is merged with ingest's own statements (the order merge,
+the aggregates, the interaction rows and `fact_changes`): an order chunk staged by COPY and
+folded by the database as `build_changes` folds a batch (`_commit_orders`), an interaction
+chunk folded by `build_changes` itself (`_commit_events`). The guarantee is in `_commit`:
+a chunk's rows, the
 file's checkpoint after them and the length of the reject file commit in ONE transaction,
 so after a kill -9 a run resumes at the first row not committed, and the reject file is cut
 back to what the committed chunks wrote.
@@ -336,8 +339,9 @@ class Importer:
         A kill -9 before the commit leaves none of it: the next run starts at the chunk's
         first row and cuts the reject file back to the committed length. The transaction
         need not wait for its WAL flush for the same reason as ingest's batches: a commit a
-        PostgreSQL crash takes back takes its checkpoint with it. Nothing outside reads the
-        rows before the run queues its customers, which waits for its flush.
+        PostgreSQL crash takes back takes its checkpoint with it, and the rows come back
+        when the run resumes; the run queues its customers, synchronously, only after the
+        last chunk.
         """
         if chunk.rejects:
             rejects.write(b"".join(chunk.rejects))
