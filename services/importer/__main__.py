@@ -19,6 +19,7 @@ import structlog
 import yaml
 
 from services.importer import repository as repo
+from services.importer import segments
 from services.importer.files import FileError, detect_format
 from services.importer.importer import (
     Importer,
@@ -254,13 +255,19 @@ async def _run(
                 return 1
             if importer.is_stopping:
                 return 130
-            await importer.queue(run.run_id)
+            await segments.queue(importer.engine, importer.clock, run.run_id)
         elapsed = time.monotonic() - started
-        run = await importer.reload(run)
+        run = await segments.reload(importer.engine, run)
         segmented = run.completed_at is not None
         if not segmented and not args.no_wait:
-            segmented = await importer.wait_segmented(
-                run, settings.segment_wait_seconds, settings.segment_poll_seconds
+            segmented = await segments.wait_segmented(
+                importer.engine,
+                importer.clock,
+                run,
+                progress,
+                wait_seconds=settings.segment_wait_seconds,
+                poll_seconds=settings.segment_poll_seconds,
+                is_stopping=lambda: importer.is_stopping,
             )
     finally:
         drawing.cancel()

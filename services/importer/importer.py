@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,13 +49,6 @@ from shared.db.engine import pg_connection
 from shared.db.literals import text_array
 from shared.events import EventRejected
 from shared.events.decoding import build_order_event
-from shared.events.definitions_activated import Transition
-from shared.events.import_completed import (
-    IMPORT_EVENT_KEY,
-    ImportCompleted,
-    encode_import_completed,
-    import_completed_id,
-)
 
 log = structlog.get_logger("importer")
 
@@ -142,6 +134,14 @@ class Importer:
         self._screen = Screen(rates)
         self._expect_new = True
         self._stopping = asyncio.Event()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def stop(self) -> None:
         """Stop after the chunk in flight commits; running the command again resumes."""
@@ -410,66 +410,6 @@ class Importer:
             )
             await repo.record_customers(conn, run_id, [t.customer_id for t in changes.touches])
         return len(fresh)
-
-    async def reload(self, run: repo.Run) -> repo.Run:
-        async with pg_connection(self._engine) as conn:
-            return await repo.get_run(conn, run.run_id)
-
-    async def queue(self, run_id: str) -> int:
-        """Queue the run's customers for the segmenter with cause `import` (once)."""
-        async with pg_connection(self._engine) as conn, conn.transaction():
-            return await repo.queue_imported(conn, run_id, self._clock.now())
-
-    async def wait_segmented(self, run: repo.Run, wait_seconds: float, poll_seconds: float) -> bool:
-        """Wait until the segmenter has evaluated every customer the run queued, then
-        complete the run (with its summary event under publish: summary). False if the
-        wait ran out first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
-        async with pg_connection(self._engine) as conn:
-            while True:
-                pending = await repo.import_pending(conn, run.run_id)
-                self._progress.segmenting(pending)
-                if pending == 0:
-                    break
-                if loop.time() >= deadline or self.is_stopping:
-                    return False
-                await asyncio.sleep(poll_seconds)
-            async with conn.transaction():
-                summary = None
-                if run.publish == "summary":
-                    summary = await self._summary(conn, run)
-                await repo.complete_run(conn, run.run_id, summary)
-        return True
-
-    async def _summary(self, conn: Any, run: repo.Run) -> tuple[str, Any, bytes]:
-        rows = await repo.transition_counts(conn, run.run_id)
-        transitions = [
-            Transition(
-                dimension=r["dimension"],
-                from_segment=r["from_segment"],
-                to_segment=r["to_segment"],
-                customers=r["n"],
-            )
-            for r in rows
-        ]
-        fresh = await conn.fetchrow(
-            "SELECT started_at, customers FROM import_runs WHERE run_id = $1", run.run_id
-        )
-        data = ImportCompleted(
-            import_id=run.run_id,
-            customers=int(fresh["customers"] or 0),
-            moved=sum(t.customers for t in transitions),
-            transitions=transitions,
-            until=run.until,
-            started_at=fresh["started_at"],
-            completed_at=self._clock.now(),
-        )
-        return (
-            IMPORT_EVENT_KEY,
-            uuid.UUID(import_completed_id(run.run_id)),
-            encode_import_completed(data),
-        )
 
 
 def _before_until(at: datetime, until: datetime) -> None:

@@ -24,6 +24,7 @@ class Run:
     until: datetime
     reject_path: str
     reject_bytes: int
+    started_at: datetime
     loaded_at: datetime | None
     queued_at: datetime | None
     completed_at: datetime | None
@@ -86,6 +87,7 @@ async def get_run(conn: asyncpg.Connection, run_id: str) -> Run:
         until=row["until"],
         reject_path=row["reject_path"],
         reject_bytes=row["reject_bytes"],
+        started_at=row["started_at"],
         loaded_at=row["loaded_at"],
         queued_at=row["queued_at"],
         completed_at=row["completed_at"],

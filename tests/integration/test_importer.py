@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.importer import segments
 from services.importer.importer import Importer, ImportFile, file_key
 from services.importer.mapping import ColumnMapping
 from services.importer.progress import Progress
@@ -451,7 +452,7 @@ async def test_a_customer_read_while_the_import_ran_is_rebuilt_when_queued(
                 ),
                 {"c": r[0], "a": r[1], "f": r[2], "s": r[3], "n": r[4]},
             )
-    await importer.queue("r1")
+    await segments.queue(engine, SystemClock(), "r1")
     assert await rows(engine, "SELECT count(*) FROM customer_metrics") == [(0,)]
     as_of = datetime.now(UTC)
     await evaluate_all(engine, redis, settings.redis_key_prefix, as_of)
