@@ -20,7 +20,7 @@ import yaml
 
 from services.importer import repository as repo
 from services.importer import segments
-from services.importer.files import FileError, detect_format
+from services.importer.files import FileError, SourceFile, detect_format
 from services.importer.importer import (
     Importer,
     ImportFile,
@@ -37,6 +37,7 @@ from services.importer.mapping import (
     parse_assignments,
     parse_time,
     parse_zone,
+    resolve_columns,
 )
 from services.importer.progress import Progress
 from services.importer.settings import ImporterSettings
@@ -159,6 +160,9 @@ async def main(args: argparse.Namespace) -> int:
     try:
         files = build_files(args, ingest.base_currency)
         until = parse_until(args.until, args.timezone or "UTC")
+        for f in files:  # every file's columns, before any row of any file is read
+            source = SourceFile(f.path, f.format)
+            resolve_columns(f.mapping, source.header, by_index=source.by_index)
         keyed = [(file_key(f.path, f.format, f.mapping, until), f) for f in files]
     except (MappingError, FileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -246,15 +250,15 @@ async def _run(
     started = time.monotonic()
     drawing = asyncio.create_task(progress.render_loop())
     read = imported = 0
+    failure: Exception | None = None
     try:
         if run.queued_at is None:
             try:
                 read, imported = await importer.load(run, keyed, reject_path)
             except (MappingError, FileError, RejectFileError) as exc:
-                print(f"\nerror: {exc}", file=sys.stderr)
-                return 1
-            if importer.is_stopping:
-                return 130
+                failure = exc
+            if failure is not None or importer.is_stopping:
+                return 1 if failure is not None else 130
             await segments.queue(importer.engine, importer.clock, run.run_id)
         elapsed = time.monotonic() - started
         run = await segments.reload(importer.engine, run)
@@ -272,6 +276,8 @@ async def _run(
     finally:
         drawing.cancel()
         await asyncio.gather(drawing, return_exceptions=True)
+        if failure is not None:
+            print(f"error: {failure}", file=sys.stderr)
     return elapsed, read, imported, segmented
 
 
