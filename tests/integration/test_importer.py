@@ -121,9 +121,11 @@ def importer_command(*args: str) -> list[str]:
 
 
 async def run_importer(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """Run the importer to its end; its working directory (where a default reject file
+    goes) is the test's own."""
     proc = await asyncio.create_subprocess_exec(
         *importer_command(*args),
-        cwd=ROOT,
+        cwd=env["IMPORTER_TEST_CWD"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -137,7 +139,7 @@ async def run_importer(env: dict[str, str], *args: str) -> dict[str, Any]:
 
 @pytest.fixture
 async def imports(
-    settings: ConnectionSettings, service_env: dict[str, str]
+    settings: ConnectionSettings, service_env: dict[str, str], tmp_path: Path
 ) -> AsyncIterator[tuple[AsyncEngine, dict[str, str]]]:
     """A second schema, for the import, beside the test's own (which ingest writes)."""
     schema = unique("imp")
@@ -147,6 +149,7 @@ async def imports(
         "STREAMSEG_DATABASE_SCHEMA": schema,
         "STREAMSEG_LOG_JSON": "false",
         "STREAMSEG_IMPORTER_PROGRESS_INTERVAL_SECONDS": "0.2",
+        "IMPORTER_TEST_CWD": str(tmp_path),
     }
     try:
         yield engine, env
