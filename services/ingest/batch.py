@@ -111,9 +111,16 @@ def _items_json(items: Any, rate: Decimal) -> str | None:
 
 
 def build_changes(
-    events: list[Any], rates: dict[str, Decimal], retention_start: datetime
+    events: list[Any],
+    rates: dict[str, Decimal],
+    retention_start: datetime,
+    *,
+    with_statements: bool = True,
 ) -> Changes:
-    """Fold events into per-row changes; every merge is commutative, as in the database."""
+    """Fold events into per-row changes; every merge is commutative, as in the database.
+
+    Without `with_statements` the statements' arguments are not built (the importer sends
+    the changes by COPY, `repository.apply_staged`)."""
     orders: dict[tuple[str, str], repo.OrderChange] = {}
     touches: dict[str, repo.CustomerTouch] = {}
     window_rows: list[repo.InteractionRecord] = []
@@ -176,10 +183,12 @@ def build_changes(
         touches=touch_list,
         order_customers=order_ids,
         traits=sorted(traits, key=lambda ev: ev.customer_id),
-        statements=repo.touch_args(touch_list, order_ids, order_changes),
+        statements=repo.touch_args(touch_list, order_ids, order_changes) if with_statements else [],
         queue_args=repo.queue_args(
             [t.customer_id for t in touch_list], [t.last_event_at for t in touch_list]
-        ),
+        )
+        if with_statements
+        else (),
     )
 
 

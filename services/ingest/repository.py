@@ -231,36 +231,41 @@ _WINS = """EXCLUDED.placed_at IS NOT NULL AND (o.placed_at IS NULL
                < (o.placed_at, o.placed_event_id))"""
 _COUNTED_BEFORE = """CASE WHEN o.placed_at IS NOT NULL AND o.cancelled_at IS NULL
                    THEN GREATEST(o.amount - o.refunded, 0) END"""
-_ORDERS_UPSERT = f"""
+# Where a statement's order changes come from: the batch's arrays (ingest), or a table of
+# the same columns (the importer's staged chunk, `staged_statements`).
+_ORDER_ARRAYS = """unnest($1::text::text[], $2::text::text[], $3::timestamptz[],
+                $4::text::numeric[], $5::text::text[], $6::text::numeric[],
+                $7::timestamptz[], $8::text::text[], $9::text::text[], $10::text::text[])
+         AS u(c, o, p, a, ch, r, x, e, cu, i)"""
+_ORDER_IDS = """unnest($1::text::text[], $2::text::text[], $8::text::text[])
+             AS i(customer_id, order_id, placed_event_id)"""
+_ORDERS_UPSERT = """
     INSERT INTO orders AS o (customer_id, order_id, placed_at, amount, channel, refunded,
                              cancelled_at, placed_event_id, currency, items)
     SELECT u.c, u.o, u.p, u.a, u.ch, u.r, u.x, u.e, u.cu, u.i::jsonb
-    FROM unnest($1::text::text[], $2::text::text[], $3::timestamptz[],
-                $4::text::numeric[], $5::text::text[], $6::text::numeric[],
-                $7::timestamptz[], $8::text::text[], $9::text::text[], $10::text::text[])
-         AS u(c, o, p, a, ch, r, x, e, cu, i)
+    FROM {orders}
     ON CONFLICT (customer_id, order_id) DO UPDATE SET
-        placed_at = CASE WHEN {_WINS} THEN EXCLUDED.placed_at ELSE o.placed_at END,
-        amount = CASE WHEN {_WINS} THEN EXCLUDED.amount ELSE o.amount END,
-        channel = CASE WHEN {_WINS} THEN EXCLUDED.channel ELSE o.channel END,
-        currency = CASE WHEN {_WINS} THEN EXCLUDED.currency ELSE o.currency END,
-        items = CASE WHEN {_WINS} THEN EXCLUDED.items ELSE o.items END,
-        placed_event_id = CASE WHEN {_WINS} THEN EXCLUDED.placed_event_id
+        placed_at = CASE WHEN {wins} THEN EXCLUDED.placed_at ELSE o.placed_at END,
+        amount = CASE WHEN {wins} THEN EXCLUDED.amount ELSE o.amount END,
+        channel = CASE WHEN {wins} THEN EXCLUDED.channel ELSE o.channel END,
+        currency = CASE WHEN {wins} THEN EXCLUDED.currency ELSE o.currency END,
+        items = CASE WHEN {wins} THEN EXCLUDED.items ELSE o.items END,
+        placed_event_id = CASE WHEN {wins} THEN EXCLUDED.placed_event_id
                                ELSE o.placed_event_id END,
         refunded = o.refunded + EXCLUDED.refunded,
         cancelled_at = LEAST(o.cancelled_at, EXCLUDED.cancelled_at),
-        prev_net = {_COUNTED_BEFORE}
+        prev_net = {counted_before}
     RETURNING o.customer_id, o.order_id, o.placed_event_id, o.placed_at, o.prev_net,
               CASE WHEN o.placed_at IS NOT NULL AND o.cancelled_at IS NULL
                    THEN GREATEST(o.amount - o.refunded, 0) END AS net
-"""  # noqa: S608 - constants only
+"""
 # Per customer, what the batch's order rows add to the totals: each row's upsert recorded,
 # under that row's lock, what it counted for before (prev_net, NULL for nothing), so
 # concurrent workers changing one customer's orders each add their own exact difference.
 # first/last_order_at fold with LEAST/GREATEST unless an order that counted stopped
 # counting or its placement moved: those customers (`recount`) are recomputed afterwards.
-_ORDER_DELTAS = f"""
-    changed AS ({_ORDERS_UPSERT}),
+_ORDER_DELTAS = """
+    changed AS ({upsert}),
     d AS (
         SELECT c.customer_id, count(c.net) - count(c.prev_net) AS n,
                COALESCE(sum(c.net), 0) - COALESCE(sum(c.prev_net), 0) AS spend,
@@ -269,18 +274,26 @@ _ORDER_DELTAS = f"""
                bool_or(c.prev_net IS NOT NULL
                        AND (c.net IS NULL OR c.placed_event_id = i.placed_event_id)) AS recount
         FROM changed c
-        JOIN unnest($1::text::text[], $2::text::text[], $8::text::text[])
-             AS i(customer_id, order_id, placed_event_id)
+        JOIN {ids}
           ON i.customer_id = c.customer_id AND i.order_id = c.order_id
         GROUP BY c.customer_id
-    )"""  # noqa: S608 - constants only
+    )"""
+
+
+def _order_deltas(orders: str, ids: str) -> str:
+    """`_ORDER_DELTAS` over order changes read from `orders` (columns c, o, p, a, ch, r, x,
+    e, cu, i), with `ids` their (customer_id, order_id, placed_event_id) as `i`."""
+    upsert = _ORDERS_UPSERT.format(orders=orders, wins=_WINS, counted_before=_COUNTED_BEFORE)
+    return _ORDER_DELTAS.format(upsert=upsert, ids=ids)
+
+
 _ORDER_TOTALS_UPDATES = """
         order_count = a.order_count + EXCLUDED.order_count,
         net_spend = a.net_spend + EXCLUDED.net_spend,
         first_order_at = LEAST(a.first_order_at, EXCLUDED.first_order_at),
         last_order_at = GREATEST(a.last_order_at, EXCLUDED.last_order_at)"""
 _APPLY_ORDERS_SQL = f"""
-    WITH {_ORDER_DELTAS},
+    WITH {_order_deltas(_ORDER_ARRAYS, _ORDER_IDS)},
     totals AS (
         INSERT INTO customer_aggregates AS a (customer_id, order_count, net_spend,
                                               first_order_at, last_order_at)
@@ -390,27 +403,42 @@ _TOUCH_UPDATES = """
         updated_at = now()""".format(
     increments=",\n        ".join(f"{c} = a.{c} + EXCLUDED.{c}" for c in _COUNT_COLUMNS)
 )
-# Both statements are built once from the fixed list of event types above, never from input.
-_TOUCH_SQL = f"""
+
+
+def _touch_sql(touches: str) -> str:
+    """The touch statement over `touches` (the columns of `_TOUCH_COLUMNS`, as `u`)."""
+    return f"""
     INSERT INTO customer_aggregates AS a ({", ".join(_TOUCH_COLUMNS)})
-    SELECT * FROM unnest({_touch_arrays(1)})
+    SELECT u.* FROM {touches}
     ON CONFLICT (customer_id) DO UPDATE SET {_TOUCH_UPDATES}
 """  # noqa: S608
-# Customers with order changes: their order rows, the order totals and the interaction side
-# in one statement, so each aggregates row is written once per batch.
-_ORDERS_AND_TOUCH_SQL = f"""
-    WITH {_ORDER_DELTAS},
+
+
+def _orders_and_touch_sql(orders: str, ids: str, touches: str) -> str:
+    """Customers with order changes: their order rows, the order totals and the interaction
+    side in one statement, so each aggregates row is written once per batch."""
+    return f"""
+    WITH {_order_deltas(orders, ids)},
     totals AS (
         INSERT INTO customer_aggregates AS a (
             {", ".join(_TOUCH_COLUMNS)}, order_count, net_spend, first_order_at, last_order_at)
         SELECT u.*, COALESCE(d.n, 0), COALESCE(d.spend, 0), d.first_at, d.last_at
-        FROM unnest({_touch_arrays(11)}) AS u({", ".join(_TOUCH_COLUMNS)})
+        FROM {touches}
         LEFT JOIN d ON d.customer_id = u.customer_id
         ORDER BY u.customer_id
         ON CONFLICT (customer_id) DO UPDATE SET {_TOUCH_UPDATES}, {_ORDER_TOTALS_UPDATES}
     )
     SELECT customer_id FROM d WHERE recount
 """  # noqa: S608
+
+
+# Both statements are built once from the fixed list of event types above, never from input.
+_TOUCH_SQL = _touch_sql(f"unnest({_touch_arrays(1)}) AS u({', '.join(_TOUCH_COLUMNS)})")
+_ORDERS_AND_TOUCH_SQL = _orders_and_touch_sql(
+    _ORDER_ARRAYS,
+    _ORDER_IDS,
+    f"unnest({_touch_arrays(11)}) AS u({', '.join(_TOUCH_COLUMNS)})",
+)
 
 
 def touch_args(
@@ -440,6 +468,106 @@ def touch_args(
                 args = order_args(order_changes) + args
             out.append((sql, args))
     return out
+
+
+# Staged batches (the importer): the same statements over session tables filled by COPY,
+# for chunks of tens of thousands of changes, where array parameters cost more to build
+# and the planner's row estimates for `unnest` lead it to nested loops. The tables are
+# emptied at each commit.
+STAGED_ORDERS = "staged_order_changes"
+STAGED_TOUCHES = "staged_touches"
+_ORDER_COLUMNS = ("c", "o", "p", "a", "ch", "r", "x", "e", "cu", "i")
+_STAGED_TOUCH_COLUMNS = (*_TOUCH_COLUMNS, "has_orders")
+_STAGED_DDL = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGED_ORDERS} (c text, o text, p timestamptz,"
+    " a numeric, ch text, r numeric, x timestamptz, e text, cu text, i text)"
+    " ON COMMIT DELETE ROWS",
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGED_TOUCHES} (customer_id text,"
+    " interaction_count bigint, last_interaction_at timestamptz,"
+    " last_add_to_cart_at timestamptz, last_event_at timestamptz, "
+    + ", ".join(f"{c} bigint" for c in _COUNT_COLUMNS)
+    + ", has_orders bool) ON COMMIT DELETE ROWS",
+)
+_STAGED_TOUCH_SELECT = ", ".join(_TOUCH_COLUMNS)
+# Constants only, as above.
+_STAGED_TOUCH_SQL = _touch_sql(
+    f"(SELECT {_STAGED_TOUCH_SELECT} FROM {STAGED_TOUCHES} WHERE NOT has_orders"  # noqa: S608
+    " ORDER BY customer_id) AS u"
+)
+_STAGED_ORDERS_AND_TOUCH_SQL = _orders_and_touch_sql(
+    f"(SELECT * FROM {STAGED_ORDERS} ORDER BY c, o) AS u",  # noqa: S608
+    f"(SELECT c AS customer_id, o AS order_id, e AS placed_event_id"  # noqa: S608
+    f" FROM {STAGED_ORDERS}) AS i",
+    f"(SELECT {_STAGED_TOUCH_SELECT} FROM {STAGED_TOUCHES} WHERE has_orders) AS u",  # noqa: S608
+)
+
+
+async def create_staged_tables(conn: asyncpg.Connection) -> None:
+    """The session tables `apply_staged_tables` reads (orders: c, o, p, a, ch, r, x, e, cu,
+    i as in `order_args`; touches: `_TOUCH_COLUMNS` and has_orders), emptied at commit."""
+    for ddl in _STAGED_DDL:
+        await conn.execute(ddl)
+
+
+async def apply_staged(
+    conn: asyncpg.Connection,
+    touches: Sequence[CustomerTouch],
+    order_customers: Collection[str],
+    order_changes: Sequence[OrderChange],
+) -> None:
+    """What `apply_batch` does with `touch_args(touches, order_customers, order_changes)`,
+    the changes sent by COPY into session tables instead of as arrays. Same statements,
+    same merge rules; the caller's transaction, which empties the tables at commit."""
+    await create_staged_tables(conn)
+    with_orders = set(order_customers)
+    await conn.copy_records_to_table(
+        STAGED_ORDERS,
+        records=[
+            (
+                c.customer_id,
+                c.order_id,
+                c.placed_at,
+                c.amount,
+                c.channel,
+                c.refunded,
+                c.cancelled_at,
+                c.placed_event_id,
+                c.currency,
+                c.items,
+            )
+            for c in order_changes
+        ],
+        columns=_ORDER_COLUMNS,
+    )
+    await conn.copy_records_to_table(
+        STAGED_TOUCHES,
+        records=[
+            (
+                t.customer_id,
+                sum(t.counts.values()),
+                t.last_interaction_at,
+                t.last_add_to_cart_at,
+                t.last_event_at,
+                *(t.counts.get(kind, 0) for kind in INTERACTION_TYPES),
+                t.customer_id in with_orders,
+            )
+            for t in touches
+        ],
+        columns=_STAGED_TOUCH_COLUMNS,
+    )
+    await apply_staged_tables(conn, has_touches_without_orders=len(with_orders) < len(touches))
+
+
+async def apply_staged_tables(
+    conn: asyncpg.Connection, *, has_touches_without_orders: bool = True
+) -> None:
+    """Merge what the session tables hold (filled by `apply_staged`, or by a caller's own
+    set-based fold) with ingest's statements, and recount the customers they say to."""
+    if has_touches_without_orders:
+        await conn.execute(_STAGED_TOUCH_SQL)
+    recount = [r["customer_id"] for r in await conn.fetch(_STAGED_ORDERS_AND_TOUCH_SQL)]
+    if recount:
+        await conn.execute(_RECOUNT_SQL, sorted(recount))
 
 
 async def touch_customers(conn: asyncpg.Connection, touches: Sequence[CustomerTouch]) -> None:

@@ -470,3 +470,13 @@ async def current_assignments(
         cid: dict(zip(dimensions, map(Assignment, segments, sinces), strict=True))
         for cid, dimensions, segments, sinces in rows
     }
+
+
+async def import_publish_policy(conn: asyncpg.Connection) -> str:
+    """The publish policy for changes with cause "import": that of the import run queued
+    last and not yet complete (services/importer), "each" if there is none."""
+    policy: str | None = await conn.fetchval(
+        "SELECT publish FROM import_runs WHERE queued_at IS NOT NULL AND completed_at IS NULL"
+        " ORDER BY queued_at DESC LIMIT 1"
+    )
+    return policy or "each"

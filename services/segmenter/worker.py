@@ -55,6 +55,7 @@ CAUSE_NOTE = {
     "definitions": "new segment definitions; ",
     "time": "time passed; ",
     "repair": "aggregates repaired; ",
+    "import": "history imported; ",
     "event": "",
 }
 
@@ -121,6 +122,8 @@ class Evaluator:
                 conn, [b.due.customer_id for b in batch if b.has_facts], now, rules.facts_plan
             )
             writes.fold = read.fold
+            if any(b.due.cause == "import" for b in batch):
+                writes.import_publish = await repo.import_publish_policy(conn)
             # Evaluating holds no row lock: ingest can queue these customers meanwhile.
             for i, leased in enumerate(batch, 1):
                 facts = read.facts.get(leased.due.customer_id)
@@ -298,8 +301,14 @@ class Evaluator:
                 )
             )
             # History is always written; a backfill's changes reach the topic one by one
-            # only under the publish policy "each" (backfill.py sends the summary).
-            is_published = cause != "definitions" or rules.publish == "each"
+            # only under the publish policy "each" (backfill.py sends the summary), and so
+            # do an import's under its own policy (services/importer sends its summary).
+            if cause == "definitions":
+                is_published = rules.publish == "each"
+            elif cause == "import":
+                is_published = writes.import_publish == "each"
+            else:
+                is_published = True
             writes.payloads.append(_event_encoder.encode(event) if is_published else None)
             if after is not None:
                 assert since is not None
@@ -378,6 +387,9 @@ class Writes:
     # (customer id, version) of the documents Redis could not mark stale before commit.
     unmarked: list[tuple[str, int]] = field(default_factory=list)
     fold: Fold = field(default_factory=Fold)
+    # The publish policy of the import being evaluated, read when the batch holds
+    # customers queued with cause "import".
+    import_publish: str = "each"
 
 
 def _audience_changes(

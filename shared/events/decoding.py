@@ -167,6 +167,68 @@ def check_occurred_at(occurred_at: datetime, *, now: datetime) -> None:
     )
 
 
+_ORDER_CLASSES: Final[Mapping[str, type[OrderEvent]]] = {c.type: c for c in ORDER_EVENT_CLASSES}
+
+
+def build_order_event(
+    type_: str,
+    *,
+    event_id: str,
+    customer_id: str,
+    order_id: str,
+    occurred_at: datetime,
+    amount: Decimal,
+    currency: str,
+    channel: str | None = None,
+) -> OrderEvent:
+    """An order event from fields already typed (a file's row), checked by the rules
+    `decode_event` applies to the same fields in JSON: ids (length and characters), the
+    currency, the amount and the earliest time. Raises `EventRejected`; the reason of a
+    rejected row may be worded differently from the decoder's, so a caller that reports
+    reasons decodes the row's JSON for them (services/importer)."""
+    cls = _ORDER_CLASSES.get(type_)
+    if cls is None:
+        raise EventRejected(
+            RejectReason.UNKNOWN_EVENT_TYPE, "$.type", f"unknown event type {type_!r}"
+        )
+    for field, value in (
+        ("$.event_id", event_id),
+        ("$.customer_id", customer_id),
+        ("$.order_id", order_id),
+    ):
+        if not 1 <= len(value) <= limits.ID_MAX_LENGTH:
+            raise EventRejected(
+                RejectReason.SCHEMA_VIOLATION, field, f"length must be 1 to {limits.ID_MAX_LENGTH}"
+            )
+    if occurred_at.tzinfo is None:
+        raise EventRejected(RejectReason.SCHEMA_VIOLATION, "$.occurred_at", "needs a timezone")
+    if type(amount) is not Decimal:
+        raise EventRejected(RejectReason.SCHEMA_VIOLATION, "$.amount", "must be a decimal")
+    if channel is not None and not 1 <= len(channel) <= limits.MAX_CHANNEL_LENGTH:
+        raise EventRejected(
+            RejectReason.SCHEMA_VIOLATION,
+            "$.channel",
+            f"length must be 1 to {limits.MAX_CHANNEL_LENGTH}",
+        )
+    event = cls(
+        event_id=event_id,
+        customer_id=customer_id,
+        order_id=order_id,
+        occurred_at=occurred_at,
+        amount=amount,
+        currency=currency,
+        channel=channel,
+    )
+    _check_order(event)
+    if occurred_at < limits.MIN_OCCURRED_AT:
+        raise EventRejected(
+            RejectReason.SCHEMA_VIOLATION,
+            "$.occurred_at",
+            f"must not be earlier than {limits.MIN_OCCURRED_AT.isoformat()}",
+        )
+    return event
+
+
 def _check_order(event: OrderEvent) -> None:
     text = f"{event.event_id}\n{event.customer_id}\n{event.order_id}\n{event.currency}"
     if _ORDER_TEXT.fullmatch(text) is None:

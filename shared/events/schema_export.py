@@ -17,6 +17,7 @@ from shared.events.definitions_activated import (
     DEFINITIONS_ACTIVATED_DATASCHEMA,
     DefinitionsActivatedEvent,
 )
+from shared.events.import_completed import IMPORT_COMPLETED_DATASCHEMA, ImportCompletedEvent
 from shared.events.interactions import InteractionEvent
 from shared.events.orders import OrderEvent
 from shared.events.segment_change import SEGMENT_CHANGE_DATASCHEMA, SegmentChangeEvent
@@ -71,6 +72,15 @@ _FAMILIES: Final[tuple[tuple[str, Any, str, str, str], ...]] = (
         "Published on the segment-changes topic, keyed `streamseg:definitions`, when the "
         "re-evaluation of an activation with `publish: summary` completes: its changes per "
         "transition, instead of one event per change.",
+    ),
+    (
+        "import_completed.v1.json",
+        ImportCompletedEvent,
+        IMPORT_COMPLETED_DATASCHEMA,
+        "Import completed, CloudEvents 1.0 structured mode",
+        "Published on the segment-changes topic, keyed `streamseg:import`, when the "
+        "evaluation of a historical import run with `--publish summary` completes: its "
+        "changes (cause `import`) per transition, instead of one event per change.",
     ),
 )
 

@@ -19,8 +19,8 @@ SEGMENT_CHANGE_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:streams
 
 Name = Annotated[str, msgspec.Meta(min_length=1)]
 # Why the customer was evaluated: the one list is in docs/events.md ("Causes").
-CAUSES: Final = ("event", "time", "population", "definitions", "repair")
-Cause = Literal["event", "time", "population", "definitions", "repair"]
+CAUSES: Final = ("event", "time", "population", "definitions", "repair", "import")
+Cause = Literal["event", "time", "population", "definitions", "repair", "import"]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 

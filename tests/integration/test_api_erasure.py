@@ -60,6 +60,9 @@ async def seed_everywhere(engine: AsyncEngine, redis: Redis, prefix: str, cid: s
             "INSERT INTO metric_contributions (customer_id, filter_key, ref, at)"
             " VALUES (:c, 'f', 'o:' || :c || '-o1', :now)",
             "INSERT INTO customer_metrics (customer_id, as_of) VALUES (:c, :now)",
+            "INSERT INTO import_runs (run_id, publish, until, reject_path)"
+            " VALUES ('r-' || :c, 'none', :now, 'rejects.jsonl')",
+            "INSERT INTO import_customers (run_id, customer_id) VALUES ('r-' || :c, :c)",
         ):
             await conn.execute(text(sql), {"c": cid, "now": NOW})
 

@@ -20,6 +20,7 @@ from shared.events.definitions_activated import (
     decode_definitions_activated,
 )
 from shared.events.fields import SchemaVersion
+from shared.events.import_completed import IMPORT_COMPLETED_TYPE, decode_import_completed
 from shared.events.schema_export import build_schemas, render, write_schemas
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +97,10 @@ def test_docs_example_decodes(example: dict[str, Any]) -> None:
     if example["type"] == DEFINITIONS_ACTIVATED_TYPE:
         summary = decode_definitions_activated(raw)
         assert summary.data.moved == sum(t.customers for t in summary.data.transitions)
+        return
+    if example["type"] == IMPORT_COMPLETED_TYPE:
+        completed = decode_import_completed(raw)
+        assert completed.data.moved == sum(t.customers for t in completed.data.transitions)
         return
     event = decode_segment_change(raw)
     # The id is recorded with the change and derived from the customer's incarnation, which

@@ -24,6 +24,7 @@ ERASED_TABLES = (
     "fact_changes",
     "metric_contributions",
     "customer_metrics",
+    "import_customers",
 )
 
 

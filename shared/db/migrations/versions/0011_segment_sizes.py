@@ -9,13 +9,13 @@
 - segment_size_recounts: each recount from customer_segments, with the drift it corrected.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 """
 
 from alembic import op
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
