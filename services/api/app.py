@@ -26,6 +26,7 @@ from services.api.segments.routes import router as segments_router
 from services.api.settings import ApiSettings
 from services.api.stats.routes import router as stats_router
 from services.api.traits.routes import router as traits_router
+from services.api.webhooks.routes import router as webhooks_router
 from shared.settings import ConnectionSettings
 
 DESCRIPTION = """\
@@ -69,6 +70,7 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
         stats_router,
         changes_router,
         erasure_router,
+        webhooks_router,
         admin_router,
         health_router,
     ):

@@ -35,3 +35,11 @@ class ApiSettings(BaseSettings):
         default="customers", validation_alias="STREAMSEG_INGEST_CUSTOMERS_TOPIC"
     )
     traits_produce_timeout_ms: int = Field(default=5000, ge=100)
+    # Under the dispatcher's own variables, so that the API refuses the targets the
+    # dispatcher refuses, and a replay gets the dispatcher's total retry time.
+    webhooks_allow_private_targets: bool = Field(
+        default=False, validation_alias="STREAMSEG_WEBHOOKS_ALLOW_PRIVATE_TARGETS"
+    )
+    webhooks_retry_total_seconds: float = Field(
+        default=86_400.0, gt=0, validation_alias="STREAMSEG_WEBHOOKS_RETRY_TOTAL_SECONDS"
+    )

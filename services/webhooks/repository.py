@@ -158,7 +158,7 @@ async def enqueue(
     pending = sum(1 for r in rows if r["status"] == "pending")
     if pending:
         await promote_lanes(
-            conn, [d.subscription_id for d in live], [d.customer_id for d in live], now
+            conn, [d.subscription_id for d in live], [d.customer_id for d in live], now, deadline
         )
     return pending, len(rows) - pending
 
@@ -187,9 +187,12 @@ async def promote_lanes(
     subscription_ids: Sequence[uuid.UUID],
     customers: Sequence[str],
     now: datetime,
+    deadline: datetime,
 ) -> int:
     """Give each of these lanes that has pending rows but no head its first pending row as
-    head, due `now`; returns how many lanes got one."""
+    head, due `now`, to be retried until `deadline`: a delivery's retry time starts when it
+    is its lane's turn, not while it waits behind a failing one. Returns how many lanes got
+    one."""
     if not subscription_ids:
         return 0
     result = await conn.execute(
@@ -204,7 +207,7 @@ async def promote_lanes(
             WHERE d.status = 'pending'
             ORDER BY d.subscription_id, d.customer_id, d.topic_partition, d.topic_offset
         )
-        UPDATE webhook_deliveries d SET next_attempt_at = $3
+        UPDATE webhook_deliveries d SET next_attempt_at = $3, deadline_at = $4
         FROM first
         WHERE d.id = first.id AND NOT first.is_head
           AND NOT EXISTS (
@@ -216,6 +219,7 @@ async def promote_lanes(
         list(subscription_ids),
         list(customers),
         now,
+        deadline,
     )
     return int(result.split()[-1])
 
@@ -282,7 +286,11 @@ async def targets(
 
 
 async def record(
-    conn: asyncpg.Connection, owner: str, outcomes: Sequence[Outcome], now: datetime
+    conn: asyncpg.Connection,
+    owner: str,
+    outcomes: Sequence[Outcome],
+    now: datetime,
+    deadline: datetime,
 ) -> list[tuple[uuid.UUID, str]]:
     """Write the attempts and what they decided, and move each lane whose head ended on to
     its next row. A delivery whose lease `owner` lost (it ran out, another sender took it)
@@ -326,7 +334,7 @@ async def record(
             failed_reason = CASE WHEN r.state = 'delivered' THEN NULL
                                  WHEN locked.status = 'pending' THEN r.reason
                                  ELSE d.failed_reason END,
-            delivered_at = CASE WHEN r.state = 'delivered' THEN $10 END,
+            delivered_at = CASE WHEN r.state = 'delivered' THEN $10::timestamptz END,
             leased_by = NULL,
             attempts = GREATEST(d.attempts, r.attempt),
             last_status_code = r.code, last_error = r.error, last_latency_ms = r.latency
@@ -351,7 +359,7 @@ async def record(
         if r["was"] == "pending" and r["status"] != "pending"
     ]
     if ended:
-        await promote_lanes(conn, [s for s, _ in ended], [c for _, c in ended], now)
+        await promote_lanes(conn, [s for s, _ in ended], [c for _, c in ended], now, deadline)
     return ended
 
 
@@ -466,7 +474,7 @@ async def requeue(
         from_delivery_id,
         deadline,
     )
-    await promote_lanes(conn, [subscription_id] * len(customers), customers, now)
+    await promote_lanes(conn, [subscription_id] * len(customers), customers, now, deadline)
     return int(result.split()[-1])
 
 

@@ -10,8 +10,9 @@ Guarantee (the intake's half is in services/webhooks/intake.py):
   that records it. A failing delivery for customer X holds back X's later deliveries for
   that subscription, and nobody else's.
 - **Retries** follow shared/webhooks/schedule.py: exponential backoff with full jitter,
-  until the delivery's deadline (24 h by default). A delivery that exhausts it, that was
-  answered 410, or whose subscription was disabled is kept as failed, and can be replayed.
+  until the delivery's deadline: 24 h by default from when it became its lane's head. A
+  delivery that exhausts it, that was answered 410, or whose subscription was disabled is
+  kept as failed, and can be replayed.
 - **Several dispatchers** can run: claims use FOR UPDATE SKIP LOCKED, and a result whose
   lease was lost meanwhile is logged as an attempt without changing the delivery.
 - A subscription whose attempts fail for `disable_after_seconds` and at least
@@ -194,6 +195,11 @@ class Dispatcher:
                 result, error = "refused", f"refused: {reason}"
             else:
                 result, error = "connect_error", f"{type(exc).__name__}: {exc}"[:500]
+        except Exception as exc:
+            # Anything else the client raises (a protocol error, a closed stream) is a failed
+            # attempt too: every claimed delivery ends in an outcome, or its slot would leak.
+            log.warning("attempt_failed_unexpectedly", delivery_id=delivery.id, error=repr(exc))
+            result, error = "connect_error", f"{type(exc).__name__}: {exc}"[:500]
         latency_ms = (time.perf_counter() - started) * 1000
         self._metrics.attempt_seconds.observe(latency_ms / 1000)
         now = datetime.now(UTC)
@@ -275,7 +281,7 @@ class Dispatcher:
             (successes if o.is_success else failures)[o.subscription_id] += 1
         settings = self._settings
         async with pg_connection(self._engine) as conn, conn.transaction():
-            await repo.record(conn, self._owner, outcomes, now)
+            await repo.record(conn, self._owner, outcomes, now, settings.schedule.deadline(now))
             failing = await repo.update_health(
                 conn,
                 dict(successes),

@@ -3,7 +3,9 @@ total time.
 
 Attempt n (1 for the first retry) waits a uniformly random time in [0, min(cap, base·2^(n-1))]
 ("full jitter"): receivers that failed together are not hit again together. A delivery whose
-next attempt would fall after its deadline (enqueued, or replayed, plus the total) fails.
+next attempt would fall after its deadline fails. The deadline is the total after the
+delivery's first attempt came due (its turn in its lane, or its replay), so that a delivery
+held back behind a failing one still gets its whole schedule.
 A `Retry-After` from the receiver raises the wait to what it asked, within the same cap.
 """
 

@@ -14,7 +14,15 @@ import secrets
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
-Scope = Literal["segments:read", "definitions:read", "definitions:write", "traits:write", "admin"]
+Scope = Literal[
+    "segments:read",
+    "definitions:read",
+    "definitions:write",
+    "traits:write",
+    "webhooks:read",
+    "webhooks:write",
+    "admin",
+]
 SCOPES: Final[tuple[Scope, ...]] = get_args(Scope)
 _KEY = re.compile(r"ssk_([0-9a-f]{12})_[A-Za-z0-9_\-]{43}")
 
