@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 
 import structlog
 
-from services.webhooks.client import make_client
+from services.webhooks.client import Clients
 from services.webhooks.metrics import WebhooksMetrics
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.worker import Dispatcher
@@ -46,12 +46,12 @@ async def main(conn: ConnectionSettings, settings: WebhooksSettings) -> None:
         await ensure_topics(
             conn.kafka_bootstrap, [TopicSpec(settings.changes_topic, settings.topic_partitions)]
         )
-        client = make_client(
+        clients = Clients(
             allow_private=settings.allow_private_targets,
-            max_connections=settings.max_in_flight,
+            per_origin=settings.connections_per_origin,
             timeout_seconds=settings.request_timeout_seconds,
         )
-        stack.push_async_callback(client.aclose)
+        stack.push_async_callback(clients.aclose)
         consumer = make_consumer(
             conn.kafka_bootstrap,
             group_id=settings.group_id,
@@ -59,7 +59,7 @@ async def main(conn: ConnectionSettings, settings: WebhooksSettings) -> None:
             max_poll_records=settings.max_poll_records,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
-        dispatcher = Dispatcher(settings, engine, consumer, client, WebhooksMetrics(), owner)
+        dispatcher = Dispatcher(settings, engine, consumer, clients, WebhooksMetrics(), owner)
         consumer.subscribe([settings.changes_topic], listener=dispatcher.intake.listener)
         await consumer.start()
         stack.push_async_callback(consumer.stop)

@@ -33,6 +33,8 @@ class WebhooksSettings(BaseSettings):
     # out again after it. Longer than a request and the write of its result.
     lease_seconds: float = Field(default=60.0, gt=0)
     max_in_flight: int = Field(default=256, ge=1, le=10_000)
+    # Connections to one target origin, and requests in flight to it, per dispatcher.
+    connections_per_origin: int = Field(default=32, ge=1, le=1000)
     claim_batch_size: int = Field(default=500, ge=1, le=10_000)
     idle_poll_ms: int = Field(default=100, ge=5, le=10_000)
     flush_interval_ms: int = Field(default=10, ge=0, le=1000)

@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.webhooks import repository as repo
-from services.webhooks.client import refusal
+from services.webhooks.client import Clients, refusal
 from services.webhooks.intake import Intake
 from services.webhooks.metrics import WebhooksMetrics
 from services.webhooks.settings import WebhooksSettings
@@ -61,13 +61,13 @@ class Dispatcher:
         settings: WebhooksSettings,
         engine: AsyncEngine,
         consumer: AIOKafkaConsumer,
-        client: httpx.AsyncClient,
+        clients: Clients,
         metrics: WebhooksMetrics,
         owner: str,
     ) -> None:
         self._settings = settings
         self._engine = engine
-        self._client = client
+        self._clients = clients
         self._metrics = metrics
         self._owner = owner
         self._stopping = asyncio.Event()
@@ -181,9 +181,12 @@ class Dispatcher:
         result = "success"
         started = time.perf_counter()
         try:
-            async with self._client.stream(
-                "POST", target.url, content=delivery.payload, headers=headers
-            ) as response:
+            async with (
+                self._clients.connection(target.url) as client,
+                client.stream(
+                    "POST", target.url, content=delivery.payload, headers=headers
+                ) as response,
+            ):
                 code = response.status_code
                 retry_after = _retry_after(response.headers.get("retry-after"))
                 await _drain(response, self._settings.max_response_bytes)
