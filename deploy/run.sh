@@ -36,6 +36,7 @@ start() {
 start ingest
 start segmenter
 start api
+start webhooks
 
 wait_healthy() {
   local name=$1 url=$2 deadline=$((SECONDS + 60))
@@ -57,6 +58,7 @@ PY
 wait_healthy ingest http://127.0.0.1:8101/readyz
 wait_healthy segmenter http://127.0.0.1:8102/readyz
 wait_healthy api http://127.0.0.1:8100/readyz
+wait_healthy webhooks http://127.0.0.1:8104/readyz
 
 # A key for the examples below; each run makes a new one (list and revoke them with
 # `python -m services.api.keys`).

@@ -29,6 +29,7 @@ from services.api.settings import ApiSettings
 from services.api.stats.routes import router as stats_router
 from services.api.traits.routes import router as traits_router
 from services.api.web import routes as web
+from services.api.webhooks.routes import router as webhooks_router
 from shared.settings import ConnectionSettings
 
 DESCRIPTION = """\
@@ -77,6 +78,7 @@ def create_app(conn: ConnectionSettings, settings: ApiSettings | None = None) ->
         stats_router,
         changes_router,
         erasure_router,
+        webhooks_router,
         admin_router,
         health_router,
     ):

@@ -54,3 +54,11 @@ class ApiSettings(BaseSettings):
     events_produce_timeout_ms: int = Field(default=5000, ge=100)
     # Member exports read this many rows per query (and hold two chunks at most).
     export_chunk_rows: int = Field(default=5000, ge=100, le=100_000)
+    # Under the dispatcher's own variables, so that the API refuses the targets the
+    # dispatcher refuses, and a replay gets the dispatcher's total retry time.
+    webhooks_allow_private_targets: bool = Field(
+        default=False, validation_alias="STREAMSEG_WEBHOOKS_ALLOW_PRIVATE_TARGETS"
+    )
+    webhooks_retry_total_seconds: float = Field(
+        default=86_400.0, gt=0, validation_alias="STREAMSEG_WEBHOOKS_RETRY_TOTAL_SECONDS"
+    )

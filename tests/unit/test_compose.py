@@ -37,7 +37,7 @@ KAFKA_PROPERTIES = ROOT / "deploy" / "kafka" / "server.properties"
 CONFIG_DOC = ROOT / "docs" / "configuration.md"
 
 # The processes built from our Dockerfile; each one must get every required connection setting.
-APP_SERVICES = ("migrate", "ingest", "segmenter", "api")
+APP_SERVICES = ("migrate", "ingest", "segmenter", "api", "webhooks")
 # Inside a container, 127.0.0.1 is unreachable from the other containers and from the host.
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 

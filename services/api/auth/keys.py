@@ -20,6 +20,8 @@ Scope = Literal[
     "definitions:write",
     "traits:write",
     "events:write",
+    "webhooks:read",
+    "webhooks:write",
     "admin",
 ]
 SCOPES: Final[tuple[Scope, ...]] = get_args(Scope)

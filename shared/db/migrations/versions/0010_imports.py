@@ -7,13 +7,13 @@
 - import_customers: who a run imported, queued for the segmenter once every file is in.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 """
 
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -12,7 +12,15 @@ branch_labels = None
 depends_on = None
 
 _CHECK = "cardinality(scopes) > 0 AND scopes <@ ARRAY[{}]"
-_SCOPES = ("segments:read", "definitions:read", "definitions:write", "traits:write", "admin")
+_SCOPES = (
+    "segments:read",
+    "definitions:read",
+    "definitions:write",
+    "traits:write",
+    "webhooks:read",
+    "webhooks:write",
+    "admin",
+)
 
 
 def _scopes_check(*scopes: str) -> None:
