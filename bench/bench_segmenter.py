@@ -307,8 +307,8 @@ async def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     env = stack_env()
-    conn = stack_connection(env)
-    bootstrap, security = conn.kafka_bootstrap, conn.kafka_security()
+    connection = stack_connection(env)
+    bootstrap, security = connection.kafka_bootstrap, connection.kafka_security()
     stack = PrivateStack.new()
     orders, interactions = stack.orders, stack.interactions
     engine = await stack.create(env)
@@ -398,7 +398,11 @@ async def main() -> None:
             ),
             "raw_pg_upsert_rows_per_s": round(
                 await raw_upsert_rate(
-                    conn.database_url, stack.schema, 200_000, 50_000, tls=conn.postgres_tls()
+                    connection.database_url,
+                    stack.schema,
+                    200_000,
+                    50_000,
+                    tls=connection.postgres_tls(),
                 )
             ),
         }
