@@ -176,7 +176,8 @@ def exposed_names(text: str) -> set[str]:
 async def test_every_metric_the_kit_names_is_exposed_by_a_running_service(
     processes: Any, make_topic: MakeTopic
 ) -> None:
-    ports = {name: free_port() for name in ("ingest", "segmenter", "api")}
+    ports = {name: free_port() for name in ("ingest", "segmenter", "api", "webhooks")}
+    changes = await make_topic("changes")
     processes(
         "ingest",
         {
@@ -192,10 +193,18 @@ async def test_every_metric_the_kit_names_is_exposed_by_a_running_service(
         "segmenter",
         {
             "STREAMSEG_SEGMENTER_OPS_PORT": str(ports["segmenter"]),
-            "STREAMSEG_SEGMENTER_CHANGES_TOPIC": await make_topic("changes"),
+            "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes,
         },
     )
     processes("api", {"STREAMSEG_API_PORT": str(ports["api"])})
+    processes(
+        "webhooks",
+        {
+            "STREAMSEG_WEBHOOKS_OPS_PORT": str(ports["webhooks"]),
+            "STREAMSEG_SEGMENTER_CHANGES_TOPIC": changes,
+            "STREAMSEG_WEBHOOKS_GROUP_ID": unique("w"),
+        },
+    )
     exposed: set[str] = set()
     async with httpx.AsyncClient(timeout=5) as client:
         for name, port in ports.items():
