@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import os
 import random
 import subprocess
@@ -41,14 +40,13 @@ import orjson
 from sqlalchemy import text
 
 from bench.bench_api import free_port, wait_ready
-from bench.bench_ingest import stack_connection, stack_env
+from bench.bench_ingest import local_connection, stack_env
 from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
 from shared.db.engine import create_engine, driver_connection
 from shared.db.migrate import upgrade
 from shared.definitions import repository as definitions_store
 from shared.segmentation import load_definitions
-from shared.settings import ConnectionSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEFINITIONS = ROOT / "shared/segmentation/definitions/default.yaml"
@@ -60,14 +58,8 @@ REASONS = [
 ]
 
 
-@functools.cache
-def _connection() -> ConnectionSettings:
-    """The stack's connection settings (TLS, SASL and secret files included)."""
-    return stack_connection(stack_env())
-
-
 async def seed(url: str, schema: str, segments: dict[str, int]) -> str:
-    engine = create_engine(url, schema, tls=_connection().postgres_tls())
+    engine = create_engine(url, schema, tls=local_connection().postgres_tls())
     try:
         await upgrade(engine, schema)
         async with engine.begin() as sa_conn:
@@ -111,7 +103,7 @@ async def raw_copy(url: str, schema: str, segment: str) -> dict[str, float]:
     conn = await asyncpg.connect(
         url.replace("+asyncpg", ""),
         server_settings={"search_path": schema},
-        ssl=_connection().postgres_tls().connect_ssl(),
+        ssl=local_connection().postgres_tls().connect_ssl(),
     )
     size = 0
 
@@ -200,7 +192,7 @@ def export(api_url: str, key: str, pid: int, segment: str, kind: str) -> dict[st
 
 
 async def drop_schema(url: str, schema: str) -> None:
-    engine = create_engine(url, schema, tls=_connection().postgres_tls())
+    engine = create_engine(url, schema, tls=local_connection().postgres_tls())
     try:
         async with engine.begin() as conn:
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import functools
 import math
 import os
 import random
@@ -39,19 +38,12 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
-from bench.bench_ingest import cpu_seconds, stack_connection, stack_env
+from bench.bench_ingest import cpu_seconds, local_connection, stack_env
 from shared.db.engine import create_engine, pg_connection
 from shared.db.migrate import upgrade
-from shared.settings import ConnectionSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("order_id", "customer_id", "type", "occurred_at", "amount", "currency")
-
-
-@functools.cache
-def _connection() -> ConnectionSettings:
-    """The stack's connection settings (TLS, SASL and secret files included)."""
-    return stack_connection(stack_env())
 
 
 def history(
@@ -134,7 +126,7 @@ async def raw_copy_rate(url: str, schema: str, rows: list[Any], *, keyed: bool) 
     records = [(f"e{i}", c, o, t, at, a, cur) for i, (o, c, t, at, a, cur) in enumerate(rows)]
     if keyed:
         records = [r for r in records if r[3] == "order_placed"]
-    engine = create_engine(url, schema, tls=_connection().postgres_tls())
+    engine = create_engine(url, schema, tls=local_connection().postgres_tls())
     key = ", PRIMARY KEY (customer_id, order_id)" if keyed else ""
     try:
         async with pg_connection(engine) as conn:
@@ -189,7 +181,7 @@ async def import_rate(
         "--rejects",
         str(path) + ".rejects.jsonl",
     ]
-    engine = create_engine(url, schema, tls=_connection().postgres_tls())
+    engine = create_engine(url, schema, tls=local_connection().postgres_tls())
     out_path = log.with_suffix(".out")
     seen: dict[int, float] = {}
     try:
@@ -233,7 +225,7 @@ async def main() -> None:
     env = stack_env()
     url = env["STREAMSEG_DATABASE_URL"]
     schema = f"bench_import_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(url, schema, tls=_connection().postgres_tls())
+    engine = create_engine(url, schema, tls=local_connection().postgres_tls())
     await upgrade(engine, schema)
     try:
         t0 = time.perf_counter()

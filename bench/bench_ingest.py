@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -63,6 +64,12 @@ def stack_connection(env: dict[str, str]) -> ConnectionSettings:
     services started with `env` read them."""
     with mock.patch.dict(os.environ, env, clear=True):
         return ConnectionSettings()
+
+
+@functools.cache
+def local_connection() -> ConnectionSettings:
+    """`stack_connection` of this environment and the stack's, read once a run."""
+    return stack_connection(stack_env())
 
 
 def stack_engine(env: dict[str, str], schema: str, **options: Any) -> AsyncEngine:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import os
 import subprocess
 import sys
@@ -42,7 +41,7 @@ import orjson
 from sqlalchemy import text
 
 from bench.bench_api import cpu_seconds, free_port, summary, wait_ready
-from bench.bench_ingest import stack_connection, stack_env
+from bench.bench_ingest import local_connection, stack_env
 from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
 from services.api.publisher import LINGER_MS
@@ -51,19 +50,12 @@ from shared.db.migrate import upgrade
 from shared.events import encode_event
 from shared.events.orders import ORDER_EVENT_CLASSES
 from shared.kafka import TopicSpec, delete_topics, ensure_topics, make_producer
-from shared.settings import ConnectionSettings
 from shared.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 BODIES = 200
 LATE_SECONDS = 0.005
 IDLE_SECONDS = 4.0
-
-
-@functools.cache
-def _connection() -> ConnectionSettings:
-    """The stack's connection settings (TLS, SASL and secret files included)."""
-    return stack_connection(stack_env())
 
 
 def batches(size: int, topics: dict[str, str]) -> list[list[tuple[str, bytes, bytes]]]:
@@ -147,7 +139,7 @@ async def raw_produce(
 ) -> dict[str, float]:
     producer = make_producer(
         bootstrap,
-        security=_connection().kafka_security(),
+        security=local_connection().kafka_security(),
         client_id="bench-intake-raw",
         linger_ms=LINGER_MS,
     )
@@ -231,7 +223,7 @@ async def api_load(
 
 
 async def prepare(url: str, schema: str) -> str:
-    engine = create_engine(url, schema, tls=_connection().postgres_tls())
+    engine = create_engine(url, schema, tls=local_connection().postgres_tls())
     try:
         await upgrade(engine, schema)
         async with engine.begin() as sa_conn:
@@ -244,7 +236,7 @@ async def prepare(url: str, schema: str) -> str:
 
 
 async def drop_schema(url: str, schema: str) -> None:
-    engine = create_engine(url, schema, tls=_connection().postgres_tls())
+    engine = create_engine(url, schema, tls=local_connection().postgres_tls())
     try:
         async with engine.begin() as conn:
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
@@ -271,7 +263,7 @@ def main() -> None:
         ensure_topics(
             bootstrap,
             [TopicSpec(t, 4) for t in topics.values()],
-            security=_connection().kafka_security(),
+            security=local_connection().kafka_security(),
         )
     )
     key = asyncio.run(prepare(url, schema))
@@ -318,7 +310,9 @@ def main() -> None:
                     proc.wait()
     finally:
         asyncio.run(
-            delete_topics(bootstrap, list(topics.values()), security=_connection().kafka_security())
+            delete_topics(
+                bootstrap, list(topics.values()), security=local_connection().kafka_security()
+            )
         )
         asyncio.run(drop_schema(url, schema))
     figures |= {
