@@ -37,10 +37,9 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-from sqlalchemy import text
 
 from bench.bench_api import free_port, wait_ready
-from bench.bench_ingest import local_connection, stack_env
+from bench.bench_ingest import drop_schema, local_connection, stack_env
 from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
 from shared.db.engine import create_engine, driver_connection
@@ -189,15 +188,6 @@ def export(api_url: str, key: str, pid: int, segment: str, kind: str) -> dict[st
         "rss_peak_mib": round(rss.peak / 1024, 1),
         "rss_end_mib": round(rss_kib(pid) / 1024, 1),
     }
-
-
-async def drop_schema(url: str, schema: str) -> None:
-    engine = create_engine(url, schema, tls=local_connection().postgres_tls())
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    finally:
-        await engine.dispose()
 
 
 def main() -> None:

@@ -72,6 +72,16 @@ def local_connection() -> ConnectionSettings:
     return stack_connection(stack_env())
 
 
+async def drop_schema(url: str, schema: str) -> None:
+    """Drop a benchmark's schema and everything in it."""
+    engine = create_engine(url, schema, tls=local_connection().postgres_tls())
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        await engine.dispose()
+
+
 def stack_engine(env: dict[str, str], schema: str, **options: Any) -> AsyncEngine:
     """An engine on the stack's PostgreSQL as `env` configures it."""
     stack = stack_connection(env)

@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import text
 
 from bench.bench_api import cpu_seconds, free_port, summary, wait_ready
-from bench.bench_ingest import local_connection, stack_env
+from bench.bench_ingest import drop_schema, local_connection, stack_env
 from services.api.auth import repository as keys_repository
 from services.api.auth.keys import hash_key, new_key
 from services.api.publisher import LINGER_MS
@@ -233,15 +232,6 @@ async def prepare(url: str, schema: str) -> str:
     finally:
         await engine.dispose()
     return key
-
-
-async def drop_schema(url: str, schema: str) -> None:
-    engine = create_engine(url, schema, tls=local_connection().postgres_tls())
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    finally:
-        await engine.dispose()
 
 
 def main() -> None:
